@@ -1,0 +1,14 @@
+"""One registry per kind of object built from configs.
+
+Config files (``projects/configs``) name classes by ``type=``; the builders in
+:mod:`bevformer.builder` are the only place that turns those dicts into objects. Components
+register themselves with a decorator, e.g. ``@MODELS.register_module()``.
+"""
+
+from mmengine.registry import Registry
+
+__all__ = ["MODELS", "DATASETS", "TRANSFORMS"]
+
+MODELS = Registry("model")
+DATASETS = Registry("dataset")
+TRANSFORMS = Registry("transform")
