@@ -1,0 +1,425 @@
+"""Temporal multi-camera nuScenes dataset of BEVFormer v2 over the project's info files.
+
+One item is the current keyframe plus the frames at the configured keyframe offsets
+(``frames=(-1, 0)``: the previous keyframe and the current one), as the official
+``CustomNuScenesDatasetV2`` (BEVFormer ``projects/mmdet3d_plugin/datasets/
+nuscenes_dataset_v2.py``) samples them:
+
+* offsets index the time-sorted infos; a frame is used only if it exists and belongs to the
+  current scene. A missing frame keeps its slot: ``frame_valid`` is False there and the slot
+  repeats the data of the next existing frame towards the current one (for a past frame: the
+  next-newer one); the model decides what to do with it.
+* Past frames are re-expressed in the current lidar frame through the poses,
+  ``lidaradj2lidarcurr = inv(lidar2ego_curr) @ inv(ego2global_curr) @ ego2global_adj @
+  lidar2ego_adj``, so ``cam2lidar = lidaradj2lidarcurr @ cam2lidar_adj`` and
+  ``lidar2img = lidar2img_adj @ inv(lidaradj2lidarcurr)``. Each frame's own ``lidar2ego`` is
+  used on its side (the official code uses the current one on both sides; the two agree on a
+  fixed rig).
+* The transforms see all frames at once, so one sampled augmentation (crop/resize/flip, BEV
+  rotation/scale/flip) applies to every frame (official: the current frame's ``aug_param`` is
+  copied into the past frames' pipelines).
+
+Ground truth (current frame, current lidar frame): boxes whose name is one of ``classes``,
+filtered by ``valid_flag`` (``use_valid_flag=True``; else ``num_lidar_pts > 0``) as
+mmdetection3d's ``NuScenesDataset.get_ann_info``; NaN velocities become 0; after the
+transforms (BEV augmentation) only boxes with centre strictly inside the BEV part of
+``pc_range`` are kept and ``YAW`` is wrapped to ``[-pi, pi)`` (mmdetection3d
+``ObjectRangeFilter``).
+
+``filter_empty_gt=True`` (training only) drops keyframes without such a box from the index
+(they still serve as past frames of later keyframes). The official code instead draws a random
+other sample whenever one comes out empty; dropping them up front keeps an index -> sample
+mapping fixed. A BEV augmentation that pushes every box out of range leaves an empty GT list.
+
+Per-camera perspective (mono) targets come from the info's ``mono`` annotations of the current
+frame: the detection classes only, camera depth > 0 and ``num_lidar_pts + num_radar_pts >=
+mono_min_points`` (DD3D's ``min_num_lidar_points=3``), then moved with the image augmentation.
+Attribute ids follow DD3D (``vehicle.moving/parked/stopped``, ``pedestrian.moving/standing/
+sitting_lying_down``, ``cycle.with_rider/without_rider`` -> 0, 1, 2; none -> 3, ignored).
+
+An item (T frames, N cameras, M boxes; ``collate`` stacks items into the batch of
+``docs/CONVENTIONS.md``)::
+
+    img          float32 (T, N, 3, H, W)     lidar2img   float32 (T, N, 4, 4)
+    intrinsics   float32 (T, N, 3, 3)        cam2lidar   float32 (T, N, 4, 4)
+    frame_valid  bool (T,)                   bda         float32 (4, 4)
+    flip         bool                        gt_boxes    float32 (M, 9)
+    gt_labels    int64 (M,)                  mono        dict: key -> list of N tensors
+    meta         SampleMeta
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bevformer.data.infos import load_infos
+from bevformer.data.meta import SampleMeta
+from bevformer.data.transforms import Compose, LoadMultiViewImages
+from bevformer.registry import DATASETS
+from bevformer.structures.boxes import BOX_DIM, CLASSES, YAW, X, Y
+from bevformer.structures.frames import invert, lidar2img
+
+__all__ = ["NuScenesTemporalDataset", "PC_RANGE", "MONO_ATTRIBUTE_IDS", "MONO_NO_ATTRIBUTE"]
+
+PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+
+# DD3D attribute ids (BEVFormer projects/mmdet3d_plugin/dd3d/datasets/nuscenes.py).
+MONO_ATTRIBUTE_IDS = {
+    "vehicle.moving": 0,
+    "vehicle.parked": 1,
+    "vehicle.stopped": 2,
+    "pedestrian.moving": 0,
+    "pedestrian.standing": 1,
+    "pedestrian.sitting_lying_down": 2,
+    "cycle.with_rider": 0,
+    "cycle.without_rider": 1,
+}
+MONO_NO_ATTRIBUTE = 3
+
+_MONO_FLOAT_KEYS = {
+    # info key -> (target key, width)
+    "box2d": ("boxes2d", 4),
+    "center2d": ("centers2d", 2),
+    "depth": ("depths", 0),
+    "center_cam": ("centers_cam", 3),
+    "size_wlh": ("sizes_wlh", 3),
+    "rotation_cam": ("rotations_cam", 4),
+    "velocity_cam": ("velocities_cam", 3),
+    "speed": ("speeds", 0),
+}
+
+
+def _limit_yaw(yaw: np.ndarray) -> np.ndarray:
+    """Wrap to ``[-pi, pi)`` (mmdetection3d ``limit_period(offset=0.5, period=2 pi)``)."""
+    return yaw - np.floor(yaw / (2 * np.pi) + 0.5) * 2 * np.pi
+
+
+def _in_bev_range(boxes: np.ndarray, pc_range: Sequence[float]) -> np.ndarray:
+    """Centres strictly inside the x-y part of ``pc_range`` (mmdetection3d ``in_range_bev``)."""
+    x, y = boxes[:, X], boxes[:, Y]
+    return (x > pc_range[0]) & (y > pc_range[1]) & (x < pc_range[3]) & (y < pc_range[4])
+
+
+def _matrix(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{what}: expected a {shape} matrix, got shape {arr.shape}")
+    return arr
+
+
+@DATASETS.register_module()
+class NuScenesTemporalDataset(Dataset):
+    """Temporal multi-camera samples from a ``{prefix}_infos_temporal_{split}.json`` file.
+
+    ``info_file`` is read with :func:`bevformer.data.infos.load_infos` (format and version
+    checked); relative image paths are joined to ``dataroot`` (default: the dataroot recorded
+    in the info file). ``frames`` are keyframe offsets, strictly increasing, containing 0.
+    ``transforms`` are callables or ``TRANSFORMS`` config dicts (default: only
+    :class:`LoadMultiViewImages`). ``camera_names`` defaults to the info file's cameras; every
+    sample must have all of them. ``test_mode`` makes the random transforms deterministic and
+    keeps every keyframe; ground truth is then optional in the infos.
+    """
+
+    def __init__(
+        self,
+        info_file: str | os.PathLike,
+        dataroot: str | os.PathLike | None = None,
+        *,
+        frames: Sequence[int] = (0,),
+        transforms: Sequence[Callable | dict] | None = None,
+        classes: Sequence[str] | None = None,
+        camera_names: Sequence[str] | None = None,
+        test_mode: bool = False,
+        filter_empty_gt: bool = True,
+        use_valid_flag: bool = True,
+        pc_range: Sequence[float] = PC_RANGE,
+        with_mono: bool = True,
+        mono_min_points: int = 3,
+    ) -> None:
+        self.info_file = os.fspath(info_file)
+        self.frames = tuple(int(f) for f in frames)
+        if 0 not in self.frames or any(b <= a for a, b in zip(self.frames, self.frames[1:])):
+            raise ValueError(
+                f"frames must be strictly increasing keyframe offsets that contain 0 (the "
+                f"current frame), e.g. (-1, 0); got {tuple(frames)}"
+            )
+        self.metadata, infos = load_infos(self.info_file)
+        if len(infos) == 0:
+            raise ValueError(f"{self.info_file}: the info file has no samples")
+        root = dataroot if dataroot is not None else self.metadata.get("dataroot", "")
+        self.dataroot = os.fspath(root)
+        self.classes = tuple(classes if classes is not None else CLASSES)
+        names = camera_names if camera_names is not None else self.metadata.get("camera_names")
+        if names is None:
+            names = list(infos[0]["cams"])
+        self.camera_names = tuple(names)
+        self.test_mode = bool(test_mode)
+        self.filter_empty_gt = bool(filter_empty_gt)
+        self.use_valid_flag = bool(use_valid_flag)
+        if len(pc_range) != 6:
+            raise ValueError(f"pc_range must have 6 numbers (x0, y0, z0, x1, y1, z1), got {pc_range}")
+        self.pc_range = tuple(float(v) for v in pc_range)
+        self.with_mono = bool(with_mono)
+        self.mono_min_points = int(mono_min_points)
+        self.pipeline = Compose(transforms if transforms is not None else [LoadMultiViewImages()])
+
+        self.infos = self._sort(infos)
+        self._check_cameras()
+        self._scene_tokens = [info["scene_token"] for info in self.infos]
+        self.indices = list(range(len(self.infos)))
+        if self.filter_empty_gt and not self.test_mode:
+            self.indices = [i for i in self.indices if self._has_gt_in_range(self.infos[i])]
+            if not self.indices:
+                raise ValueError(
+                    f"{self.info_file}: no sample has a ground-truth box of the classes "
+                    f"{list(self.classes)} inside pc_range {list(self.pc_range)}; check the "
+                    "classes and the info file, or pass filter_empty_gt=False"
+                )
+
+    # ---- construction helpers -----------------------------------------------------------
+
+    @staticmethod
+    def _sort(infos: list[dict]) -> list[dict]:
+        """Group by scene (in order of first appearance), by timestamp within a scene."""
+        first: dict[str, int] = {}
+        for i, info in enumerate(infos):
+            first.setdefault(info["scene_token"], i)
+        return sorted(infos, key=lambda s: (first[s["scene_token"]], s["timestamp"]))
+
+    def _check_cameras(self) -> None:
+        wanted = set(self.camera_names)
+        for info in self.infos:
+            have = set(info["cams"])
+            missing = wanted - have
+            if missing:
+                raise ValueError(
+                    f"{self.info_file}: sample {info['token']} has {len(have)} cameras "
+                    f"{sorted(have)} but the dataset is configured with {len(wanted)} "
+                    f"{list(self.camera_names)} (missing {sorted(missing)}). Pass the "
+                    "camera_names the infos have, or regenerate the infos with all cameras."
+                )
+
+    def _gt(self, info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """GT boxes (M, 9) and labels (M,) of the configured classes that pass the valid flag,
+        before augmentation and range filtering."""
+        boxes = np.asarray(info.get("gt_boxes", []), dtype=np.float64).reshape(-1, BOX_DIM)
+        names = list(info.get("gt_names", []))
+        if len(names) != len(boxes):
+            raise ValueError(
+                f"{self.info_file}: sample {info['token']} has {len(boxes)} gt_boxes but "
+                f"{len(names)} gt_names; the info file is inconsistent, regenerate it"
+            )
+        keep = np.array([n in self.classes for n in names], dtype=bool)
+        if len(boxes):
+            if self.use_valid_flag and "valid_flag" in info:
+                keep &= np.asarray(info["valid_flag"], dtype=bool)
+            elif "num_lidar_pts" in info:
+                keep &= np.asarray(info["num_lidar_pts"]) > 0
+        labels = np.array([self.classes.index(n) for n, k in zip(names, keep) if k], np.int64)
+        boxes = np.nan_to_num(boxes[keep], nan=0.0)  # unknown velocity -> 0 (mmdetection3d)
+        return boxes, labels
+
+    def _has_gt_in_range(self, info: dict) -> bool:
+        boxes, _ = self._gt(info)
+        return bool(_in_bev_range(boxes, self.pc_range).any())
+
+    def _mono(self, info: dict) -> list[dict[str, Any]]:
+        """Per-camera mono targets of the current frame (before image augmentation)."""
+        tokens = info.get("instance_tokens", [])
+        lidar = info.get("num_lidar_pts", [0] * len(tokens))
+        radar = info.get("num_radar_pts", [0] * len(tokens))
+        points = {tok: int(n) + int(m) for tok, n, m in zip(tokens, lidar, radar)}
+        per_cam = info.get("mono", {})
+        out = []
+        for cam in self.camera_names:
+            anns = [
+                a
+                for a in per_cam.get(cam, [])
+                if a["name"] in self.classes
+                and float(a["depth"]) > 0
+                and points.get(a.get("instance_token", ""), 0) >= self.mono_min_points
+            ]
+            target: dict[str, Any] = {}
+            for src, (dst, width) in _MONO_FLOAT_KEYS.items():
+                shape = (len(anns), width) if width else (len(anns),)
+                values = [a[src] if a.get(src) is not None else math.nan for a in anns]
+                target[dst] = np.asarray(values, dtype=np.float64).reshape(shape)
+            target["labels"] = np.array([self.classes.index(a["name"]) for a in anns], np.int64)
+            attrs = tuple(a.get("attribute", "") or "" for a in anns)
+            target["attr_labels"] = np.array(
+                [MONO_ATTRIBUTE_IDS.get(a, MONO_NO_ATTRIBUTE) for a in attrs], np.int64
+            )
+            target["attributes"] = attrs
+            out.append(target)
+        return out
+
+    # ---- temporal sampling --------------------------------------------------------------
+
+    def frame_sources(self, info_index: int) -> tuple[list[int], list[bool]]:
+        """For the keyframe ``info_index``: the info index that fills each slot and whether the
+        slot's own frame exists (same scene). Missing slots take the nearest existing slot
+        towards the current frame."""
+        scene = self._scene_tokens[info_index]
+        valid = []
+        for off in self.frames:
+            j = info_index + off
+            valid.append(0 <= j < len(self.infos) and self._scene_tokens[j] == scene)
+        sources = [info_index + off if ok else -1 for off, ok in zip(self.frames, valid)]
+        cur = self.frames.index(0)
+        for t in range(cur - 1, -1, -1):  # past: take the next-newer slot
+            if not valid[t]:
+                sources[t] = sources[t + 1]
+        for t in range(cur + 1, len(self.frames)):  # future: take the next-older slot
+            if not valid[t]:
+                sources[t] = sources[t - 1]
+        return sources, valid
+
+    def _path(self, rel: str) -> str:
+        return rel if os.path.isabs(rel) else os.path.join(self.dataroot, rel)
+
+    def _results(self, info_index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        """The transform input of one item (see ``bevformer.data.transforms``)."""
+        cur = self.infos[info_index]
+        sources, valid = self.frame_sources(info_index)
+        lidar2ego_cur = _matrix(cur["lidar2ego"], (4, 4), "lidar2ego")
+        ego2global_cur = _matrix(cur["ego2global"], (4, 4), "ego2global")
+        curr_from_global = invert(lidar2ego_cur) @ invert(ego2global_cur)
+        T, N = len(self.frames), len(self.camera_names)
+        intrinsics = np.zeros((T, N, 3, 3))
+        cam2lidar = np.zeros((T, N, 4, 4))
+        paths, sizes = [], np.zeros((T, N, 2), dtype=np.int64)
+        for t, j in enumerate(sources):
+            info = self.infos[j]
+            # lidar frame of frame j -> current lidar frame (identity for j == current)
+            adj2curr = (
+                curr_from_global
+                @ _matrix(info["ego2global"], (4, 4), "ego2global")
+                @ _matrix(info["lidar2ego"], (4, 4), "lidar2ego")
+            )
+            row = []
+            for n, cam in enumerate(self.camera_names):
+                c = info["cams"][cam]
+                intrinsics[t, n] = _matrix(c["intrinsics"], (3, 3), f"{cam} intrinsics")
+                cam2lidar[t, n] = adj2curr @ _matrix(c["cam2lidar"], (4, 4), f"{cam} cam2lidar")
+                row.append(self._path(c["data_path"]))
+                sizes[t, n] = (int(c["width"]), int(c["height"]))
+            paths.append(row)
+        boxes, labels = self._gt(cur)
+        return {
+            "img_paths": paths,
+            "img_sizes": sizes,
+            "intrinsics": intrinsics,
+            "cam2lidar": cam2lidar,
+            "lidar2img": lidar2img(intrinsics, cam2lidar),
+            "ida": np.eye(3),
+            "flip": False,
+            "bda": np.eye(4),
+            "gt_boxes": boxes,
+            "gt_labels": labels,
+            "mono": self._mono(cur) if self.with_mono else None,
+            "frame_sources": sources,
+            "frame_valid": valid,
+            "test_mode": self.test_mode,
+            "rng": rng,
+        }
+
+    # ---- item ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        return self.get_item(idx)
+
+    def get_item(self, idx: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Item ``idx``. Random transforms draw from ``rng``; by default from a generator seeded
+        by torch's RNG, which DataLoader workers seed per worker and epoch."""
+        if not 0 <= idx < len(self.indices):
+            raise IndexError(f"index {idx} out of range for a dataset of {len(self)} samples")
+        if rng is None:
+            rng = np.random.default_rng(torch.randint(0, 2**31 - 1, (2,)).tolist())
+        info_index = self.indices[idx]
+        results = self.pipeline(self._results(info_index, rng))
+        return self._finalize(info_index, results)
+
+    def _finalize(self, info_index: int, results: dict[str, Any]) -> dict[str, Any]:
+        cur = self.infos[info_index]
+        imgs = results.get("img")
+        if imgs is None:
+            raise KeyError("the transforms produced no 'img': put LoadMultiViewImages first")
+        shapes = {img.shape for row in imgs for img in row}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"the images of sample {cur['token']} differ in size after the transforms "
+                f"({sorted(shapes)}); add CropResizeFlipImage and/or PadMultiViewImage"
+            )
+        # T x N x (H, W, 3) -> (T, N, 3, H, W)
+        img = torch.from_numpy(np.ascontiguousarray(np.stack([np.stack(r) for r in imgs])))
+        img = img.permute(0, 1, 4, 2, 3).float().contiguous()
+
+        boxes = np.asarray(results["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+        labels = np.asarray(results["gt_labels"], dtype=np.int64)
+        keep = _in_bev_range(boxes, self.pc_range)
+        boxes, labels = boxes[keep].copy(), labels[keep]
+        boxes[:, YAW] = _limit_yaw(boxes[:, YAW])
+
+        mono: dict[str, list] = {}
+        for ann in results.get("mono") or []:
+            for key, value in ann.items():
+                if isinstance(value, np.ndarray):
+                    dtype = torch.int64 if value.dtype.kind in "iu" else torch.float32
+                    value = torch.as_tensor(value, dtype=dtype)
+                mono.setdefault(key, []).append(value)
+
+        sources = results["frame_sources"]
+        frame_valid = tuple(bool(v) for v in results["frame_valid"])
+        cur_slot = self.frames.index(0)
+        pad_shape = tuple(int(v) for v in img.shape[-2:])
+        ori = results.get("ori_shapes")
+        meta = SampleMeta(
+            token=cur["token"],
+            scene_token=cur["scene_token"],
+            scene_name=cur.get("scene_name", ""),
+            frame_idx=int(cur.get("frame_idx", -1)),
+            timestamp=int(cur["timestamp"]),
+            camera_names=self.camera_names,
+            frame_offsets=self.frames,
+            frame_tokens=tuple(self.infos[j]["token"] for j in sources),
+            frame_timestamps=tuple(int(self.infos[j]["timestamp"]) for j in sources),
+            frame_valid=frame_valid,
+            image_paths=tuple(tuple(r) for r in results["img_paths"]),
+            ori_shapes=tuple(tuple(int(v) for v in s) for s in ori[cur_slot]) if ori else (),
+            img_shape=tuple(results.get("img_shape") or pad_shape),
+            pad_shape=pad_shape,
+            flip=bool(results.get("flip", False)),
+            ida=np.asarray(results.get("ida", np.eye(3))),
+            bda=np.asarray(results.get("bda", np.eye(4))),
+            lidar2ego=_matrix(cur["lidar2ego"], (4, 4), "lidar2ego"),
+            ego2global=_matrix(cur["ego2global"], (4, 4), "ego2global"),
+        )
+        return {
+            "img": img,
+            "lidar2img": torch.as_tensor(results["lidar2img"], dtype=torch.float32),
+            "intrinsics": torch.as_tensor(results["intrinsics"], dtype=torch.float32),
+            "cam2lidar": torch.as_tensor(results["cam2lidar"], dtype=torch.float32),
+            "frame_valid": torch.tensor(frame_valid, dtype=torch.bool),
+            "bda": torch.as_tensor(results.get("bda", np.eye(4)), dtype=torch.float32),
+            "flip": meta.flip,
+            "gt_boxes": torch.as_tensor(boxes, dtype=torch.float32),
+            "gt_labels": torch.as_tensor(labels, dtype=torch.int64),
+            "mono": mono,
+            "meta": meta,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.info_file!r}, {len(self)} samples, "
+            f"frames={self.frames}, cameras={len(self.camera_names)}, test_mode={self.test_mode})"
+        )

@@ -1,0 +1,206 @@
+"""Config loading and Runner construction shared by ``tools/train.py`` and ``tools/test.py``.
+
+The schedule is defined for the config's ``base_batch_size`` (global batch: GPUs x samples per
+GPU, 8 x 1 in the official BEVFormer v2 recipes). When the real global batch differs:
+- the learning rate is scaled linearly (mmengine's ``auto_scale_lr``);
+- iteration-based scheduler boundaries (the warm-up) are rescaled so they cover the same
+  number of samples, and epoch-based ones stay in epochs;
+so changing the number of GPUs does not silently change the schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import os.path as osp
+from typing import Any
+
+import torch
+from mmengine.config import Config, DictAction
+
+from bevformer.builder import build_dataset, build_model
+from bevformer.data.collate import collate
+from bevformer.engine.metric import NuScenesMetric
+from bevformer.engine.runner import BEVRunner, RNGStateHook, register_checkpoint_globals
+
+__all__ = ["DictAction", "build_metric", "build_runner", "load_config", "load_model_weights"]
+
+
+def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
+    """Every ``--cfg-options`` key must name an existing entry of the config."""
+    for dotted in options:
+        node: Any = cfg
+        walked = []
+        for part in dotted.split("."):
+            walked.append(part)
+            if isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                known = sorted(node.keys()) if isinstance(node, dict) else []
+                raise KeyError(
+                    f"--cfg-options key {dotted!r}: {'.'.join(walked)!r} does not exist in "
+                    f"{path}. Keys at that level: {known}"
+                )
+
+
+def load_config(path: str, options: dict[str, Any] | None = None) -> Config:
+    """Load a config file and apply ``--cfg-options`` overrides (which must name real keys)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f"config file {path!r} does not exist; configs live in projects/configs/bevformerv2/"
+        )
+    cfg = Config.fromfile(path)
+    if options:
+        _check_option_keys(cfg, options, path)
+        cfg.merge_from_dict(options)
+    return cfg
+
+
+def scale_schedule(cfg: Config, world_size: int) -> tuple[int, float]:
+    """Rescale the lr and iteration-based scheduler boundaries for the real global batch.
+
+    Returns the global batch size and the factor applied (global / base).
+    """
+    per_gpu = cfg.train_dataloader.batch_size
+    global_batch = per_gpu * world_size
+    base = cfg.get("base_batch_size", global_batch)
+    factor = global_batch / base
+    cfg.optim_wrapper.optimizer.lr = cfg.optim_wrapper.optimizer.lr * factor
+    for sched in cfg.get("param_scheduler", []) or []:
+        if not sched.get("by_epoch", True):
+            for key in ("begin", "end"):
+                if key in sched and sched[key] is not None and sched[key] < 2**31:
+                    sched[key] = max(1, math.ceil(sched[key] / factor)) if sched[key] else 0
+    return global_batch, factor
+
+
+def load_model_weights(model: torch.nn.Module, path: str) -> None:
+    """Load a training checkpoint's weights strictly, with an error listing mismatches."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    register_checkpoint_globals()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: model {tuple(own[k].shape)} vs checkpoint {tuple(state[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"checkpoint {path} does not fit this model (was it trained with another "
+            f"config?): {len(missing)} missing keys {missing[:8]}, {len(unexpected)} "
+            f"unexpected keys {unexpected[:8]}, {len(shapes)} shape mismatches {shapes[:8]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _dataloader(cfg: Config | None, dataset_override: Any = None) -> dict | None:
+    if cfg is None:
+        return None
+    loader = copy.deepcopy(dict(cfg))
+    loader["dataset"] = dataset_override or build_dataset(loader["dataset"])
+    loader["collate_fn"] = collate
+    return loader
+
+
+def build_metric(cfg: dict, **overrides: Any) -> NuScenesMetric:
+    """Build the evaluator's metric from ``val_evaluator`` / ``test_evaluator``."""
+    args = {k: v for k, v in dict(cfg).items() if k != "type"}
+    if cfg.get("type", "NuScenesMetric") != "NuScenesMetric":
+        raise ValueError(f"unknown metric type {cfg['type']!r}; expected 'NuScenesMetric'")
+    args.update(overrides)
+    return NuScenesMetric(**args)
+
+
+def _env_cfg(cfg: Config) -> dict:
+    """NCCL on GPUs, gloo on CPU-only machines, whatever the config says otherwise."""
+    env = copy.deepcopy(dict(cfg.get("env_cfg", {}) or {}))
+    dist_cfg = dict(env.get("dist_cfg", {}) or {})
+    if not torch.cuda.is_available():
+        dist_cfg["backend"] = "gloo"
+    dist_cfg.setdefault("backend", "nccl")
+    env["dist_cfg"] = dist_cfg
+    return env
+
+
+def _world_size(launcher: str) -> int:
+    return int(os.environ.get("WORLD_SIZE", "1")) if launcher != "none" else 1
+
+
+def build_runner(
+    cfg: Config,
+    *,
+    work_dir: str | None = None,
+    resume: str | bool = False,
+    amp: bool = False,
+    launcher: str = "none",
+    load_from: str | None = None,
+    for_training: bool = True,
+    metric_overrides: dict[str, Any] | None = None,
+) -> BEVRunner:
+    """Build the Runner for training (``for_training``) or testing from a loaded config."""
+    register_checkpoint_globals()
+    cfg = copy.deepcopy(cfg)
+    work_dir = (
+        work_dir
+        or cfg.get("work_dir")
+        or osp.join("work_dirs", osp.splitext(osp.basename(cfg.filename or "config"))[0])
+    )
+    cfg.work_dir = work_dir
+    model = build_model(cfg.model)
+    if load_from:
+        load_model_weights(model, load_from)
+
+    kwargs: dict[str, Any] = dict(
+        model=model,
+        work_dir=work_dir,
+        launcher=launcher,
+        env_cfg=_env_cfg(cfg),
+        default_hooks=cfg.get("default_hooks"),
+        custom_hooks=[*cfg.get("custom_hooks", []), RNGStateHook()],
+        visualizer=cfg.get("visualizer"),
+        log_processor=cfg.get("log_processor"),
+        log_level=cfg.get("log_level", "INFO"),
+        randomness=cfg.get("randomness", dict(seed=0)),
+        default_scope=None,
+        cfg=cfg,
+    )
+    if for_training:
+        global_batch, factor = scale_schedule(cfg, _world_size(launcher))
+        optim_wrapper = copy.deepcopy(dict(cfg.optim_wrapper))
+        if amp:
+            bf16 = (not torch.cuda.is_available()) or torch.cuda.is_bf16_supported()
+            optim_wrapper["type"] = "AmpOptimWrapper"
+            optim_wrapper["dtype"] = "bfloat16" if bf16 else "float16"
+            if not bf16:
+                optim_wrapper["loss_scale"] = "dynamic"
+        kwargs.update(
+            train_dataloader=_dataloader(cfg.train_dataloader),
+            train_cfg=cfg.train_cfg,
+            optim_wrapper=optim_wrapper,
+            param_scheduler=cfg.get("param_scheduler"),
+            resume=bool(resume),
+            load_from=resume if isinstance(resume, str) else None,
+        )
+        if cfg.get("val_dataloader") is not None and cfg.get("val_cfg") is not None:
+            kwargs.update(
+                val_dataloader=_dataloader(cfg.val_dataloader),
+                val_cfg=cfg.val_cfg,
+                val_evaluator=build_metric(cfg.val_evaluator),
+            )
+        cfg.setdefault("global_batch_size", global_batch)
+        cfg.setdefault("lr_scale_factor", factor)
+    else:
+        kwargs.update(
+            test_dataloader=_dataloader(cfg.test_dataloader),
+            test_cfg=cfg.get("test_cfg", dict()),
+            test_evaluator=build_metric(cfg.test_evaluator, **(metric_overrides or {})),
+        )
+    return BEVRunner(**kwargs)

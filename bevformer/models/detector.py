@@ -1,0 +1,341 @@
+"""BEVFormer v2: the camera-only 3D detector (Yang et al., "BEVFormer v2", CVPR 2023,
+arXiv:2211.10439), one class for every variant (frames, temporal mode, backbone: config).
+
+Data flow (official ``detectors/bevformerV2.py`` + ``modules/transformerV2.py``):
+
+1. Past frames (``frames`` offsets other than 0) run backbone -> neck -> BEV encoder in eval
+   mode without gradients, on the current BEV grid (their ``lidar2img`` already map current-
+   lidar points into the past images). Missing past frames take the next-newer BEV.
+2. The current frame: GridMask (training) -> backbone -> neck; samples whose images were
+   flipped get every FPN map flipped back; the first ``num_levels`` maps feed the encoder.
+3. Every BEV is resampled for the BEV data augmentation (``bda``), the T BEVs are fused by
+   :class:`~bevformer.models.temporal.ResNetFusion`, and the detection head decodes boxes.
+4. An optional perspective head (``mono_head``) gets the first ``num_mono_levels`` maps of the
+   current frame in training; its losses get a ``_mono`` suffix.
+
+``temporal="streaming"`` selects BEVFormer v1-style temporal self-attention instead: the
+encoder attends to the previous BEV, carried between calls in a
+:class:`~bevformer.models.temporal.TemporalState` that is passed in and returned.
+
+Batch keys and frames: ``docs/CONVENTIONS.md``. Legend: B batch, T frames, N cameras,
+Q = H*W BEV cells, C channels.
+
+    img [B, T, N, 3, H, W]   lidar2img [B, T, N, 4, 4]   -> BEV [B, Q, C] -> head outputs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.model import BaseModel
+from torch import Tensor, nn
+
+from bevformer.models.bda import resample_bev
+from bevformer.models.encoder import BEVEncoder
+from bevformer.models.grid_mask import GridMask
+from bevformer.models.temporal import TemporalState, fill_missing_frames
+from bevformer.registry import MODELS
+
+__all__ = ["BEVFormerV2", "check_finite_losses", "count_parameters"]
+
+TEMPORAL_MODES = ("fusion", "streaming")
+
+
+def check_finite_losses(losses: dict[str, Tensor]) -> None:
+    """Raises ``FloatingPointError`` naming the first loss term that is NaN or infinite."""
+    for name, value in losses.items():
+        if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
+            others = {k: float(v.detach().float().mean()) for k, v in losses.items() if k != name}
+            raise FloatingPointError(
+                f"loss term '{name}' is not finite ({value.detach().cpu().tolist()}); other "
+                f"terms: {others}. Lower the learning rate, check the inputs of this term, or "
+                "train in fp32 to find where it diverges"
+            )
+
+
+def _meta_attr(meta: Any, name: str, default: Any = None) -> Any:
+    if meta is None:
+        return default
+    if isinstance(meta, dict):
+        return meta.get(name, default)
+    return getattr(meta, name, default)
+
+
+@MODELS.register_module()
+class BEVFormerV2(BaseModel):
+    """Backbone + neck -> BEV encoder (+ temporal fusion) -> 3D detection head."""
+
+    def __init__(
+        self,
+        *,
+        img_backbone: nn.Module,
+        img_neck: nn.Module,
+        encoder: BEVEncoder,
+        pts_bbox_head: nn.Module,
+        fusion: nn.Module | None = None,
+        mono_head: nn.Module | None = None,
+        frames: Sequence[int] = (0,),
+        temporal: str = "fusion",
+        num_levels: int | None = 4,
+        num_mono_levels: int | None = 5,
+        use_grid_mask: bool = True,
+        grid_mask: GridMask | None = None,
+        mono_loss_weight: float = 1.0,
+        data_preprocessor: dict | nn.Module | None = None,
+        init_cfg: dict | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.frames = tuple(int(f) for f in frames)
+        if 0 not in self.frames or list(self.frames) != sorted(self.frames):
+            raise ValueError(
+                f"frames must be increasing keyframe offsets that contain 0, got {self.frames}"
+            )
+        if temporal not in TEMPORAL_MODES:
+            raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
+        if temporal == "fusion" and len(self.frames) > 1 and fusion is None:
+            raise ValueError(
+                f"frames={self.frames} need a fusion module (e.g. ResNetFusion with in_channels "
+                "= len(frames) * embed_dims); give `fusion` or use frames=(0,)"
+            )
+        self.temporal = temporal
+        self.img_backbone = img_backbone
+        self.img_neck = img_neck
+        self.encoder = encoder
+        self.fusion = fusion if temporal == "fusion" and len(self.frames) > 1 else None
+        self.pts_bbox_head = pts_bbox_head
+        self.mono_head = mono_head
+        self.num_levels = num_levels
+        self.num_mono_levels = num_mono_levels
+        self.use_grid_mask = use_grid_mask
+        self.grid_mask = grid_mask if grid_mask is not None else GridMask()
+        self.mono_loss_weight = mono_loss_weight
+
+    @property
+    def current_slot(self) -> int:
+        return self.frames.index(0)
+
+    # ---------------------------------------------------------------- features and BEV
+    def extract_feat(self, img: Tensor, flip: Tensor | None, augment: bool) -> list[Tensor]:
+        """img ``[B, N, 3, H, W]`` -> neck maps ``L x [B, N, C, h, w]``, flips undone."""
+        B, N = img.shape[:2]
+        x = img.flatten(0, 1)  # [B*N, 3, H, W]
+        if augment and self.use_grid_mask and self.training:
+            x = self.grid_mask(x)
+        feats = self.img_backbone(x)
+        if isinstance(feats, dict):
+            feats = list(feats.values())
+        feats = list(self.img_neck(list(feats)))
+        out = []
+        for f in feats:
+            f = f.view(B, N, *f.shape[1:])  # [B*N, C, h, w] -> [B, N, C, h, w]
+            if flip is not None and bool(flip.any()):
+                f = torch.where(flip.view(B, 1, 1, 1, 1), f.flip(-1), f)
+            out.append(f)
+        return out
+
+    def _bev_feats(self, feats: list[Tensor]) -> list[Tensor]:
+        return feats if self.num_levels is None else feats[: self.num_levels]
+
+    def _history_bevs(
+        self, img: Tensor, lidar2img: Tensor, frame_valid: Tensor, flip: Tensor | None
+    ) -> list[Tensor | None]:
+        """BEVs of the past/future slots, eval mode, no gradients (``obtain_history_bev``).
+
+        In streaming mode the slots are encoded oldest first, each attending to the one before.
+        """
+        bevs: list[Tensor | None] = [None] * len(self.frames)
+        was_training = self.training
+        self.eval()
+        prev, prev_valid = None, None
+        try:
+            with torch.no_grad():
+                for t in range(len(self.frames)):
+                    if t == self.current_slot or not bool(frame_valid[:, t].any()):
+                        continue
+                    feats = self.extract_feat(img[:, t], flip, augment=False)
+                    if self.temporal == "streaming" and prev is not None:
+                        bev = self.encoder(
+                            self._bev_feats(feats),
+                            lidar2img[:, t],
+                            img.shape[-2:],
+                            prev,
+                            prev_valid,
+                        )
+                    else:
+                        bev = self.encoder(self._bev_feats(feats), lidar2img[:, t], img.shape[-2:])
+                    bevs[t] = bev.detach()
+                    if t < self.current_slot:
+                        prev, prev_valid = bevs[t], frame_valid[:, t]
+        finally:
+            self.train(was_training)
+        return bevs
+
+    def _bda(self, bev: Tensor, bda: Tensor | None) -> Tensor:
+        """BEV augmentation on ``[B, Q, C]`` (identity when ``bda`` is None or identity)."""
+        if bda is None:
+            return bev
+        B, Q, C = bev.shape
+        grid = bev.transpose(1, 2).reshape(B, C, self.encoder.bev_h, self.encoder.bev_w)
+        return resample_bev(grid, bda.to(bev), self.encoder.pc_range).flatten(2).transpose(1, 2)
+
+    def bev_features(
+        self,
+        img: Tensor,
+        lidar2img: Tensor,
+        frame_valid: Tensor | None = None,
+        bda: Tensor | None = None,
+        flip: Tensor | None = None,
+        prev_state: TemporalState | None = None,
+        meta: Sequence[Any] | None = None,
+    ) -> tuple[Tensor, list[Tensor], TemporalState | None]:
+        """-> fused BEV ``[B, Q, C]``, the current frame's neck maps, the new streaming state."""
+        B, T = img.shape[:2]
+        if T != len(self.frames):
+            raise ValueError(
+                f"img has {T} frames but the model is configured with frames={self.frames}; "
+                "use the same `frames` for the dataset and the model"
+            )
+        if frame_valid is None:
+            frame_valid = torch.ones(B, T, dtype=torch.bool, device=img.device)
+        cur = self.current_slot
+        history = self._history_bevs(img, lidar2img, frame_valid, flip) if T > 1 else [None]
+
+        feats = self.extract_feat(img[:, cur], flip, augment=True)
+        prev_bev, prev_valid = None, None
+        state = None
+        if self.temporal == "streaming":
+            lidar2global = self._lidar2global(meta, B, img.device)
+            scenes = tuple(str(_meta_attr(m, "scene_token", "")) for m in (meta or [None] * B))
+            if prev_state is not None:
+                prev_bev, prev_valid = prev_state.aligned_to(
+                    lidar2global, scenes, self.encoder.bev_h, self.encoder.bev_w,
+                    self.encoder.pc_range,
+                )  # fmt: skip
+            if cur > 0 and history[cur - 1] is not None:
+                # past slots of this batch are on the current grid already
+                in_batch = frame_valid[:, cur - 1]
+                if prev_bev is None:
+                    prev_bev, prev_valid = history[cur - 1], in_batch
+                else:
+                    keep = in_batch.view(B, 1, 1)
+                    prev_bev = torch.where(keep, history[cur - 1], prev_bev)
+                    prev_valid = in_batch | prev_valid
+        bev = self.encoder(
+            self._bev_feats(feats), lidar2img[:, cur], img.shape[-2:], prev_bev, prev_valid
+        )
+        if self.temporal == "streaming":
+            state = TemporalState(bev.detach(), lidar2global, scenes)
+
+        if self.fusion is not None:
+            history[cur] = bev
+            slots = fill_missing_frames(history, frame_valid, cur)
+            H, W = self.encoder.bev_h, self.encoder.bev_w
+            # T x [B, Q, C] -> T x [B, C, H, W]
+            maps = [self._bda(s, bda).transpose(1, 2).reshape(B, -1, H, W) for s in slots]
+            bev = self.fusion(maps)
+        else:
+            bev = self._bda(bev, bda)
+        return bev, feats, state
+
+    @staticmethod
+    def _lidar2global(meta: Sequence[Any] | None, batch: int, device: torch.device) -> Tensor:
+        if meta is None or any(_meta_attr(m, "ego2global") is None for m in meta):
+            raise ValueError(
+                "temporal='streaming' needs each sample's meta with lidar2ego and ego2global "
+                "(SampleMeta from the dataset) to align the previous BEV"
+            )
+        mats = [
+            np.asarray(_meta_attr(m, "ego2global"), dtype=np.float64)
+            @ np.asarray(_meta_attr(m, "lidar2ego"), dtype=np.float64)
+            for m in meta
+        ]
+        return torch.as_tensor(np.stack(mats), device=device)
+
+    # ---------------------------------------------------------------- entry points
+    def forward(
+        self,
+        img: Tensor,
+        lidar2img: Tensor,
+        *,
+        mode: str = "tensor",
+        frame_valid: Tensor | None = None,
+        bda: Tensor | None = None,
+        gt_boxes: Sequence[Tensor] | None = None,
+        gt_labels: Sequence[Tensor] | None = None,
+        mono: Sequence[Any] | None = None,
+        meta: Sequence[Any] | None = None,
+        prev_state: TemporalState | None = None,
+        **rest: Any,
+    ) -> Any:
+        """Runs the model on a batch (keys of ``docs/CONVENTIONS.md``).
+
+        ``mode="loss"``: dict of scalar loss terms (every term finite, else FloatingPointError).
+        ``mode="predict"``: per sample ``{"boxes" (K, 9) lidar box vectors, "scores" (K,),
+        "labels" (K,), "token"}``. ``mode="tensor"``: the head outputs plus ``"bev_embed"``.
+        With ``temporal="streaming"``, predict and tensor modes return ``(result, state)``:
+        pass ``state`` back as ``prev_state`` with the next frame.
+        """
+        if img.dim() != 6:
+            raise ValueError(
+                f"img must be [B, T, N, 3, H, W] (docs/CONVENTIONS.md), got {tuple(img.shape)}"
+            )
+        B = img.shape[0]
+        flip = None
+        if meta is not None:
+            flip = torch.tensor(
+                [bool(_meta_attr(m, "flip", False)) for m in meta], device=img.device
+            )
+        if mode == "loss":
+            if gt_boxes is None or gt_labels is None:
+                raise ValueError("mode='loss' needs gt_boxes and gt_labels in the batch")
+            return self.loss(
+                img, lidar2img, frame_valid, bda, gt_boxes, gt_labels, mono, flip, meta
+            )
+        if mode not in ("predict", "tensor"):
+            raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+        bev, _, state = self.bev_features(img, lidar2img, frame_valid, bda, flip, prev_state, meta)
+        outputs = dict(self.pts_bbox_head(bev))
+        outputs["bev_embed"] = bev
+        if mode == "tensor":
+            result: Any = outputs
+        else:
+            result = self.pts_bbox_head.predict(outputs)
+            for b in range(B):
+                result[b] = dict(result[b])
+                result[b]["token"] = _meta_attr(meta[b], "token") if meta is not None else None
+        return (result, state) if self.temporal == "streaming" else result
+
+    def loss(
+        self,
+        img: Tensor,
+        lidar2img: Tensor,
+        frame_valid: Tensor | None,
+        bda: Tensor | None,
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+        mono: Sequence[Any] | None = None,
+        flip: Tensor | None = None,
+        meta: Sequence[Any] | None = None,
+    ) -> dict[str, Tensor]:
+        """Detection losses (+ ``*_mono`` perspective losses) as a dict of scalars."""
+        bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
+        outputs = self.pts_bbox_head(bev)
+        losses = dict(self.pts_bbox_head.loss(outputs, list(gt_boxes), list(gt_labels)))
+        if self.mono_head is not None:
+            if mono is None:
+                raise ValueError("the model has a mono_head: the batch needs 'mono' targets")
+            n = self.num_mono_levels
+            mono_feats = feats if n is None else feats[:n]
+            mono_losses = self.mono_head.loss(mono_feats, mono)
+            for name, value in mono_losses.items():
+                losses[f"{name}_mono"] = value * self.mono_loss_weight
+        check_finite_losses(losses)
+        return losses
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (all, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,288 @@
+"""The BEVFormer (v2) BEV encoder: BEV queries + learned positional encoding, then layers of
+(BEV self-attention, LN, spatial cross-attention, LN, FFN, LN).
+
+Li et al., "BEVFormer", ECCV 2022 (arXiv:2203.17270) section 3; BEVFormer v2 (Yang et al.,
+CVPR 2023, arXiv:2211.10439) keeps the encoder and drops the can-bus / shift inputs. Official
+code: BEVFormer ``modules/encoder.py`` (``BEVFormerEncoder.get_reference_points``,
+``point_sampling``, ``BEVFormerLayer``) and ``modules/transformerV2.py``
+(``PerceptionTransformerBEVEncoder``: camera and level embeddings added to the flattened
+features).
+
+Each BEV cell (row i = lidar y, column j = lidar x, flattened row-major) is a pillar with D
+z-anchors evenly spread over the ``pc_range`` height (for [-5, 3]: -4.5, -2.17, 0.17, 2.5 m).
+The anchors are projected with each camera's ``lidar2img`` and normalised by the padded image
+size; a (sample, camera, query) is visible where any anchor has depth > 1e-5 and lands inside
+(0, 1) x (0, 1).
+
+Legend: B batch, N cameras, Q = H*W BEV queries, D z-anchors, L levels, S image tokens over all
+levels, C channels.
+
+    mlvl_feats  L x [B, N, C, h_l, w_l]      lidar2img [B, N, 4, 4]     -> bev [B, Q, C]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bevformer.models.attention import BEVSelfAttention, SpatialCrossAttention
+from bevformer.models.positional import LearnedPositionalEncoding
+from bevformer.registry import MODELS
+
+__all__ = [
+    "BEVEncoder",
+    "BEVEncoderLayer",
+    "bev_reference_points_2d",
+    "pillar_reference_points_3d",
+    "project_reference_points",
+]
+
+PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+
+
+def pillar_reference_points_3d(
+    bev_h: int,
+    bev_w: int,
+    pc_range: Sequence[float],
+    num_points_in_pillar: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Lidar-frame (x, y, z) in metres of the z-anchors of every pillar -> ``[D, Q, 3]``."""
+    x0, y0, z0, x1, y1, z1 = (float(v) for v in pc_range)
+    height = z1 - z0
+    # official: linspace(0.5, Z - 0.5, D) / Z over a pillar of height Z = z_max - z_min metres
+    zs = z0 + torch.linspace(0.5, height - 0.5, num_points_in_pillar, dtype=dtype, device=device)
+    xs = x0 + (torch.arange(bev_w, dtype=dtype, device=device) + 0.5) / bev_w * (x1 - x0)
+    ys = y0 + (torch.arange(bev_h, dtype=dtype, device=device) + 0.5) / bev_h * (y1 - y0)
+    D, H, W = num_points_in_pillar, bev_h, bev_w
+    grid = torch.stack(
+        (
+            xs.view(1, 1, W).expand(D, H, W),
+            ys.view(1, H, 1).expand(D, H, W),
+            zs.view(D, 1, 1).expand(D, H, W),
+        ),
+        dim=-1,
+    )  # [D, H, W, 3]
+    return grid.reshape(D, H * W, 3)
+
+
+def bev_reference_points_2d(
+    bev_h: int, bev_w: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> Tensor:
+    """Normalised (x, y) of the BEV cell centres, row-major -> ``[Q, 2]``."""
+    xs = (torch.arange(bev_w, dtype=dtype, device=device) + 0.5) / bev_w
+    ys = (torch.arange(bev_h, dtype=dtype, device=device) + 0.5) / bev_h
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+def project_reference_points(
+    points: Tensor, lidar2img: Tensor, img_shape: Sequence[int], eps: float = 1e-5
+) -> tuple[Tensor, Tensor]:
+    """Projects ``points [D, Q, 3]`` into every camera of every sample.
+
+    Returns ``ref_cam [B, N, Q, D, 2]`` (pixel / padded (W, H), so in [0, 1] inside the image)
+    and ``mask [B, N, Q, D]`` (depth > eps and strictly inside the image). Computed in at least
+    float32 and outside autocast, as the official ``point_sampling``.
+    """
+    dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
+    img_h, img_w = int(img_shape[0]), int(img_shape[1])
+    with torch.autocast(device_type=points.device.type, enabled=False):
+        pts = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1).to(dtype)  # [D, Q, 4]
+        # [B, N, 1, 1, 4, 4] @ [1, 1, D, Q, 4, 1] -> [B, N, D, Q, 4]
+        cam = torch.einsum("bnij,dqj->bndqi", lidar2img.to(dtype), pts)
+        depth = cam[..., 2:3]
+        mask = depth > eps
+        uv = cam[..., 0:2] / torch.clamp(depth, min=eps)
+        uv = uv / uv.new_tensor([img_w, img_h])
+        mask = mask & (uv > 0.0).all(-1, keepdim=True) & (uv < 1.0).all(-1, keepdim=True)
+    # [B, N, D, Q, ...] -> [B, N, Q, D, ...]
+    return uv.permute(0, 1, 3, 2, 4), mask.squeeze(-1).permute(0, 1, 3, 2)
+
+
+class BEVEncoderLayer(nn.Module):
+    """self-attention, LN, spatial cross-attention, LN, FFN (C -> F -> C, ReLU), LN."""
+
+    def __init__(
+        self,
+        embed_dims: int,
+        ffn_dims: int,
+        num_levels: int,
+        num_heads: int = 8,
+        self_attn_points: int = 4,
+        cross_attn_points: int = 8,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.self_attn = BEVSelfAttention(embed_dims, num_heads, 1, self_attn_points, dropout)
+        self.cross_attn = SpatialCrossAttention(
+            embed_dims, num_heads, num_levels, cross_attn_points, dropout
+        )
+        self.ffn = nn.Sequential(
+            nn.Linear(embed_dims, ffn_dims),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_dims, embed_dims),
+            nn.Dropout(dropout),
+        )
+        for m in self.ffn:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))
+
+    def forward(
+        self,
+        query: Tensor,
+        bev_pos: Tensor,
+        ref_2d: Tensor,
+        bev_shape: Tensor,
+        value: Tensor,
+        ref_cam: Tensor,
+        bev_mask: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        value_pair: Tensor | None = None,
+    ) -> Tensor:
+        query = self.norms[0](self.self_attn(query, bev_pos, ref_2d, bev_shape, value_pair))
+        query = self.cross_attn(query, value, ref_cam, bev_mask, spatial_shapes, level_start_index)
+        query = self.norms[1](query)
+        return self.norms[2](query + self.ffn(query))
+
+
+@MODELS.register_module()
+class BEVEncoder(nn.Module):
+    """Lifts multi-camera, multi-level image features to a ``bev_h x bev_w`` BEV feature map."""
+
+    def __init__(
+        self,
+        *,
+        embed_dims: int = 256,
+        num_layers: int = 6,
+        bev_h: int = 200,
+        bev_w: int = 200,
+        pc_range: Sequence[float] = PC_RANGE,
+        num_points_in_pillar: int = 4,
+        num_levels: int = 4,
+        num_cams: int = 6,
+        num_heads: int = 8,
+        self_attn_points: int = 4,
+        cross_attn_points: int = 8,
+        ffn_dims: int = 512,
+        dropout: float = 0.1,
+        use_cams_embeds: bool = True,
+    ) -> None:
+        super().__init__()
+        if embed_dims % 2 != 0:
+            raise ValueError(f"embed_dims must be even (row + column encoding), got {embed_dims}")
+        self.embed_dims, self.bev_h, self.bev_w = embed_dims, bev_h, bev_w
+        self.pc_range = tuple(float(v) for v in pc_range)
+        self.num_points_in_pillar = num_points_in_pillar
+        self.num_levels, self.num_cams = num_levels, num_cams
+        self.bev_embedding = nn.Embedding(bev_h * bev_w, embed_dims)
+        self.positional_encoding = LearnedPositionalEncoding(embed_dims // 2, bev_h, bev_w)
+        self.level_embeds = nn.Parameter(torch.empty(num_levels, embed_dims))
+        self.cams_embeds = (
+            nn.Parameter(torch.empty(num_cams, embed_dims)) if use_cams_embeds else None
+        )
+        nn.init.normal_(self.level_embeds)
+        if self.cams_embeds is not None:
+            nn.init.normal_(self.cams_embeds)
+        self.layers = nn.ModuleList(
+            BEVEncoderLayer(
+                embed_dims,
+                ffn_dims,
+                num_levels,
+                num_heads,
+                self_attn_points,
+                cross_attn_points,
+                dropout,
+            )
+            for _ in range(num_layers)
+        )
+
+    def flatten_features(self, mlvl_feats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``L x [B, N, C, h, w]`` -> value ``[B, N, S, C]`` (+ camera and level embeddings),
+        spatial_shapes ``[L, 2]`` (h, w), level_start_index ``[L]``."""
+        if len(mlvl_feats) != self.num_levels:
+            raise ValueError(
+                f"encoder expects {self.num_levels} feature levels, got {len(mlvl_feats)}; "
+                "set num_levels in the encoder config"
+            )
+        num_cams = mlvl_feats[0].shape[1]
+        if self.cams_embeds is not None and num_cams > self.num_cams:
+            raise ValueError(
+                f"encoder has camera embeddings for {self.num_cams} cameras, got {num_cams}; "
+                "set num_cams in the encoder config"
+            )
+        flat, shapes = [], []
+        for lvl, feat in enumerate(mlvl_feats):
+            B, N, C, h, w = feat.shape
+            x = feat.flatten(3).transpose(2, 3)  # [B, N, h*w, C]
+            if self.cams_embeds is not None:
+                x = x + self.cams_embeds[:N, None, :].to(x.dtype)
+            x = x + self.level_embeds[lvl].to(x.dtype)
+            flat.append(x)
+            shapes.append((h, w))
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=flat[0].device)
+        level_start_index = torch.cat(
+            (spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1])
+        )
+        return torch.cat(flat, dim=2), spatial_shapes, level_start_index
+
+    def forward(
+        self,
+        mlvl_feats: Sequence[Tensor],
+        lidar2img: Tensor,
+        img_shape: Sequence[int],
+        prev_bev: Tensor | None = None,
+        prev_valid: Tensor | None = None,
+    ) -> Tensor:
+        """mlvl_feats ``L x [B, N, C, h, w]``; lidar2img ``[B, N, 4, 4]``; img_shape padded
+        (H, W) -> bev ``[B, Q, C]`` (row-major over (y, x)).
+
+        ``prev_bev [B, Q, C]``, aligned to this grid, turns the self-attention into v1 temporal
+        self-attention over the pair (prev_bev, initial queries), as the official encoder;
+        ``prev_valid [B]`` marks the samples that have one (the others, and every sample when
+        ``prev_bev`` is None, attend over (query, query): the v2 form).
+        """
+        value, spatial_shapes, level_start_index = self.flatten_features(mlvl_feats)
+        B = value.shape[0]
+        dtype, device = value.dtype, value.device
+        H, W = self.bev_h, self.bev_w
+        query = self.bev_embedding.weight.to(dtype)[None].expand(B, -1, -1)  # [B, Q, C]
+        bev_pos = self.positional_encoding(H, W).to(dtype).flatten(1).t()[None]  # [1, Q, C]
+        bev_pos = bev_pos.expand(B, -1, -1)
+        ref_2d = bev_reference_points_2d(H, W, dtype, device)[None, :, None].expand(B, -1, -1, -1)
+        ref_3d = pillar_reference_points_3d(
+            H, W, self.pc_range, self.num_points_in_pillar, dtype, device
+        )
+        ref_cam, bev_mask = project_reference_points(ref_3d, lidar2img, img_shape)
+        ref_cam = ref_cam.to(dtype)
+        bev_shape = torch.as_tensor([[H, W]], dtype=torch.long, device=device)
+        fixed_pair = None
+        if prev_bev is not None:
+            fixed_pair = torch.stack([prev_bev.to(dtype), query], dim=1)  # [B, 2, Q, C]
+            if prev_valid is None:
+                prev_valid = torch.ones(B, dtype=torch.bool, device=device)
+        for layer in self.layers:
+            value_pair = None
+            if fixed_pair is not None:
+                value_pair = torch.where(
+                    prev_valid.view(B, 1, 1, 1), fixed_pair, torch.stack([query, query], dim=1)
+                )
+            query = layer(
+                query,
+                bev_pos,
+                ref_2d,
+                bev_shape,
+                value,
+                ref_cam,
+                bev_mask,
+                spatial_shapes,
+                level_start_index,
+                value_pair,
+            )
+        return query

@@ -1,0 +1,282 @@
+// Shared kernel body of the deformable sampling operators (CPU and CUDA).
+//
+// Every function here is an inline function usable from host and device code. The CPU
+// launcher (sampling_cpu.cpp, OpenMP) calls them with a full channel range [c0, c1) and the
+// CUDA launcher (sampling_cuda.cu) with one channel per thread, so the arithmetic is written
+// once. Both operators reduce to the same primitive: bilinear sampling of a [h, w] image whose
+// pixels are `pix_stride` elements apart, with zeros outside the image.
+//
+//   ms_deform_attn (Deformable DETR, arXiv:2010.04159): value [B, S, H, C], one image per
+//     (batch, level, head), pixel stride H*C; location (x, y) in [0, 1] -> pixel
+//     coordinates (x*w - 0.5, y*h - 0.5) (grid_sample, align_corners=False).
+//   dcnv3 (InternImage, arXiv:2211.05778): input [N, H_in, W_in, G*Cg], one image per
+//     (batch, group), pixel stride G*Cg; location = regular kernel grid + offsets, in pixels
+//     (InternImage classification/ops_dcnv3/src/cuda/dcnv3_im2col_cuda.cuh).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SAMPLING_HD __host__ __device__ __forceinline__
+#define SAMPLING_SIMD
+#define SAMPLING_SIMD_REDUCE(...)
+#else
+#define SAMPLING_HD inline
+#define SAMPLING_SIMD _Pragma("omp simd")
+#define SAMPLING_DO_PRAGMA(x) _Pragma(#x)
+#define SAMPLING_SIMD_REDUCE(...) SAMPLING_DO_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#endif
+
+namespace bevformer_ops {
+
+template <typename acc_t>
+SAMPLING_HD acc_t floor_(acc_t v) {
+#if defined(__CUDA_ARCH__)
+  return floor(v);
+#else
+  return std::floor(v);
+#endif
+}
+
+// The four corners of a bilinear sample: element offsets of the pixels (channel 0) and their
+// weights; a corner outside the image has weight 0 and offset 0 (a valid address).
+template <typename acc_t>
+struct Corners {
+  int64_t off[4];
+  acc_t w[4];
+  bool valid[4];
+  // Partial derivatives of the corner weights w.r.t. the pixel coordinates x and y.
+  acc_t dwx[4];
+  acc_t dwy[4];
+};
+
+// Sets up the bilinear corners of pixel coordinates (x, y) (pixel centres at integers) in an
+// image of h rows and w columns. Returns false when the point lies outside (-1, w) x (-1, h),
+// where every corner is outside and the sample is zero (same test as the official kernels).
+template <typename acc_t>
+SAMPLING_HD bool bilinear_corners(acc_t x, acc_t y, int h, int w, int64_t pix_stride,
+                                  Corners<acc_t>& cr) {
+  if (!(x > acc_t(-1) && y > acc_t(-1) && x < acc_t(w) && y < acc_t(h))) return false;
+  const acc_t xf = floor_(x), yf = floor_(y);
+  const int x0 = static_cast<int>(xf), y0 = static_cast<int>(yf);
+  const acc_t lx = x - xf, ly = y - yf;
+  const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
+  const int xs[4] = {x0, x0 + 1, x0, x0 + 1};
+  const int ys[4] = {y0, y0, y0 + 1, y0 + 1};
+  const acc_t ws[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  const acc_t dx[4] = {-hy, hy, -ly, ly};
+  const acc_t dy[4] = {-hx, -lx, hx, lx};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const bool ok = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
+    cr.valid[k] = ok;
+    cr.off[k] = ok ? (static_cast<int64_t>(ys[k]) * w + xs[k]) * pix_stride : 0;
+    cr.w[k] = ok ? ws[k] : acc_t(0);
+    cr.dwx[k] = ok ? dx[k] : acc_t(0);
+    cr.dwy[k] = ok ? dy[k] : acc_t(0);
+  }
+  return true;
+}
+
+// out[c - c0] += weight * bilinear(img)[c] for c in [c0, c1).
+template <typename scalar_t, typename acc_t>
+SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Corners<acc_t>& cr,
+                                   acc_t weight, int c0, int c1, acc_t* __restrict__ out) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!cr.valid[k]) continue;
+    const scalar_t* __restrict__ v = img + cr.off[k];
+    const acc_t wk = weight * cr.w[k];
+    SAMPLING_SIMD
+    for (int c = c0; c < c1; ++c) out[c - c0] += wk * static_cast<acc_t>(v[c]);
+  }
+}
+
+// Gradient contributions of one bilinear sample s = weight * bilinear(img)[c], c in [c0, c1),
+// given the output gradient gout[c - c0]:
+//   grad_img[corner + c] += weight * w_k * gout        (through AddOp, plain or atomic)
+//   returns in d_weight sum_c gout * bilinear(img)[c]
+//   and in d_x, d_y     sum_c gout * weight * d bilinear / d(x, y)   (pixel coordinates).
+template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp>
+SAMPLING_HD void sample_backward(const scalar_t* __restrict__ img, const Corners<acc_t>& cr,
+                                 acc_t weight, int c0, int c1, const acc_t* __restrict__ gout,
+                                 grad_t* __restrict__ grad_img, AddOp add, acc_t& d_weight,
+                                 acc_t& d_x, acc_t& d_y) {
+  acc_t dw = 0, dx = 0, dy = 0;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!cr.valid[k]) continue;
+    const scalar_t* __restrict__ v = img + cr.off[k];
+    grad_t* __restrict__ gv = grad_img + cr.off[k];
+    const acc_t wk = weight * cr.w[k];
+    acc_t dot = 0;
+    SAMPLING_SIMD_REDUCE(dot)
+    for (int c = c0; c < c1; ++c) {
+      const acc_t g = gout[c - c0];
+      dot += g * static_cast<acc_t>(v[c]);
+      add(gv + c, wk * g);
+    }
+    dw += cr.w[k] * dot;
+    dx += cr.dwx[k] * dot;
+    dy += cr.dwy[k] * dot;
+  }
+  d_weight = dw;
+  d_x = weight * dx;
+  d_y = weight * dy;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-scale deformable attention, one (batch b, query q, head m) and channels [c0, c1).
+//   value [B, S, M, C], shapes [L, 2] (h, w), starts [L], loc [B, Q, M, L, P, 2],
+//   attn [B, Q, M, L, P], out [C] slice of [B, Q, M*C].
+// ---------------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+SAMPLING_HD void msda_forward_one(const scalar_t* __restrict__ value,
+                                  const int64_t* __restrict__ shapes,
+                                  const int64_t* __restrict__ starts,
+                                  const scalar_t* __restrict__ loc,
+                                  const scalar_t* __restrict__ attn, int64_t b, int64_t q,
+                                  int64_t m, int64_t S, int64_t Q, int64_t M, int64_t C,
+                                  int64_t L, int64_t P, int c0, int c1, acc_t* __restrict__ out) {
+  const int64_t pix_stride = M * C;
+  const int64_t lp0 = ((b * Q + q) * M + m) * L * P;  // index of (b, q, m, 0, 0)
+  for (int64_t l = 0; l < L; ++l) {
+    const int h = static_cast<int>(shapes[2 * l]), w = static_cast<int>(shapes[2 * l + 1]);
+    const scalar_t* img = value + ((b * S + starts[l]) * M + m) * C;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t i = lp0 + l * P + p;
+      const acc_t x = static_cast<acc_t>(loc[2 * i]) * w - acc_t(0.5);
+      const acc_t y = static_cast<acc_t>(loc[2 * i + 1]) * h - acc_t(0.5);
+      Corners<acc_t> cr;
+      if (!bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) continue;
+      sample_accumulate<scalar_t, acc_t>(img, cr, static_cast<acc_t>(attn[i]), c0, c1, out);
+    }
+  }
+}
+
+// Backward of msda_forward_one. gout holds the output gradient for channels [c0, c1).
+// Writes (CPU, full channel range) or adds (CUDA, through GradOut) the gradients of loc and
+// attn for this (b, q, m), and adds the value gradient through AddOp.
+template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp, typename GradOut>
+SAMPLING_HD void msda_backward_one(const scalar_t* __restrict__ value,
+                                   const int64_t* __restrict__ shapes,
+                                   const int64_t* __restrict__ starts,
+                                   const scalar_t* __restrict__ loc,
+                                   const scalar_t* __restrict__ attn, int64_t b, int64_t q,
+                                   int64_t m, int64_t S, int64_t Q, int64_t M, int64_t C,
+                                   int64_t L, int64_t P, int c0, int c1,
+                                   const acc_t* __restrict__ gout, grad_t* __restrict__ grad_value,
+                                   AddOp add, GradOut put_loc, GradOut put_attn) {
+  const int64_t pix_stride = M * C;
+  const int64_t lp0 = ((b * Q + q) * M + m) * L * P;
+  for (int64_t l = 0; l < L; ++l) {
+    const int h = static_cast<int>(shapes[2 * l]), w = static_cast<int>(shapes[2 * l + 1]);
+    const int64_t base = ((b * S + starts[l]) * M + m) * C;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t i = lp0 + l * P + p;
+      const acc_t x = static_cast<acc_t>(loc[2 * i]) * w - acc_t(0.5);
+      const acc_t y = static_cast<acc_t>(loc[2 * i + 1]) * h - acc_t(0.5);
+      Corners<acc_t> cr;
+      acc_t d_attn = 0, d_x = 0, d_y = 0;
+      if (bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) {
+        sample_backward<scalar_t, acc_t, grad_t, AddOp>(value + base, cr,
+                                                        static_cast<acc_t>(attn[i]), c0, c1,
+                                                        gout, grad_value + base, add, d_attn,
+                                                        d_x, d_y);
+      }
+      put_attn(i, d_attn);
+      put_loc(2 * i, d_x * w);  // d x_pix / d loc_x = w
+      put_loc(2 * i + 1, d_y * h);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DCNv3 core, one (batch n, output row ho, output column wo, group g), channels [c0, c1).
+//   input [N, H_in, W_in, G*Cg], offset [N, H_out, W_out, G*K*2], mask [N, H_out, W_out, G*K].
+// ---------------------------------------------------------------------------------------------
+struct Dcnv3Geometry {
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int group, group_channels, remove_center;
+  int64_t height_in, width_in, height_out, width_out;
+  double offset_scale;
+};
+
+// Calls fn(p, x, y) for every kernel tap p of output pixel (ho, wo), with (x, y) the sampling
+// point in input pixel coordinates (tap order p = i * kernel_h + j, i over x, j over y).
+template <typename scalar_t, typename acc_t, typename Fn>
+SAMPLING_HD void dcnv3_for_each_tap(const Dcnv3Geometry& gm, const scalar_t* __restrict__ off,
+                                    int64_t ho, int64_t wo, Fn fn) {
+  const int cx = (gm.dilation_w * (gm.kernel_w - 1)) / 2;
+  const int cy = (gm.dilation_h * (gm.kernel_h - 1)) / 2;
+  const acc_t s = static_cast<acc_t>(gm.offset_scale);
+  const acc_t x0 = static_cast<acc_t>(wo * gm.stride_w - gm.pad_w + cx) - cx * s;
+  const acc_t y0 = static_cast<acc_t>(ho * gm.stride_h - gm.pad_h + cy) - cy * s;
+  const int ci = gm.kernel_w / 2, cj = gm.kernel_h / 2;
+  int p = 0;
+  for (int i = 0; i < gm.kernel_w; ++i) {
+    for (int j = 0; j < gm.kernel_h; ++j) {
+      if (gm.remove_center && i == ci && j == cj) continue;
+      const acc_t x = x0 + (i * gm.dilation_w + static_cast<acc_t>(off[2 * p])) * s;
+      const acc_t y = y0 + (j * gm.dilation_h + static_cast<acc_t>(off[2 * p + 1])) * s;
+      fn(p, x, y);
+      ++p;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+SAMPLING_HD void dcnv3_forward_one(const scalar_t* __restrict__ input,
+                                   const scalar_t* __restrict__ offset,
+                                   const scalar_t* __restrict__ mask, const Dcnv3Geometry& gm,
+                                   int64_t n, int64_t ho, int64_t wo, int64_t g, int c0, int c1,
+                                   acc_t* __restrict__ out) {
+  const int64_t K = static_cast<int64_t>(gm.kernel_h) * gm.kernel_w - gm.remove_center;
+  const int64_t pix_stride = static_cast<int64_t>(gm.group) * gm.group_channels;
+  const int64_t qi = (n * gm.height_out + ho) * gm.width_out + wo;  // output pixel index
+  const scalar_t* img = input + n * gm.height_in * gm.width_in * pix_stride + g * gm.group_channels;
+  const scalar_t* off = offset + (qi * gm.group + g) * K * 2;
+  const scalar_t* msk = mask + (qi * gm.group + g) * K;
+  const int h = static_cast<int>(gm.height_in), w = static_cast<int>(gm.width_in);
+  dcnv3_for_each_tap<scalar_t, acc_t>(gm, off, ho, wo, [&](int p, acc_t x, acc_t y) {
+    Corners<acc_t> cr;
+    if (!bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) return;
+    sample_accumulate<scalar_t, acc_t>(img, cr, static_cast<acc_t>(msk[p]), c0, c1, out);
+  });
+}
+
+// Backward of dcnv3_forward_one; gradient of offset/mask entry i goes to put_off / put_mask
+// with i the flat index into offset / mask.
+template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp, typename GradOut>
+SAMPLING_HD void dcnv3_backward_one(const scalar_t* __restrict__ input,
+                                    const scalar_t* __restrict__ offset,
+                                    const scalar_t* __restrict__ mask, const Dcnv3Geometry& gm,
+                                    int64_t n, int64_t ho, int64_t wo, int64_t g, int c0, int c1,
+                                    const acc_t* __restrict__ gout,
+                                    grad_t* __restrict__ grad_input, AddOp add,
+                                    GradOut put_off, GradOut put_mask) {
+  const int64_t K = static_cast<int64_t>(gm.kernel_h) * gm.kernel_w - gm.remove_center;
+  const int64_t pix_stride = static_cast<int64_t>(gm.group) * gm.group_channels;
+  const int64_t qi = (n * gm.height_out + ho) * gm.width_out + wo;
+  const int64_t base = n * gm.height_in * gm.width_in * pix_stride + g * gm.group_channels;
+  const int64_t off0 = (qi * gm.group + g) * K;  // index of (n, ho, wo, g, 0) in mask
+  const scalar_t* msk = mask + off0;
+  const acc_t s = static_cast<acc_t>(gm.offset_scale);
+  const int h = static_cast<int>(gm.height_in), w = static_cast<int>(gm.width_in);
+  dcnv3_for_each_tap<scalar_t, acc_t>(gm, offset + off0 * 2, ho, wo, [&](int p, acc_t x,
+                                                                          acc_t y) {
+    Corners<acc_t> cr;
+    acc_t d_mask = 0, d_x = 0, d_y = 0;
+    if (bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) {
+      sample_backward<scalar_t, acc_t, grad_t, AddOp>(input + base, cr,
+                                                      static_cast<acc_t>(msk[p]), c0, c1, gout,
+                                                      grad_input + base, add, d_mask, d_x, d_y);
+    }
+    put_mask(off0 + p, d_mask);
+    put_off(2 * (off0 + p), d_x * s);  // d x_pix / d offset_x = offset_scale
+    put_off(2 * (off0 + p) + 1, d_y * s);
+  });
+}
+
+}  // namespace bevformer_ops

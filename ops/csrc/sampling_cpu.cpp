@@ -1,0 +1,273 @@
+// CPU launchers (ATen parallel_for, OpenMP-backed) and Python bindings of the deformable
+// sampling operators; the arithmetic lives in sampling.h, shared with the CUDA launchers.
+//
+// Forward: one task per query (output pixel), all heads/groups, channels innermost (SIMD).
+// Backward: one task per (batch, head) / (batch, group). Every gradient element is then
+// written by exactly one thread (the value/input gradient of a head is only touched by that
+// head's queries), so no atomics and no per-thread buffers are needed.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <tuple>
+
+#include "sampling.h"
+
+namespace bevformer_ops {
+
+#ifdef WITH_CUDA
+at::Tensor msda_forward_cuda(const at::Tensor& value, const at::Tensor& shapes,
+                             const at::Tensor& starts, const at::Tensor& loc,
+                             const at::Tensor& attn);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(
+    const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+    const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out);
+at::Tensor dcnv3_forward_cuda(const at::Tensor& input, const at::Tensor& offset,
+                              const at::Tensor& mask, const Dcnv3Geometry& gm);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
+    const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
+    const Dcnv3Geometry& gm, const at::Tensor& grad_out);
+#endif
+
+namespace {
+
+template <typename T>
+struct PlainAdd {
+  inline void operator()(T* p, T v) const { *p += v; }
+};
+
+template <typename T>
+struct Store {
+  T* ptr;
+  inline void operator()(int64_t i, T v) const { ptr[i] = v; }
+};
+
+void check_inputs(std::initializer_list<at::Tensor> ts) {
+  for (const auto& t : ts) {
+    TORCH_CHECK(t.is_contiguous(), "bevformer_ops: expected contiguous tensors");
+  }
+}
+
+// ----------------------------------------------------------------------------- ms_deform_attn
+
+at::Tensor msda_forward_cpu(const at::Tensor& value, const at::Tensor& shapes,
+                            const at::Tensor& starts, const at::Tensor& loc,
+                            const at::Tensor& attn) {
+  check_inputs({value, shapes, starts, loc, attn});
+  const int64_t B = value.size(0), S = value.size(1), M = value.size(2), C = value.size(3);
+  const int64_t Q = loc.size(1), L = loc.size(3), P = loc.size(4);
+  auto out = at::zeros({B, Q, M * C}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "msda_forward_cpu", [&] {
+    const scalar_t* v = value.data_ptr<scalar_t>();
+    const int64_t* sh = shapes.data_ptr<int64_t>();
+    const int64_t* st = starts.data_ptr<int64_t>();
+    const scalar_t* lc = loc.data_ptr<scalar_t>();
+    const scalar_t* at = attn.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * Q, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t bq = begin; bq < end; ++bq) {
+        const int64_t b = bq / Q, q = bq % Q;
+        for (int64_t m = 0; m < M; ++m) {
+          msda_forward_one<scalar_t, scalar_t>(v, sh, st, lc, at, b, q, m, S, Q, M, C, L, P, 0,
+                                               static_cast<int>(C), o + (bq * M + m) * C);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cpu(
+    const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+    const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out) {
+  check_inputs({value, shapes, starts, loc, attn, grad_out});
+  const int64_t B = value.size(0), S = value.size(1), M = value.size(2), C = value.size(3);
+  const int64_t Q = loc.size(1), L = loc.size(3), P = loc.size(4);
+  auto grad_value = at::zeros_like(value);
+  auto grad_loc = at::empty_like(loc);
+  auto grad_attn = at::empty_like(attn);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "msda_backward_cpu", [&] {
+    const scalar_t* v = value.data_ptr<scalar_t>();
+    const int64_t* sh = shapes.data_ptr<int64_t>();
+    const int64_t* st = starts.data_ptr<int64_t>();
+    const scalar_t* lc = loc.data_ptr<scalar_t>();
+    const scalar_t* at = attn.data_ptr<scalar_t>();
+    const scalar_t* go = grad_out.data_ptr<scalar_t>();
+    scalar_t* gv = grad_value.data_ptr<scalar_t>();
+    const Store<scalar_t> put_loc{grad_loc.data_ptr<scalar_t>()};
+    const Store<scalar_t> put_attn{grad_attn.data_ptr<scalar_t>()};
+    at::parallel_for(0, B * M, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bm = begin; bm < end; ++bm) {
+        const int64_t b = bm / M, m = bm % M;
+        for (int64_t q = 0; q < Q; ++q) {
+          msda_backward_one<scalar_t, scalar_t, scalar_t>(
+              v, sh, st, lc, at, b, q, m, S, Q, M, C, L, P, 0, static_cast<int>(C),
+              go + ((b * Q + q) * M + m) * C, gv, PlainAdd<scalar_t>{}, put_loc, put_attn);
+        }
+      }
+    });
+  });
+  return {grad_value, grad_loc, grad_attn};
+}
+
+// ------------------------------------------------------------------------------------- dcnv3
+
+at::Tensor dcnv3_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
+                             const at::Tensor& mask, const Dcnv3Geometry& gm) {
+  check_inputs({input, offset, mask});
+  const int64_t N = input.size(0), G = gm.group, Cg = gm.group_channels;
+  const int64_t HW = gm.height_out * gm.width_out;
+  auto out = at::zeros({N, gm.height_out, gm.width_out, G * Cg}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dcnv3_forward_cpu", [&] {
+    const scalar_t* x = input.data_ptr<scalar_t>();
+    const scalar_t* of = offset.data_ptr<scalar_t>();
+    const scalar_t* mk = mask.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N * HW, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / HW, ho = (i % HW) / gm.width_out, wo = i % gm.width_out;
+        for (int64_t g = 0; g < G; ++g) {
+          dcnv3_forward_one<scalar_t, scalar_t>(x, of, mk, gm, n, ho, wo, g, 0,
+                                                static_cast<int>(Cg), o + (i * G + g) * Cg);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
+    const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
+    const Dcnv3Geometry& gm, const at::Tensor& grad_out) {
+  check_inputs({input, offset, mask, grad_out});
+  const int64_t N = input.size(0), G = gm.group, Cg = gm.group_channels;
+  auto grad_input = at::zeros_like(input);
+  auto grad_offset = at::empty_like(offset);
+  auto grad_mask = at::empty_like(mask);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dcnv3_backward_cpu", [&] {
+    const scalar_t* x = input.data_ptr<scalar_t>();
+    const scalar_t* of = offset.data_ptr<scalar_t>();
+    const scalar_t* mk = mask.data_ptr<scalar_t>();
+    const scalar_t* go = grad_out.data_ptr<scalar_t>();
+    scalar_t* gx = grad_input.data_ptr<scalar_t>();
+    const Store<scalar_t> put_off{grad_offset.data_ptr<scalar_t>()};
+    const Store<scalar_t> put_mask{grad_mask.data_ptr<scalar_t>()};
+    at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ng = begin; ng < end; ++ng) {
+        const int64_t n = ng / G, g = ng % G;
+        for (int64_t ho = 0; ho < gm.height_out; ++ho) {
+          for (int64_t wo = 0; wo < gm.width_out; ++wo) {
+            const int64_t qi = (n * gm.height_out + ho) * gm.width_out + wo;
+            dcnv3_backward_one<scalar_t, scalar_t, scalar_t>(
+                x, of, mk, gm, n, ho, wo, g, 0, static_cast<int>(Cg), go + (qi * G + g) * Cg,
+                gx, PlainAdd<scalar_t>{}, put_off, put_mask);
+          }
+        }
+      }
+    });
+  });
+  return {grad_input, grad_offset, grad_mask};
+}
+
+Dcnv3Geometry make_geometry(const at::Tensor& input, const at::Tensor& offset, int64_t kernel_h,
+                            int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                            int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
+                            int64_t group_channels, double offset_scale, bool remove_center) {
+  Dcnv3Geometry gm;
+  gm.kernel_h = static_cast<int>(kernel_h);
+  gm.kernel_w = static_cast<int>(kernel_w);
+  gm.stride_h = static_cast<int>(stride_h);
+  gm.stride_w = static_cast<int>(stride_w);
+  gm.pad_h = static_cast<int>(pad_h);
+  gm.pad_w = static_cast<int>(pad_w);
+  gm.dilation_h = static_cast<int>(dilation_h);
+  gm.dilation_w = static_cast<int>(dilation_w);
+  gm.group = static_cast<int>(group);
+  gm.group_channels = static_cast<int>(group_channels);
+  gm.remove_center = remove_center ? 1 : 0;
+  gm.height_in = input.size(1);
+  gm.width_in = input.size(2);
+  gm.height_out = offset.size(1);
+  gm.width_out = offset.size(2);
+  gm.offset_scale = offset_scale;
+  return gm;
+}
+
+// ------------------------------------------------------------------------- device dispatch
+
+at::Tensor msda_forward(const at::Tensor& value, const at::Tensor& shapes,
+                        const at::Tensor& starts, const at::Tensor& loc, const at::Tensor& attn) {
+  if (value.is_cuda()) {
+#ifdef WITH_CUDA
+    return msda_forward_cuda(value, shapes, starts, loc, attn);
+#else
+    TORCH_CHECK(false, "bevformer_ops was built without CUDA; rebuild with CUDA available");
+#endif
+  }
+  return msda_forward_cpu(value, shapes, starts, loc, attn);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward(
+    const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+    const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out) {
+  if (value.is_cuda()) {
+#ifdef WITH_CUDA
+    return msda_backward_cuda(value, shapes, starts, loc, attn, grad_out);
+#else
+    TORCH_CHECK(false, "bevformer_ops was built without CUDA; rebuild with CUDA available");
+#endif
+  }
+  return msda_backward_cpu(value, shapes, starts, loc, attn, grad_out);
+}
+
+at::Tensor dcnv3_forward(const at::Tensor& input, const at::Tensor& offset,
+                         const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
+                         int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                         int64_t dilation_h, int64_t dilation_w, int64_t group,
+                         int64_t group_channels, double offset_scale, bool remove_center) {
+  const auto gm = make_geometry(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                                pad_w, dilation_h, dilation_w, group, group_channels,
+                                offset_scale, remove_center);
+  if (input.is_cuda()) {
+#ifdef WITH_CUDA
+    return dcnv3_forward_cuda(input, offset, mask, gm);
+#else
+    TORCH_CHECK(false, "bevformer_ops was built without CUDA; rebuild with CUDA available");
+#endif
+  }
+  return dcnv3_forward_cpu(input, offset, mask, gm);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
+    const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
+    int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
+    double offset_scale, bool remove_center, const at::Tensor& grad_out) {
+  const auto gm = make_geometry(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                                pad_w, dilation_h, dilation_w, group, group_channels,
+                                offset_scale, remove_center);
+  if (input.is_cuda()) {
+#ifdef WITH_CUDA
+    return dcnv3_backward_cuda(input, offset, mask, gm, grad_out);
+#else
+    TORCH_CHECK(false, "bevformer_ops was built without CUDA; rebuild with CUDA available");
+#endif
+  }
+  return dcnv3_backward_cpu(input, offset, mask, gm, grad_out);
+}
+
+}  // namespace
+
+}  // namespace bevformer_ops
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Deformable sampling kernels: multi-scale deformable attention and DCNv3";
+  m.def("msda_forward", &bevformer_ops::msda_forward);
+  m.def("msda_backward", &bevformer_ops::msda_backward);
+  m.def("dcnv3_forward", &bevformer_ops::dcnv3_forward);
+  m.def("dcnv3_backward", &bevformer_ops::dcnv3_backward);
+#ifdef WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

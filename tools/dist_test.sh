@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Distributed evaluation: tools/dist_test.sh CONFIG CKPT NGPUS [test.py options]
+set -euo pipefail
+CONFIG=$1
+CKPT=$2
+NGPUS=$3
+shift 3
+PYTHON=${PYTHON:-python}
+exec "$PYTHON" -m torch.distributed.run \
+    --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29501}" \
+    --nproc_per_node="$NGPUS" \
+    "$(dirname "$0")/test.py" "$CONFIG" "$CKPT" --launcher pytorch "$@"

@@ -1,0 +1,63 @@
+"""Evaluate a checkpoint on the config's test split with the official nuScenes metric.
+
+    python tools/test.py CONFIG CKPT [--out results.json] [--eval] [--show-dir DIR]
+    bash tools/dist_test.sh CONFIG CKPT NGPUS [same options]
+
+Writes a nuScenes detection submission JSON; with ``--eval`` also NDS, mAP, mATE, mASE,
+mAOE, mAVE, mAAE and per-class AP (printed and saved as JSON next to the submission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+
+from bevformer.engine.launch import DictAction, build_runner, load_config
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", help="path of the submission JSON to write")
+    parser.add_argument("--eval", action="store_true", help="score with DetectionEval")
+    parser.add_argument("--show-dir", help="also render BEV + camera pictures here")
+    parser.add_argument("--work-dir")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    work_dir = args.work_dir or osp.join(osp.dirname(osp.abspath(args.checkpoint)), "test")
+    out_dir = osp.dirname(osp.abspath(args.out)) if args.out else osp.join(work_dir, "eval")
+    runner = build_runner(
+        cfg,
+        work_dir=work_dir,
+        launcher=args.launcher,
+        load_from=args.checkpoint,
+        for_training=False,
+        metric_overrides=dict(out_dir=out_dir, run_eval=args.eval),
+    )
+    metrics = runner.test()
+    if args.out:
+        produced = osp.join(out_dir, "results_nusc.json")
+        if osp.abspath(produced) != osp.abspath(args.out):
+            import shutil
+
+            shutil.move(produced, args.out)
+        print(f"submission: {args.out}")
+    print({k: round(v, 4) for k, v in metrics.items()})
+    if args.show_dir:
+        from bevformer.visualization import render_results
+
+        render_results(
+            cfg, osp.join(out_dir, "results_nusc.json") if not args.out else args.out, args.show_dir
+        )
+
+
+if __name__ == "__main__":
+    main()
