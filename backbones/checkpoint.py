@@ -18,6 +18,7 @@ such head. What remains must match the model exactly (names and shapes); anythin
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -56,7 +57,16 @@ def _read(path: str | os.PathLike) -> Mapping[str, Any]:
                 "install it (pip install safetensors) or pass a .bin/.pth file."
             ) from e
         return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # e.g. raw training checkpoints that pickle a yacs config object next to the weights.
+        raise ValueError(
+            f"{path} holds Python objects besides tensors, which are not loaded (a pickle can "
+            "run code). If you trust the file, extract the weights once with "
+            "torch.save(torch.load(path, weights_only=False)['model'], new_path) and load "
+            f"new_path. Details: {str(e).splitlines()[0]}"
+        ) from e
 
 
 def extract_backbone_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -72,7 +82,7 @@ def extract_backbone_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tens
             "The checkpoint holds no tensors at the top level or under 'state_dict'/'model'; "
             f"top-level keys: {list(checkpoint)[:10]}. Pass an InternImage state dict."
         )
-    tensors = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in tensors.items()}
+    tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
     for prefix in _BACKBONE_PREFIXES:
         if any(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -121,9 +131,7 @@ def load_internimage_checkpoint(
     ``dropped`` are the classifier-head keys left out because the model has no head.
     """
     raw = (
-        path_or_state_dict
-        if isinstance(path_or_state_dict, Mapping)
-        else _read(path_or_state_dict)
+        path_or_state_dict if isinstance(path_or_state_dict, Mapping) else _read(path_or_state_dict)
     )
     ckpt_sd = extract_backbone_state_dict(raw)
     model_sd = model.state_dict()

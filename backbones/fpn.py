@@ -92,7 +92,9 @@ class FPN(nn.Module):
         self.add_extra_convs = add_extra_convs
 
         used = range(start_level, self.backbone_end_level)
-        self.lateral_convs = nn.ModuleList(ConvModule(in_channels[i], out_channels, 1) for i in used)
+        self.lateral_convs = nn.ModuleList(
+            ConvModule(in_channels[i], out_channels, 1) for i in used
+        )
         self.fpn_convs = nn.ModuleList(ConvModule(out_channels, out_channels, 3) for _ in used)
         extra_levels = num_outs - self.backbone_end_level + start_level
         if add_extra_convs and extra_levels >= 1:
@@ -131,16 +133,13 @@ class FPN(nn.Module):
     @classmethod
     def from_backbone(cls, backbone: nn.Module, **kwargs) -> FPN:
         """An FPN whose inputs are the declared outputs of ``backbone``."""
-        return cls(
-            in_channels=backbone.out_channels, in_strides=getattr(backbone, "strides", None), **kwargs
-        )
+        strides = getattr(backbone, "strides", None)
+        return cls(in_channels=backbone.out_channels, in_strides=strides, **kwargs)
 
     def forward(self, inputs: Sequence[Tensor]) -> list[Tensor]:
         if len(inputs) != self.num_ins:
             raise ValueError(f"FPN expects {self.num_ins} input maps, got {len(inputs)}.")
-        laterals = [
-            conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)
-        ]
+        laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         # Top-down pathway, coarsest level first.
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(

@@ -69,7 +69,8 @@ class StemLayer(nn.Module):
     def __init__(self, in_chans: int, out_chans: int, act_layer: str, norm_layer: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, out_chans // 2, kernel_size=3, stride=2, padding=1)
-        self.norm1 = build_norm_layer(out_chans // 2, norm_layer, "channels_first", "channels_first")
+        half = out_chans // 2
+        self.norm1 = build_norm_layer(half, norm_layer, "channels_first", "channels_first")
         self.act = build_act_layer(act_layer)
         self.conv2 = nn.Conv2d(out_chans // 2, out_chans, kernel_size=3, stride=2, padding=1)
         self.norm2 = build_norm_layer(out_chans, norm_layer, "channels_first", "channels_last")
@@ -418,6 +419,7 @@ class InternImage(nn.Module):
                 build_act_layer(act_layer),
             )
             self.avgpool = nn.AdaptiveAvgPool2d(1)
+            head_in = hidden
         else:  # H: fuse the last two stages, then attention pooling (official constants)
             embed_dim, stride, num_heads, clip_dim = 1024, 2, 16, 768
             self.dcnv3_head_x4 = nn.Sequential(

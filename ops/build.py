@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 import warnings
@@ -111,7 +110,7 @@ def _build(with_cuda: bool, verbose: bool) -> ModuleType:
     build_dir = cache_dir(with_cuda)
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(CSRC / s) for s in CPU_SOURCES]
-    cflags = ["-O3", "-fopenmp-simd", "-std=c++17"]
+    cflags = ["-O3", "-fopenmp-simd"]
     cuda_flags: list[str] = []
     includes: list[str] = [str(CSRC)]
     ldflags: list[str] = []
@@ -121,7 +120,7 @@ def _build(with_cuda: bool, verbose: bool) -> ModuleType:
             os.environ["CUDA_HOME"] = str(Path(nvcc).parent.parent)
         sources += [str(CSRC / s) for s in CUDA_SOURCES]
         cflags.append("-DWITH_CUDA")
-        cuda_flags = ["-O3", "-DWITH_CUDA", "-std=c++17", "--use_fast_math"]
+        cuda_flags = ["-O3", "-DWITH_CUDA"]
         pip_inc, pip_lib = _pip_cuda_dirs()
         includes += pip_inc
         ldflags += [f"-L{d}" for d in pip_lib]
@@ -151,9 +150,10 @@ def load_extension() -> ModuleType | None:
         _extension = _build(_want_cuda(), verbose)
     except Exception as err:  # no compiler, broken toolchain, ...: fall back, warn once
         _load_failed = True
+        reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else ""
         warnings.warn(
             "bevformer ops: could not build the C++/CUDA extension "
-            f"({type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err) else ''});"
+            f"({type(err).__name__}: {reason});"
             " using the pure-PyTorch reference kernels (slower, more memory). Build with "
             "`python -m ops.build` and BEVFORMER_OPS_VERBOSE=1 to see the compiler output, or "
             "set BEVFORMER_OPS_REFERENCE=1 to silence this.",
@@ -187,7 +187,7 @@ def cuda_compile_command(arch: str, output: str | os.PathLike) -> list[str]:
         "-o",
         str(output),
         f"-gencode=arch={compute},code={arch}",
-        "-std=c++17",
+        "-std=c++20",
         "-O3",
         "-DWITH_CUDA",
         "-DTORCH_EXTENSION_NAME=" + EXTENSION_NAME,

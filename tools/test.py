@@ -54,9 +54,10 @@ def main() -> None:
     if args.show_dir:
         from bevformer.visualization import render_results
 
-        render_results(
-            cfg, osp.join(out_dir, "results_nusc.json") if not args.out else args.out, args.show_dir
-        )
+        ev = cfg.test_evaluator
+        submission = args.out or osp.join(out_dir, "results_nusc.json")
+        paths = render_results(ev.ann_file, ev.dataroot, args.show_dir, results_file=submission)
+        print(f"{len(paths)} pictures in {args.show_dir}")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,9 @@ class NuScenesTemporalDataset(Dataset):
         self.filter_empty_gt = bool(filter_empty_gt)
         self.use_valid_flag = bool(use_valid_flag)
         if len(pc_range) != 6:
-            raise ValueError(f"pc_range must have 6 numbers (x0, y0, z0, x1, y1, z1), got {pc_range}")
+            raise ValueError(
+                f"pc_range must have 6 numbers (x0, y0, z0, x1, y1, z1), got {pc_range}"
+            )
         self.pc_range = tuple(float(v) for v in pc_range)
         self.with_mono = bool(with_mono)
         self.mono_min_points = int(mono_min_points)
@@ -187,11 +189,16 @@ class NuScenesTemporalDataset(Dataset):
 
     @staticmethod
     def _sort(infos: list[dict]) -> list[dict]:
-        """Group by scene (in order of first appearance), by timestamp within a scene."""
-        first: dict[str, int] = {}
-        for i, info in enumerate(infos):
-            first.setdefault(info["scene_token"], i)
-        return sorted(infos, key=lambda s: (first[s["scene_token"]], s["timestamp"]))
+        """Scenes in time order (by their first keyframe), keyframes by time within a scene:
+        the official code sorts its infos by timestamp; grouping by scene keeps a scene's
+        keyframes contiguous even if two scenes overlap in time."""
+        start: dict[str, int] = {}
+        for info in infos:
+            tok = info["scene_token"]
+            start[tok] = min(start.get(tok, info["timestamp"]), info["timestamp"])
+        return sorted(
+            infos, key=lambda s: (start[s["scene_token"]], s["scene_token"], s["timestamp"])
+        )
 
     def _check_cameras(self) -> None:
         wanted = set(self.camera_names)
@@ -236,6 +243,12 @@ class NuScenesTemporalDataset(Dataset):
         lidar = info.get("num_lidar_pts", [0] * len(tokens))
         radar = info.get("num_radar_pts", [0] * len(tokens))
         points = {tok: int(n) + int(m) for tok, n, m in zip(tokens, lidar, radar)}
+
+        def num_pts(ann: dict) -> int:
+            if "num_pts" in ann:
+                return int(ann["num_pts"])
+            return points.get(ann.get("instance_token", ""), 0)
+
         per_cam = info.get("mono", {})
         out = []
         for cam in self.camera_names:
@@ -244,12 +257,13 @@ class NuScenesTemporalDataset(Dataset):
                 for a in per_cam.get(cam, [])
                 if a["name"] in self.classes
                 and float(a["depth"]) > 0
-                and points.get(a.get("instance_token", ""), 0) >= self.mono_min_points
+                and num_pts(a) >= self.mono_min_points
             ]
             target: dict[str, Any] = {}
             for src, (dst, width) in _MONO_FLOAT_KEYS.items():
                 shape = (len(anns), width) if width else (len(anns),)
-                values = [a[src] if a.get(src) is not None else math.nan for a in anns]
+                missing = [math.nan] * width if width else math.nan
+                values = [a[src] if a.get(src) is not None else missing for a in anns]
                 target[dst] = np.asarray(values, dtype=np.float64).reshape(shape)
             target["labels"] = np.array([self.classes.index(a["name"]) for a in anns], np.int64)
             attrs = tuple(a.get("attribute", "") or "" for a in anns)

@@ -57,11 +57,13 @@ __all__ = [
     "CropResizeFlipImage",
     "NormalizeMultiViewImage",
     "PadMultiViewImage",
+    "pad_image",
     "GlobalRotScaleTransBEV",
     "Compose",
 ]
 
 Results = dict[str, Any]
+
 
 def _images(results: Results) -> list[list[np.ndarray]]:
     if "img" not in results:
@@ -376,9 +378,12 @@ class NormalizeMultiViewImage:
 
 
 def pad_image(img: np.ndarray, hw: tuple[int, int], flip: bool, value: float = 0.0) -> np.ndarray:
-    """Pad an image ``(H, W, ...)`` to ``hw = (H', W')`` with ``value``: rows at the bottom; columns at the right, or at the left for a flipped image so that
-    flipping the padded array back puts the content at the top-left, where ``lidar2img``
-    expects it."""
+    """Pad an image ``(H, W, ...)`` to ``hw = (H', W')`` with ``value``.
+
+    Rows go at the bottom; columns at the right, or at the left for a flipped image, so that
+    flipping the padded array back puts the content at the top-left where ``lidar2img``
+    expects it.
+    """
     h, w = img.shape[:2]
     if h > hw[0] or w > hw[1]:
         raise ValueError(f"cannot pad a {h}x{w} image to the smaller size {hw[0]}x{hw[1]}")
@@ -456,11 +461,17 @@ class GlobalRotScaleTransBEV:
         boxes = results.get("gt_boxes")
         if boxes is None:
             boxes = np.zeros((0, 9))
-        boxes, bda = bev_augment(np.asarray(boxes, dtype=np.float64), theta, scale, flip_dx, flip_dy)
+        boxes, bda = bev_augment(
+            np.asarray(boxes, dtype=np.float64), theta, scale, flip_dx, flip_dy
+        )
         out = dict(results)
         out["bda"] = bda @ results.get("bda", np.eye(4))
-        out["bda_params"] = {"rot_deg": float(np.rad2deg(theta)), "scale": scale,
-                             "flip_dx": flip_dx, "flip_dy": flip_dy}
+        out["bda_params"] = {
+            "rot_deg": float(np.rad2deg(theta)),
+            "scale": scale,
+            "flip_dx": flip_dx,
+            "flip_dy": flip_dy,
+        }
         if results.get("gt_boxes") is not None:
             out["gt_boxes"] = boxes
         return out

@@ -22,7 +22,7 @@ from mmengine.config import Config, DictAction
 from bevformer.builder import build_dataset, build_model
 from bevformer.data.collate import collate
 from bevformer.engine.metric import NuScenesMetric
-from bevformer.engine.runner import BEVRunner, RNGStateHook, register_checkpoint_globals
+from bevformer.engine.runner import BEVRunner, CheckpointStateHook, register_checkpoint_globals
 
 __all__ = ["DictAction", "build_metric", "build_runner", "load_config", "load_model_weights"]
 
@@ -30,7 +30,7 @@ __all__ = ["DictAction", "build_metric", "build_runner", "load_config", "load_mo
 def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
     """Every ``--cfg-options`` key must name an existing entry of the config."""
     for dotted in options:
-        node: Any = cfg
+        node: Any = cfg.to_dict()
         walked = []
         for part in dotted.split("."):
             walked.append(part)
@@ -164,7 +164,7 @@ def build_runner(
         launcher=launcher,
         env_cfg=_env_cfg(cfg),
         default_hooks=cfg.get("default_hooks"),
-        custom_hooks=[*cfg.get("custom_hooks", []), RNGStateHook()],
+        custom_hooks=[*cfg.get("custom_hooks", []), CheckpointStateHook()],
         visualizer=cfg.get("visualizer"),
         log_processor=cfg.get("log_processor"),
         log_level=cfg.get("log_level", "INFO"),

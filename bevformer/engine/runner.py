@@ -2,12 +2,13 @@
 
 - Checkpoints are written to a temporary name and renamed into place, so an interrupted run
   never leaves a truncated file under the name ``last_checkpoint`` points to.
-- :class:`RNGStateHook` stores the Python, NumPy and torch RNG states in every checkpoint and
-  restores them on resume, so a resumed run draws the same augmentations and dropout masks as
-  an uninterrupted one.
+- :class:`CheckpointStateHook` stores the Python, NumPy and torch RNG states in every
+  checkpoint and restores them on resume, so a resumed run draws the same dropout masks as an
+  uninterrupted one (data augmentation draws from per-sample generators, see
+  ``bevformer/data/dataset.py``).
 - torch >= 2.6 loads with ``weights_only=True`` by default; mmengine checkpoints hold a few
-  non-tensor objects (the message hub's ``HistoryBuffer``, NumPy arrays and RNG states).
-  :func:`register_checkpoint_globals` allows exactly those types instead of turning the
+  non-tensor objects. :func:`register_checkpoint_globals` allows the NumPy types, and the
+  hook stores the message hub's ``HistoryBuffer`` as plain arrays, instead of turning the
   safety check off.
 """
 
@@ -22,64 +23,94 @@ import numpy as np
 import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import Runner
 
-__all__ = ["BEVRunner", "RNGStateHook", "register_checkpoint_globals"]
+__all__ = ["BEVRunner", "CheckpointStateHook", "register_checkpoint_globals"]
 
 
 def register_checkpoint_globals() -> None:
-    """Allow the non-tensor types of mmengine checkpoints under ``weights_only`` loading."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-
+    """Allow the NumPy types found in checkpoints under ``weights_only`` loading."""
     allowed: list[Any] = [
-        HistoryBuffer,
         np.ndarray,
         np.dtype,
         np.core.multiarray._reconstruct,
         np.core.multiarray.scalar,
-        # NumPy stores one dtype class per scalar type (``numpy.dtypes.Float64DType``, ...).
+        # NumPy pickles one dtype class per scalar type (``numpy.dtypes.Float64DType``, ...).
         *(type(np.dtype(t)) for t in np.sctypeDict.values()),
     ]
     torch.serialization.add_safe_globals(allowed)
 
 
-class RNGStateHook(Hook):
-    """Saves and restores the RNG states of Python, NumPy and torch with the checkpoint."""
+def _buffers_to_plain(log_scalars: dict) -> dict:
+    """mmengine's ``HistoryBuffer`` pickles bound methods (needs ``getattr`` to unpickle,
+    which ``weights_only`` rightly refuses): store its data instead."""
+    out = {}
+    for key, buf in log_scalars.items():
+        if isinstance(buf, HistoryBuffer):
+            log, count = buf.data
+            buf = {_BUFFER_TAG: True, "log": log, "count": count, "max_length": buf.max_length}
+        out[key] = buf
+    return out
+
+
+def _plain_to_buffers(log_scalars: dict) -> dict:
+    return {
+        key: HistoryBuffer(v["log"], v["count"], v["max_length"])
+        if isinstance(v, dict) and v.get(_BUFFER_TAG)
+        else v
+        for key, v in log_scalars.items()
+    }
+
+
+_BUFFER_TAG = "__history_buffer__"
+
+
+class CheckpointStateHook(Hook):
+    """Makes checkpoints loadable with ``weights_only=True`` and resumes RNG states exactly.
+
+    - the message hub's ``HistoryBuffer`` objects are stored as plain arrays and rebuilt on
+      load (before mmengine hands them to the message hub);
+    - the Python, NumPy and torch RNG states are stored, and restored just before the first
+      iteration after a resume, i.e. after the train loop has created its dataloader iterator
+      and skipped the batches already trained on (both of which draw random numbers).
+    """
 
     priority = "VERY_LOW"
 
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
     def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
-        np_state = np.random.get_state()
+        hub = checkpoint.get("message_hub")
+        if isinstance(hub, dict) and "log_scalars" in hub:
+            hub["log_scalars"] = _buffers_to_plain(hub["log_scalars"])
+        version, py_state, gauss = random.getstate()
+        _, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_state"] = {
-            "python": list(random.getstate()[1]) + [random.getstate()[2]],
-            "python_version": random.getstate()[0],
-            "numpy": {
-                "keys": np_state[1],
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
+            "python": (version, list(py_state), gauss),
+            "numpy": (keys, int(pos), int(has_gauss), float(cached)),
             "torch": torch.get_rng_state(),
         }
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
-        state = checkpoint.get("rng_state")
-        if state is None:
-            runner.logger.warning("checkpoint has no RNG state: the resumed run is not exact")
+        hub = checkpoint.get("message_hub")
+        if isinstance(hub, dict) and "log_scalars" in hub:
+            hub["log_scalars"] = _plain_to_buffers(hub["log_scalars"])
+        self._pending = checkpoint.get("rng_state")
+
+    def restore_rng(self) -> None:
+        """Apply the RNG states of the loaded checkpoint (once)."""
+        if self._pending is None:
             return
-        py = state["python"]
-        random.setstate((state["python_version"], tuple(py[:-1]), py[-1]))
-        np_state = state["numpy"]
-        np.random.set_state(
-            (
-                "MT19937",
-                np_state["keys"],
-                np_state["pos"],
-                np_state["has_gauss"],
-                np_state["cached_gaussian"],
-            )
-        )
-        torch.set_rng_state(state["torch"])
+        version, py_state, gauss = self._pending["python"]
+        random.setstate((version, tuple(py_state), gauss))
+        np.random.set_state(("MT19937", *self._pending["numpy"]))
+        torch.set_rng_state(self._pending["torch"])
+        self._pending = None
+
+    def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None) -> None:
+        self.restore_rng()
 
 
 class BEVRunner(Runner):

@@ -190,8 +190,10 @@ class BEVFormerV2(BaseModel):
         flip: Tensor | None = None,
         prev_state: TemporalState | None = None,
         meta: Sequence[Any] | None = None,
+        want_state: bool = False,
     ) -> tuple[Tensor, list[Tensor], TemporalState | None]:
-        """-> fused BEV ``[B, Q, C]``, the current frame's neck maps, the new streaming state."""
+        """-> fused BEV ``[B, Q, C]``, the current frame's neck maps, the new streaming state
+        (None unless ``want_state``)."""
         B, T = img.shape[:2]
         if T != len(self.frames):
             raise ValueError(
@@ -204,30 +206,15 @@ class BEVFormerV2(BaseModel):
         history = self._history_bevs(img, lidar2img, frame_valid, flip) if T > 1 else [None]
 
         feats = self.extract_feat(img[:, cur], flip, augment=True)
-        prev_bev, prev_valid = None, None
-        state = None
+        prev_bev, prev_valid, state = None, None, None
         if self.temporal == "streaming":
-            lidar2global = self._lidar2global(meta, B, img.device)
-            scenes = tuple(str(_meta_attr(m, "scene_token", "")) for m in (meta or [None] * B))
-            if prev_state is not None:
-                prev_bev, prev_valid = prev_state.aligned_to(
-                    lidar2global, scenes, self.encoder.bev_h, self.encoder.bev_w,
-                    self.encoder.pc_range,
-                )  # fmt: skip
-            if cur > 0 and history[cur - 1] is not None:
-                # past slots of this batch are on the current grid already
-                in_batch = frame_valid[:, cur - 1]
-                if prev_bev is None:
-                    prev_bev, prev_valid = history[cur - 1], in_batch
-                else:
-                    keep = in_batch.view(B, 1, 1)
-                    prev_bev = torch.where(keep, history[cur - 1], prev_bev)
-                    prev_valid = in_batch | prev_valid
+            prev_bev, prev_valid = self._streaming_prev(history, frame_valid, prev_state, meta)
         bev = self.encoder(
             self._bev_feats(feats), lidar2img[:, cur], img.shape[-2:], prev_bev, prev_valid
         )
-        if self.temporal == "streaming":
-            state = TemporalState(bev.detach(), lidar2global, scenes)
+        if self.temporal == "streaming" and want_state:
+            scenes = tuple(str(_meta_attr(m, "scene_token", "")) for m in meta or [None] * B)
+            state = TemporalState(bev.detach(), self._lidar2global(meta, img.device), scenes)
 
         if self.fusion is not None:
             history[cur] = bev
@@ -240,8 +227,40 @@ class BEVFormerV2(BaseModel):
             bev = self._bda(bev, bda)
         return bev, feats, state
 
+    def _streaming_prev(
+        self,
+        history: list[Tensor | None],
+        frame_valid: Tensor,
+        prev_state: TemporalState | None,
+        meta: Sequence[Any] | None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Previous BEV ``[B, Q, C]`` on the current grid and its per-sample validity ``[B]``.
+
+        The batch's own previous slot (already on the current grid) wins; otherwise the carried
+        state, aligned with the ego motion between the two lidar frames.
+        """
+        prev_bev, prev_valid = None, None
+        if prev_state is not None:
+            B = frame_valid.shape[0]
+            scenes = [str(_meta_attr(m, "scene_token", "")) for m in meta or [None] * B]
+            prev_bev, prev_valid = prev_state.aligned_to(
+                self._lidar2global(meta, frame_valid.device),
+                scenes,
+                self.encoder.bev_h,
+                self.encoder.bev_w,
+                self.encoder.pc_range,
+            )
+        cur = self.current_slot
+        if cur > 0 and history[cur - 1] is not None:
+            in_batch = frame_valid[:, cur - 1]
+            if prev_bev is None:
+                return history[cur - 1], in_batch
+            keep = in_batch.view(-1, 1, 1)
+            return torch.where(keep, history[cur - 1], prev_bev), in_batch | prev_valid
+        return prev_bev, prev_valid
+
     @staticmethod
-    def _lidar2global(meta: Sequence[Any] | None, batch: int, device: torch.device) -> Tensor:
+    def _lidar2global(meta: Sequence[Any] | None, device: torch.device) -> Tensor:
         if meta is None or any(_meta_attr(m, "ego2global") is None for m in meta):
             raise ValueError(
                 "temporal='streaming' needs each sample's meta with lidar2ego and ego2global "
@@ -266,28 +285,35 @@ class BEVFormerV2(BaseModel):
         gt_boxes: Sequence[Tensor] | None = None,
         gt_labels: Sequence[Tensor] | None = None,
         mono: Sequence[Any] | None = None,
+        flip: Tensor | None = None,
         meta: Sequence[Any] | None = None,
         prev_state: TemporalState | None = None,
+        return_state: bool = False,
         **rest: Any,
     ) -> Any:
         """Runs the model on a batch (keys of ``docs/CONVENTIONS.md``).
 
+        ``flip [B]`` (or ``meta[b].flip``) marks samples whose images are mirrored while their
+        ``lidar2img`` describes the unflipped image: their feature maps are flipped back.
+        Other batch keys (``img_shape``, ``intrinsics``, ``cam2lidar``) are accepted and unused:
+        the padded size is ``img.shape[-2:]``.
+
         ``mode="loss"``: dict of scalar loss terms (every term finite, else FloatingPointError).
         ``mode="predict"``: per sample ``{"boxes" (K, 9) lidar box vectors, "scores" (K,),
         "labels" (K,), "token"}``. ``mode="tensor"``: the head outputs plus ``"bev_embed"``.
-        With ``temporal="streaming"``, predict and tensor modes return ``(result, state)``:
-        pass ``state`` back as ``prev_state`` with the next frame.
+        Streaming inference (``temporal="streaming"``): with ``return_state=True`` predict and
+        tensor modes return ``(result, state)``; pass ``state`` back as ``prev_state`` with the
+        next frame of the same scenes (a sample whose scene changed starts without history).
         """
         if img.dim() != 6:
             raise ValueError(
                 f"img must be [B, T, N, 3, H, W] (docs/CONVENTIONS.md), got {tuple(img.shape)}"
             )
         B = img.shape[0]
-        flip = None
-        if meta is not None:
-            flip = torch.tensor(
-                [bool(_meta_attr(m, "flip", False)) for m in meta], device=img.device
-            )
+        if flip is None and meta is not None:
+            flip = torch.tensor([bool(_meta_attr(m, "flip", False)) for m in meta])
+        if flip is not None:
+            flip = torch.as_tensor(flip, dtype=torch.bool, device=img.device).view(B)
         if mode == "loss":
             if gt_boxes is None or gt_labels is None:
                 raise ValueError("mode='loss' needs gt_boxes and gt_labels in the batch")
@@ -296,7 +322,9 @@ class BEVFormerV2(BaseModel):
             )
         if mode not in ("predict", "tensor"):
             raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
-        bev, _, state = self.bev_features(img, lidar2img, frame_valid, bda, flip, prev_state, meta)
+        bev, _, state = self.bev_features(
+            img, lidar2img, frame_valid, bda, flip, prev_state, meta, want_state=return_state
+        )
         outputs = dict(self.pts_bbox_head(bev))
         outputs["bev_embed"] = bev
         if mode == "tensor":
@@ -306,7 +334,7 @@ class BEVFormerV2(BaseModel):
             for b in range(B):
                 result[b] = dict(result[b])
                 result[b]["token"] = _meta_attr(meta[b], "token") if meta is not None else None
-        return (result, state) if self.temporal == "streaming" else result
+        return (result, state) if return_state else result
 
     def loss(
         self,

@@ -1,0 +1,121 @@
+"""ResNet-50/101/152 backbone on torchvision, with the options of mmdet's ``ResNet``.
+
+Paper: K. He et al., "Deep Residual Learning for Image Recognition", CVPR 2016. The official
+BEVFormer v2 R50 configs use mmdet ``ResNet(depth=50, out_indices=(1, 2, 3), frozen_stages=-1,
+norm_cfg=SyncBN, norm_eval=False, style='caffe')``. Parameter names are torchvision's
+(``conv1``, ``bn1``, ``layer{1..4}.{j}.conv{1,2,3}``, ``...downsample.{0,1}``), which are also
+mmdet's, so either checkpoint loads without renaming.
+
+``style='caffe'`` puts the stride-2 of a downsampling bottleneck on its first 1x1 conv
+(mmdet/Detectron); ``style='pytorch'`` (torchvision's default) puts it on the 3x3 conv.
+
+Input [B, 3, H, W] -> for each i in ``out_indices``: [B, (256, 512, 1024, 2048)[i], H/s, W/s]
+with s = (4, 8, 16, 32)[i]; ``out_indices=(1, 2, 3)`` gives C3..C5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torchvision
+from torch import Tensor, nn
+
+from bevformer.registry import MODELS
+
+__all__ = ["ResNetBackbone"]
+
+_BUILDERS = {
+    50: torchvision.models.resnet50,
+    101: torchvision.models.resnet101,
+    152: torchvision.models.resnet152,
+}
+_CHANNELS = (256, 512, 1024, 2048)
+_STRIDES = (4, 8, 16, 32)
+
+
+@MODELS.register_module()
+class ResNetBackbone(nn.Module):
+    """Bottleneck ResNet returning NCHW stage outputs for ``out_indices`` (module docstring).
+
+    ``frozen_stages = k >= 0`` freezes the stem and ``layer1..layer{k}``; ``norm_eval`` keeps
+    every BatchNorm in eval mode during training (running statistics frozen).
+    ``norm_layer='SyncBN'`` builds ``nn.SyncBatchNorm`` layers.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        out_indices: Sequence[int] = (1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        style: str = "pytorch",
+        norm_layer: str = "BN",
+    ) -> None:
+        super().__init__()
+        if depth not in _BUILDERS:
+            raise ValueError(f"depth must be one of {sorted(_BUILDERS)}, got {depth}.")
+        if style not in ("pytorch", "caffe"):
+            raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}.")
+        if norm_layer not in ("BN", "SyncBN"):
+            raise ValueError(f"norm_layer must be 'BN' or 'SyncBN', got {norm_layer!r}.")
+        if not out_indices or any(not 0 <= i < 4 for i in out_indices):
+            raise ValueError(f"out_indices must lie in [0, 4), got {out_indices}.")
+        norm = nn.BatchNorm2d if norm_layer == "BN" else nn.SyncBatchNorm
+        net = _BUILDERS[depth](weights=None, norm_layer=norm)
+        self.depth = depth
+        self.style = style
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+        if style == "caffe":
+            for layer in self.stages:
+                for block in layer:
+                    if block.conv2.stride != (1, 1):
+                        block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+        self._freeze_stages()
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        return tuple(_CHANNELS[i] for i in self.out_indices)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(_STRIDES[i] for i in self.out_indices)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen: list[nn.Module] = [self.conv1, self.bn1, *self.stages[: self.frozen_stages]]
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for i, layer in enumerate(self.stages[: max(self.out_indices) + 1]):
+            x = layer(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs

@@ -1,0 +1,263 @@
+"""Pictures of samples: six camera views with projected 3D boxes beside a bird's-eye view.
+
+Ground truth is drawn in green, predictions in their class colour (score above a threshold).
+A line from each box centre to its front face shows the heading; an arrow shows the velocity
+(BEV, metres travelled in one second). Range rings are every 10 m. The BEV is the lidar frame
+of the sample seen from above: x (right) to the right, y (forward) up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+from collections import defaultdict
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from nuscenes.utils.data_classes import Box
+from pyquaternion import Quaternion
+
+from bevformer.data.infos import load_infos
+from bevformer.structures.boxes import (
+    VX,
+    VY,
+    X,
+    Y,
+    box_corners,
+    boxes_from_global,
+)
+from bevformer.structures.frames import lidar2img, project_points
+
+__all__ = ["draw_camera", "draw_bev", "render_sample", "render_results", "CAMERA_GRID"]
+
+# Camera layout of the picture: front row, then back row (as nuScenes renders it).
+CAMERA_GRID = (
+    ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
+    ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"),
+)
+GT_COLOR = (60, 200, 60)  # BGR
+CLASS_COLORS = {  # BGR, one per detection class
+    "car": (255, 158, 0),
+    "truck": (255, 99, 71),
+    "construction_vehicle": (233, 150, 70),
+    "bus": (255, 69, 0),
+    "trailer": (255, 140, 0),
+    "barrier": (112, 128, 144),
+    "motorcycle": (255, 61, 99),
+    "bicycle": (220, 20, 60),
+    "pedestrian": (0, 0, 230),
+    "traffic_cone": (47, 79, 79),
+}
+# Edges of the 8 corners in ``box_corners`` order (0-3 front face, 4-7 back face).
+_EDGES = (
+    (0, 1), (1, 2), (2, 3), (3, 0),
+    (4, 5), (5, 6), (6, 7), (7, 4),
+    (0, 4), (1, 5), (2, 6), (3, 7),
+)  # fmt: skip
+
+
+def _color(name: str) -> tuple[int, int, int]:
+    r, g, b = CLASS_COLORS.get(name, (200, 200, 200))
+    return (b, g, r)
+
+
+def draw_camera(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    lidar2img_: np.ndarray,
+    colors: Sequence[tuple[int, int, int]],
+    thickness: int = 2,
+) -> np.ndarray:
+    """Draw lidar-frame boxes ``[M, 9]`` projected into one camera image (BGR, copied).
+
+    An edge is drawn where both its corners are at least 0.1 m in front of the camera; the
+    front face carries a cross so the heading is visible.
+    """
+    out = image.copy()
+    if len(boxes) == 0:
+        return out
+    corners = box_corners(np.asarray(boxes, dtype=np.float64))  # [M, 8, 3]
+    uv, depth = project_points(lidar2img_, corners)  # [M, 8, 2], [M, 8]
+    for m in range(len(boxes)):
+        front = depth[m] > 0.1
+        if not front.any():
+            continue
+        pts = np.round(uv[m]).astype(np.int64)
+        for a, b in (*_EDGES, (0, 2), (1, 3)):
+            if front[a] and front[b]:
+                p, q = tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b])
+                cv2.line(out, p, q, colors[m], thickness, cv2.LINE_AA)
+    return out
+
+
+def draw_bev(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    pred_names: Sequence[str],
+    size: int = 600,
+    extent: float = 55.0,
+) -> np.ndarray:
+    """A ``size x size`` BGR picture of the BEV within ``±extent`` metres."""
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    scale = size / (2 * extent)
+
+    def to_px(xy: np.ndarray) -> np.ndarray:
+        # lidar x -> column, lidar y (forward) -> up
+        return np.stack([size / 2 + xy[..., 0] * scale, size / 2 - xy[..., 1] * scale], -1)
+
+    centre = (size // 2, size // 2)
+    for r in range(10, int(extent) + 1, 10):
+        cv2.circle(canvas, centre, int(r * scale), (220, 220, 220), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas, f"{r}m", (centre[0] + 3, centre[1] - int(r * scale) + 12),
+            cv2.FONT_HERSHEY_SIMPLEX, 0.35, (160, 160, 160), 1, cv2.LINE_AA,
+        )  # fmt: skip
+    # ego vehicle (lidar frame: forward is +y)
+    ego = to_px(np.array([[-0.9, -2.5], [0.9, -2.5], [0.9, 1.5], [-0.9, 1.5]]))
+    cv2.fillPoly(canvas, [np.round(ego).astype(np.int32)], (40, 40, 40))
+
+    def draw(boxes: np.ndarray, colors: Sequence[tuple[int, int, int]], width: int) -> None:
+        if len(boxes) == 0:
+            return
+        corners = box_corners(np.asarray(boxes, dtype=np.float64))[:, [0, 1, 5, 4], :2]
+        for m, box in enumerate(boxes):
+            poly = np.round(to_px(corners[m])).astype(np.int32)
+            cv2.polylines(canvas, [poly], True, colors[m], width, cv2.LINE_AA)
+            c = to_px(box[[X, Y]])
+            front = to_px(corners[m, :2].mean(0))
+            cv2.line(canvas, _pt(c), _pt(front), colors[m], width, cv2.LINE_AA)
+            v = box[[VX, VY]]
+            if np.all(np.isfinite(v)) and np.hypot(*v) > 0.2:
+                tip = to_px(box[[X, Y]] + v)
+                cv2.arrowedLine(canvas, _pt(c), _pt(tip), colors[m], 1, cv2.LINE_AA, 0, 0.2)
+
+    draw(gt, [GT_COLOR] * len(gt), 2)
+    draw(pred, [_color(n) for n in pred_names], 1)
+    cv2.putText(canvas, "GT", (10, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, GT_COLOR, 1, cv2.LINE_AA)
+    cv2.putText(
+        canvas, "prediction", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 120, 255), 1,
+        cv2.LINE_AA,
+    )  # fmt: skip
+    return canvas
+
+
+def _pt(xy: np.ndarray) -> tuple[int, int]:
+    return int(round(float(xy[0]))), int(round(float(xy[1])))
+
+
+def render_sample(
+    info: dict,
+    dataroot: str,
+    pred_boxes: np.ndarray | None = None,
+    pred_names: Sequence[str] = (),
+    tile_width: int = 533,
+    show_gt: bool = True,
+) -> np.ndarray:
+    """The picture of one sample: 2x3 camera grid with boxes, the BEV on the right."""
+    gt = np.asarray(info.get("gt_boxes", []), dtype=np.float64).reshape(-1, 9)
+    gt = gt[[n != "ignore" for n in info.get("gt_names", [])]] if len(gt) else gt
+    pred = np.zeros((0, 9)) if pred_boxes is None else np.asarray(pred_boxes, np.float64)
+    rows = []
+    for row in CAMERA_GRID:
+        tiles = []
+        for cam in row:
+            if cam not in info["cams"]:
+                raise KeyError(
+                    f"sample {info['token']} has no camera {cam!r}; it has {sorted(info['cams'])}"
+                )
+            c = info["cams"][cam]
+            path = osp.join(dataroot, c["data_path"])
+            image = cv2.imread(path)
+            if image is None:
+                raise FileNotFoundError(f"camera image {path} is missing or not an image")
+            l2i = lidar2img(np.asarray(c["intrinsics"]), np.asarray(c["cam2lidar"]))
+            if show_gt:
+                image = draw_camera(image, gt, l2i, [GT_COLOR] * len(gt), 3)
+            image = draw_camera(image, pred, l2i, [_color(n) for n in pred_names], 2)
+            h = int(round(image.shape[0] * tile_width / image.shape[1]))
+            image = cv2.resize(image, (tile_width, h), interpolation=cv2.INTER_AREA)
+            cv2.putText(
+                image, cam, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
+                cv2.LINE_AA,
+            )  # fmt: skip
+            tiles.append(image)
+        rows.append(np.concatenate(tiles, 1))
+    cams = np.concatenate(rows, 0)
+    bev = draw_bev(gt if show_gt else np.zeros((0, 9)), pred, pred_names, size=cams.shape[0])
+    return np.concatenate([cams, bev], 1)
+
+
+def _results_by_token(path: str) -> dict[str, list[dict]]:
+    with open(path) as f:
+        data = json.load(f)
+    if "results" not in data:
+        raise ValueError(f"{path} is not a nuScenes submission (no 'results' key)")
+    return data["results"]
+
+
+def render_results(
+    info_file: str,
+    dataroot: str,
+    out_dir: str,
+    results_file: str | None = None,
+    score_thr: float = 0.3,
+    max_samples: int | None = None,
+    video: str | None = None,
+    fps: float = 2.0,
+) -> list[str]:
+    """Render samples of an info file (with predictions from a submission JSON when given).
+
+    Returns the written PNG paths; with ``video`` ("mp4" or "gif") also one clip per scene.
+    """
+    _, infos = load_infos(info_file)
+    results = _results_by_token(results_file) if results_file else None
+    if results is not None:
+        missing = [i["token"] for i in infos if i["token"] not in results]
+        if len(missing) == len(infos):
+            raise ValueError(
+                f"{results_file} has no results for any sample of {info_file}: were they "
+                "produced on this split?"
+            )
+    os.makedirs(out_dir, exist_ok=True)
+    written: list[str] = []
+    by_scene: dict[str, list[str]] = defaultdict(list)
+    for info in infos[:max_samples] if max_samples else infos:
+        pred, names = None, []
+        if results is not None:
+            entries = [
+                e for e in results.get(info["token"], []) if e["detection_score"] >= score_thr
+            ]
+            boxes = [
+                Box(e["translation"], e["size"], Quaternion(e["rotation"]),
+                    velocity=(*e["velocity"], 0.0))
+                for e in entries
+            ]  # fmt: skip
+            names = [e["detection_name"] for e in entries]
+            l2e, e2g = np.asarray(info["lidar2ego"]), np.asarray(info["ego2global"])
+            pred = boxes_from_global(boxes, l2e, e2g) if boxes else np.zeros((0, 9))
+        picture = render_sample(info, dataroot, pred, names)
+        path = osp.join(out_dir, f"{info['scene_name']}_{info['frame_idx']:03d}.png")
+        cv2.imwrite(path, picture)
+        written.append(path)
+        by_scene[info["scene_name"]].append(path)
+    if video:
+        for scene, frames in by_scene.items():
+            _write_clip(frames, osp.join(out_dir, f"{scene}.{video}"), fps)
+    return written
+
+
+def _write_clip(frames: Sequence[str], path: str, fps: float) -> None:
+    images = [cv2.imread(f) for f in frames]
+    if path.endswith(".gif"):
+        from PIL import Image
+
+        pil = [Image.fromarray(cv2.cvtColor(im, cv2.COLOR_BGR2RGB)).reduce(2) for im in images]
+        pil[0].save(path, save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
+        return
+    h, w = images[0].shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for im in images:
+        writer.write(im)
+    writer.release()

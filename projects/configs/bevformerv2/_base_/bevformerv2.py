@@ -1,0 +1,82 @@
+# BEVFormer v2 model at the official nuScenes settings (BEVFormer
+# projects/configs/bevformerv2/bevformerv2-r50-t1-24ep.py): ResNet-50 (caffe) -> FPN P3-P7 (256
+# channels) -> BEV encoder on P3-P6 (6 layers, 200x200 BEV at 0.512 m, 4 z-anchors per pillar,
+# spatial cross-attention 8 heads x 4 levels x 8 points, self-attention 1 level x 4 points, FFN
+# 512) -> detection head (900 queries, 6 decoder layers, box refinement, group-DETR with 11
+# groups in training). Experiment configs swap the backbone and set the frames.
+_base_ = ["./nuscenes.py"]
+
+point_cloud_range = _base_.point_cloud_range
+frames = _base_.frames
+embed_dims = 256
+ffn_dims = 512
+bev_h = 200
+bev_w = 200
+num_levels = 4  # FPN maps the BEV encoder reads (P3-P6)
+num_mono_levels = 5  # FPN maps of the perspective head (P3-P7)
+group_detr = 11
+norm_layer = "SyncBN"  # BatchNorm of the backbone and the fusion (synchronised under DDP)
+
+model = dict(
+    type="BEVFormerV2",
+    frames=frames,
+    temporal="fusion",
+    num_levels=num_levels,
+    num_mono_levels=num_mono_levels,
+    use_grid_mask=True,
+    img_backbone=dict(
+        type="ResNetBackbone",
+        depth=50,
+        out_indices=(1, 2, 3),
+        style="caffe",
+        norm_layer=norm_layer,
+    ),
+    img_neck=dict(
+        type="FPN",
+        in_channels=[512, 1024, 2048],
+        out_channels=embed_dims,
+        num_outs=num_mono_levels,
+        start_level=0,
+        add_extra_convs="on_output",
+        relu_before_extra_convs=True,
+    ),
+    encoder=dict(
+        type="BEVEncoder",
+        embed_dims=embed_dims,
+        num_layers=6,
+        bev_h=bev_h,
+        bev_w=bev_w,
+        pc_range=point_cloud_range,
+        num_points_in_pillar=4,
+        num_levels=num_levels,
+        num_cams=6,
+        num_heads=8,
+        self_attn_points=4,
+        cross_attn_points=8,
+        ffn_dims=ffn_dims,
+        dropout=0.1,
+    ),
+    fusion=None,
+    pts_bbox_head=dict(
+        type="BEVFormerHead",
+        num_classes=len(_base_.class_names),
+        embed_dims=embed_dims,
+        num_query=900,
+        group_detr=group_detr,
+        num_decoder_layers=6,
+        num_heads=8,
+        num_points=4,
+        ffn_dims=ffn_dims,
+        dropout=0.1,
+        bev_h=bev_h,
+        bev_w=bev_w,
+        pc_range=point_cloud_range,
+        code_weights=[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2],
+        loss_cls_weight=2.0,
+        loss_bbox_weight=0.75,
+        max_num=300,
+        post_center_range=[-61.2, -61.2, -10.0, 61.2, 61.2, 10.0],
+        with_box_refine=True,
+    ),
+    mono_head=None,
+)

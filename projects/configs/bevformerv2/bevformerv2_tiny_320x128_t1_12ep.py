@@ -1,0 +1,117 @@
+# A tiny BEVFormer v2 that trains on a CPU: a small InternImage (channels 32, depths 1-1-2-1),
+# 320x128 images, 50x50 BEV (2.048 m cells), 2 encoder + 2 decoder layers, 100 queries, on the
+# synthetic nuScenes-format data (python tools/create_synthetic.py --out data/nuscenes/synthetic,
+# then tools/create_data.py --dataroot data/nuscenes/synthetic --version v1.0-mini).
+# For tests, the demo and quick learning checks; not a benchmark model.
+_base_ = ["./_base_/bevformerv2.py", "./_base_/schedule_24ep.py", "./_base_/default_runtime.py"]
+
+data_root = "data/nuscenes/synthetic/"
+version = "v1.0-mini"
+image_size = (128, 320)
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+train_pipeline = [
+    _base_.load_step,
+    _base_.photometric_step,
+    _base_.bda_step,
+    dict(
+        type="CropResizeFlipImage",
+        final_size=image_size,
+        scale_choices=(0.9, 1.0, 1.1),
+        flip_prob=0.5,
+    ),
+    dict(type="NormalizeMultiViewImage", **img_norm_cfg),
+    _base_.pad_step,
+]
+test_pipeline = [
+    _base_.load_step,
+    dict(type="CropResizeFlipImage", final_size=image_size, test_scale=1.0),
+    dict(type="NormalizeMultiViewImage", **img_norm_cfg),
+    _base_.pad_step,
+]
+train_dataloader = dict(
+    batch_size=2,
+    num_workers=2,
+    persistent_workers=False,
+    dataset=dict(
+        info_file=f"{data_root}{_base_.info_prefix}_infos_temporal_train.json",
+        dataroot=data_root,
+        transforms=train_pipeline,
+    ),
+)
+val_dataloader = dict(
+    batch_size=2,
+    num_workers=2,
+    persistent_workers=False,
+    dataset=dict(
+        info_file=f"{data_root}{_base_.info_prefix}_infos_temporal_val.json",
+        dataroot=data_root,
+        transforms=test_pipeline,
+    ),
+)
+test_dataloader = val_dataloader
+val_evaluator = dict(
+    ann_file=val_dataloader["dataset"]["info_file"],
+    dataroot=data_root,
+    version=version,
+    eval_set="mini_val",
+)
+test_evaluator = val_evaluator
+
+embed_dims = 64
+ffn_dims = 128
+bev_h = 50
+bev_w = 50
+num_heads = 4
+norm_layer = "BN"
+backbone_channels = 32
+backbone_out_indices = (1, 2, 3)
+model = dict(
+    img_backbone=dict(
+        _delete_=True,
+        type="InternImage",
+        core_op="DCNv3",
+        channels=backbone_channels,
+        depths=(1, 1, 2, 1),
+        groups=(2, 4, 8, 16),
+        drop_path_rate=0.0,
+        out_indices=backbone_out_indices,
+    ),
+    img_neck=dict(
+        in_channels=[backbone_channels * 2**i for i in backbone_out_indices],
+        out_channels=embed_dims,
+    ),
+    encoder=dict(
+        embed_dims=embed_dims,
+        num_layers=2,
+        bev_h=bev_h,
+        bev_w=bev_w,
+        num_heads=num_heads,
+        ffn_dims=ffn_dims,
+    ),
+    pts_bbox_head=dict(
+        embed_dims=embed_dims,
+        num_query=100,
+        group_detr=2,
+        num_decoder_layers=2,
+        num_heads=num_heads,
+        ffn_dims=ffn_dims,
+        bev_h=bev_h,
+        bev_w=bev_w,
+    ),
+)
+
+max_epochs = 12
+lr_step_epoch = max_epochs - 2
+base_batch_size = 2
+param_scheduler = [
+    dict(type="LinearLR", start_factor=1.0 / 3, by_epoch=False, begin=0, end=100),
+    dict(
+        type="MultiStepLR",
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        milestones=[lr_step_epoch],
+        gamma=0.1,
+    ),
+]
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)

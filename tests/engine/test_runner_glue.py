@@ -1,0 +1,118 @@
+"""Runner glue: config overrides, schedule scaling, checkpoint loading, result merging."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.logging.history_buffer import HistoryBuffer
+
+from bevformer.engine.launch import load_config, load_model_weights, scale_schedule
+from bevformer.engine.metric import merge_results
+from bevformer.engine.runner import CheckpointStateHook, register_checkpoint_globals
+
+
+def _cfg() -> Config:
+    return Config(
+        dict(
+            base_batch_size=8,
+            train_dataloader=dict(batch_size=1),
+            optim_wrapper=dict(optimizer=dict(type="AdamW", lr=4e-4)),
+            param_scheduler=[
+                dict(type="LinearLR", by_epoch=False, begin=0, end=2000),
+                dict(type="MultiStepLR", by_epoch=True, milestones=[20]),
+            ],
+            model=dict(type="X", embed_dims=256),
+        )
+    )
+
+
+def test_scale_schedule_keeps_samples_per_phase():
+    cfg = _cfg()
+    global_batch, factor = scale_schedule(cfg, world_size=2)  # 2 x 1 = 2 of base 8
+    assert global_batch == 2 and factor == pytest.approx(0.25)
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-4)
+    # 2000 iterations of 8 samples = 8000 iterations of 2 samples
+    assert cfg.param_scheduler[0].end == 8000
+    assert cfg.param_scheduler[1].milestones == [20]  # epochs are unchanged
+
+
+def test_scale_schedule_identity_at_base_batch():
+    cfg = _cfg()
+    cfg.train_dataloader.batch_size = 4
+    _, factor = scale_schedule(cfg, world_size=2)
+    assert factor == 1.0
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(4e-4)
+    assert cfg.param_scheduler[0].end == 2000
+
+
+def test_cfg_options_must_name_existing_keys(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text("model = dict(type='X', embed_dims=256)\nlr = 1.0\n")
+    cfg = load_config(str(path), {"model.embed_dims": 128})
+    assert cfg.model.embed_dims == 128
+    with pytest.raises(KeyError, match="model.embed_dim"):
+        load_config(str(path), {"model.embed_dim": 128})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(str(tmp_path / "missing.py"))
+
+
+def test_merge_results_drops_sampler_padding_repeats():
+    parts = [("a", [1]), ("b", [2]), ("a", [1]), ("c", [])]
+    merged = merge_results(parts)
+    assert list(merged) == ["a", "b", "c"]
+    assert merged["c"] == []
+
+
+def test_checkpoint_objects_load_with_weights_only(tmp_path):
+    register_checkpoint_globals()
+    buf = HistoryBuffer()
+    buf.update(1.5)
+    buf.update(2.5)
+    ckpt = {"message_hub": {"log_scalars": {"train/loss": buf}}, "arr": np.arange(3.0)}
+    hook = CheckpointStateHook()
+    hook.before_save_checkpoint(None, ckpt)
+    path = tmp_path / "c.pth"
+    torch.save(ckpt, path)
+    loaded = torch.load(path, weights_only=True)
+    hook.after_load_checkpoint(None, loaded)
+    restored = loaded["message_hub"]["log_scalars"]["train/loss"]
+    assert isinstance(restored, HistoryBuffer)
+    assert restored.current() == 2.5 and restored.mean() == 2.0
+    np.testing.assert_array_equal(loaded["arr"], np.arange(3.0))
+
+
+def test_rng_state_round_trip():
+    hook = CheckpointStateHook()
+    ckpt: dict = {}
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    hook.before_save_checkpoint(None, ckpt)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(2)
+    np.random.seed(2)
+    torch.manual_seed(2)
+    hook.after_load_checkpoint(None, ckpt)
+    torch.rand(5)  # draws between loading and the first iteration do not matter
+    hook.before_train_iter(None, 0)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    # applied once only: a later iteration does not rewind the generators
+    hook.before_train_iter(None, 1)
+    assert torch.rand(1).item() != expected[2]
+
+
+def test_load_model_weights_lists_mismatches(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": other.state_dict()}, path)
+    with pytest.raises(ValueError, match=r"unexpected keys \['2.bias', '2.weight'\]") as err:
+        load_model_weights(model, str(path))
+    assert "0.weight: model (4, 3) vs checkpoint (5, 3)" in str(err.value)
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": model.state_dict()}, good)
+    load_model_weights(model, str(good))
