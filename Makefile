@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATAROOT ?= data/nuscenes/synthetic
 WORK_DIR ?= work_dirs/demo
 
 .PHONY: venv test lint demo ops clean
@@ -30,7 +29,7 @@ ops: venv
 	$(BIN)/python -m ops.build
 
 demo: venv
-	DATAROOT=$(DATAROOT) WORK_DIR=$(WORK_DIR) PYTHON=$(BIN)/python bash tools/demo.sh
+	WORK_DIR=$(WORK_DIR) PYTHON=$(BIN)/python bash tools/demo.sh
 
 clean:
 	rm -rf $(VENV) build work_dirs

@@ -12,6 +12,9 @@ Environment variables:
     BEVFORMER_OPS_REFERENCE=1   never build or load the extension; use the references.
     BEVFORMER_OPS_CACHE=<dir>   cache root (default ``~/.cache/bevformer_ops``).
     BEVFORMER_OPS_CUDA=0|1      force a CPU-only (0) or a CUDA (1) build.
+    BEVFORMER_OPS_NATIVE=0      compile for the generic x86-64/aarch64 baseline instead of
+                                the build machine's CPU (``-march=native``, the default; the
+                                cache key then includes the CPU's feature flags).
     BEVFORMER_OPS_VERBOSE=1     show the compiler output.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import sys
 import sysconfig
@@ -84,8 +88,24 @@ def _pip_cuda_dirs() -> tuple[list[str], list[str]]:
     return includes, libs
 
 
+def _native() -> bool:
+    return os.environ.get("BEVFORMER_OPS_NATIVE", "1") not in ("0", "false", "no")
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (part of the cache key of ``-march=native`` builds)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _sources_hash(with_cuda: bool) -> str:
     h = hashlib.sha256()
+    h.update(_cpu_flags().encode() if _native() else b"generic")
     names = HEADERS + CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
     for name in names:
         h.update(name.encode())
@@ -110,7 +130,7 @@ def _build(with_cuda: bool, verbose: bool) -> ModuleType:
     build_dir = cache_dir(with_cuda)
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(CSRC / s) for s in CPU_SOURCES]
-    cflags = ["-O3", "-fopenmp-simd"]
+    cflags = ["-O3", "-fopenmp-simd"] + (["-march=native"] if _native() else [])
     cuda_flags: list[str] = []
     includes: list[str] = [str(CSRC)]
     ldflags: list[str] = []

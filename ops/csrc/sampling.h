@@ -67,7 +67,6 @@ SAMPLING_HD bool bilinear_corners(acc_t x, acc_t y, int h, int w, int64_t pix_st
   const acc_t ws[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
   const acc_t dx[4] = {-hy, hy, -ly, ly};
   const acc_t dy[4] = {-hx, -lx, hx, lx};
-#pragma unroll
   for (int k = 0; k < 4; ++k) {
     const bool ok = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
     cr.valid[k] = ok;
@@ -83,18 +82,33 @@ SAMPLING_HD bool bilinear_corners(acc_t x, acc_t y, int h, int w, int64_t pix_st
 template <typename scalar_t, typename acc_t>
 SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Corners<acc_t>& cr,
                                    acc_t weight, int c0, int c1, acc_t* __restrict__ out) {
-#pragma unroll
+  const int n = c1 - c0;
+  if (cr.valid[0] && cr.valid[1] && cr.valid[2] && cr.valid[3]) {
+    // Interior point (the common case): one pass over the channels for all four corners.
+    const scalar_t* __restrict__ v0 = img + cr.off[0] + c0;
+    const scalar_t* __restrict__ v1 = img + cr.off[1] + c0;
+    const scalar_t* __restrict__ v2 = img + cr.off[2] + c0;
+    const scalar_t* __restrict__ v3 = img + cr.off[3] + c0;
+    const acc_t w0 = weight * cr.w[0], w1 = weight * cr.w[1];
+    const acc_t w2 = weight * cr.w[2], w3 = weight * cr.w[3];
+    SAMPLING_SIMD
+    for (int c = 0; c < n; ++c) {
+      out[c] += w0 * static_cast<acc_t>(v0[c]) + w1 * static_cast<acc_t>(v1[c]) +
+                w2 * static_cast<acc_t>(v2[c]) + w3 * static_cast<acc_t>(v3[c]);
+    }
+    return;
+  }
   for (int k = 0; k < 4; ++k) {
     if (!cr.valid[k]) continue;
-    const scalar_t* __restrict__ v = img + cr.off[k];
+    const scalar_t* __restrict__ v = img + cr.off[k] + c0;
     const acc_t wk = weight * cr.w[k];
     SAMPLING_SIMD
-    for (int c = c0; c < c1; ++c) out[c - c0] += wk * static_cast<acc_t>(v[c]);
+    for (int c = 0; c < n; ++c) out[c] += wk * static_cast<acc_t>(v[c]);
   }
 }
 
 // Gradient contributions of one bilinear sample s = weight * bilinear(img)[c], c in [c0, c1),
-// given the output gradient gout[c - c0]:
+// given the output gradient gout[c - c0] (gout points at channel c0):
 //   grad_img[corner + c] += weight * w_k * gout        (through AddOp, plain or atomic)
 //   returns in d_weight sum_c gout * bilinear(img)[c]
 //   and in d_x, d_y     sum_c gout * weight * d bilinear / d(x, y)   (pixel coordinates).
@@ -103,23 +117,58 @@ SAMPLING_HD void sample_backward(const scalar_t* __restrict__ img, const Corners
                                  acc_t weight, int c0, int c1, const acc_t* __restrict__ gout,
                                  grad_t* __restrict__ grad_img, AddOp add, acc_t& d_weight,
                                  acc_t& d_x, acc_t& d_y) {
-  acc_t dw = 0, dx = 0, dy = 0;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    if (!cr.valid[k]) continue;
-    const scalar_t* __restrict__ v = img + cr.off[k];
-    grad_t* __restrict__ gv = grad_img + cr.off[k];
-    const acc_t wk = weight * cr.w[k];
-    acc_t dot = 0;
-    SAMPLING_SIMD_REDUCE(dot)
-    for (int c = c0; c < c1; ++c) {
-      const acc_t g = gout[c - c0];
-      dot += g * static_cast<acc_t>(v[c]);
-      add(gv + c, wk * g);
+  const int n = c1 - c0;
+  acc_t dot[4] = {0, 0, 0, 0};
+  if (cr.valid[0] && cr.valid[1] && cr.valid[2] && cr.valid[3]) {
+    // Interior point: one pass over the channels for all four corners.
+    const scalar_t* __restrict__ v0 = img + cr.off[0] + c0;
+    const scalar_t* __restrict__ v1 = img + cr.off[1] + c0;
+    const scalar_t* __restrict__ v2 = img + cr.off[2] + c0;
+    const scalar_t* __restrict__ v3 = img + cr.off[3] + c0;
+    grad_t* __restrict__ g0 = grad_img + cr.off[0] + c0;
+    grad_t* __restrict__ g1 = grad_img + cr.off[1] + c0;
+    grad_t* __restrict__ g2 = grad_img + cr.off[2] + c0;
+    grad_t* __restrict__ g3 = grad_img + cr.off[3] + c0;
+    const acc_t w0 = weight * cr.w[0], w1 = weight * cr.w[1];
+    const acc_t w2 = weight * cr.w[2], w3 = weight * cr.w[3];
+    acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+    SAMPLING_SIMD_REDUCE(d0, d1, d2, d3)
+    for (int c = 0; c < n; ++c) {
+      const acc_t g = gout[c];
+      d0 += g * static_cast<acc_t>(v0[c]);
+      d1 += g * static_cast<acc_t>(v1[c]);
+      d2 += g * static_cast<acc_t>(v2[c]);
+      d3 += g * static_cast<acc_t>(v3[c]);
+      add(g0 + c, w0 * g);
+      add(g1 + c, w1 * g);
+      add(g2 + c, w2 * g);
+      add(g3 + c, w3 * g);
     }
-    dw += cr.w[k] * dot;
-    dx += cr.dwx[k] * dot;
-    dy += cr.dwy[k] * dot;
+    dot[0] = d0;
+    dot[1] = d1;
+    dot[2] = d2;
+    dot[3] = d3;
+  } else {
+    for (int k = 0; k < 4; ++k) {
+      if (!cr.valid[k]) continue;
+      const scalar_t* __restrict__ v = img + cr.off[k] + c0;
+      grad_t* __restrict__ gv = grad_img + cr.off[k] + c0;
+      const acc_t wk = weight * cr.w[k];
+      acc_t d = 0;
+      SAMPLING_SIMD_REDUCE(d)
+      for (int c = 0; c < n; ++c) {
+        const acc_t g = gout[c];
+        d += g * static_cast<acc_t>(v[c]);
+        add(gv + c, wk * g);
+      }
+      dot[k] = d;
+    }
+  }
+  acc_t dw = 0, dx = 0, dy = 0;
+  for (int k = 0; k < 4; ++k) {
+    dw += cr.w[k] * dot[k];
+    dx += cr.dwx[k] * dot[k];
+    dy += cr.dwy[k] * dot[k];
   }
   d_weight = dw;
   d_x = weight * dx;

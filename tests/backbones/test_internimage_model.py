@@ -171,3 +171,32 @@ def test_classify_and_bad_arguments():
         InternImage(core_op="DCNv4", **TINY)
     with pytest.raises(ValueError, match="out_indices"):
         InternImage(out_indices=(4,), **TINY)
+
+
+@pytest.mark.parametrize("mode", ["pre", "post", "res_post"])
+def test_block_residual_formula(mode):
+    """Norm placement and layer scale of one block, written out with its own sub-modules."""
+    from backbones.internimage import InternImageLayer
+
+    options = {
+        "pre": dict(layer_scale=0.5),
+        "post": dict(layer_scale=0.5, post_norm=True),
+        "res_post": dict(layer_scale=None, res_post_norm=True),
+    }[mode]
+    block = InternImageLayer(16, 2, core_op="DCNv3_pytorch", **options).double().eval()
+    randomise(block, seed=3)
+    x = torch.randn(2, 5, 6, 16, dtype=torch.float64)
+    b = block
+    with torch.no_grad():
+        if mode == "pre":
+            y = x + b.gamma1 * b.dcn(b.norm1(x))
+            y = y + b.gamma2 * b.mlp(b.norm2(y))
+        elif mode == "post":
+            y = x + b.gamma1 * b.norm1(b.dcn(x))
+            y = y + b.gamma2 * b.norm2(b.mlp(y))
+        else:
+            y = x + b.res_post_norm1(b.dcn(b.norm1(x)))
+            y = y + b.res_post_norm2(b.mlp(b.norm2(y)))
+        torch.testing.assert_close(block(x), y, atol=1e-12, rtol=0)
+        # The branches really differ (the test would notice a swapped norm placement).
+        assert (block(x) - x).abs().max() > 1e-3

@@ -12,6 +12,7 @@ import ops.build as build
 from ops import dcnv3_core, dcnv3_core_reference, ms_deform_attn, ms_deform_attn_reference
 
 
+@pytest.mark.slow  # about 25 s per architecture on 2 cores
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.skipif(build.find_nvcc() is None, reason="nvcc not found")
 def test_cuda_sources_compile(arch, tmp_path):

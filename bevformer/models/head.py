@@ -1,0 +1,315 @@
+"""BEVFormer detection head: learned object queries, decoder, box refinement, losses, decoding.
+
+BEVFormer (Li et al., ECCV 2022, arXiv:2203.17270) / BEVFormer v2 (Yang et al., CVPR 2023,
+arXiv:2211.10439), official ``dense_heads/bevformer_head.py`` (``BEVFormerHead`` and
+``BEVFormerHead_GroupDETR``) on mmdet's ``DETRHead``, rebuilt without mmdet:
+
+- ``query_embedding = Embedding(num_query * group_detr, 2C)`` split into (query_pos, query);
+  initial references ``sigmoid(Linear(C, 3)(query_pos))`` (x, y, z normalised to ``pc_range``).
+- :class:`~bevformer.models.decoder.DetectionTransformerDecoder` over the BEV; with
+  ``with_box_refine`` every layer has its own classification branch (2 x (Linear, LN, ReLU) +
+  Linear(C, K)) and regression branch (2 x (Linear, ReLU) + Linear(C, 10)), and refines the
+  references; otherwise one pair of branches is shared by all layers.
+- Layer l predicts, from its reference r_l (the reference it attended with):
+  ``cx, cy = sigmoid(reg[0:2] + logit(r_xy))`` and ``cz = sigmoid(reg[4] + logit(r_z))`` mapped
+  to metres in ``pc_range``; the other entries are the raw regression outputs (log w, log l,
+  log h, sin, cos, vx, vy) — the code of :mod:`bevformer.models.coder`.
+- Group-DETR: in training all ``group_detr`` groups of ``num_query`` queries run (self-attention
+  within each group) and each group is matched to the full GT set; the losses are averaged
+  over the groups. In eval only the first group runs.
+- Losses per decoder layer (:mod:`bevformer.models.losses` after the Hungarian matching of
+  :mod:`bevformer.models.assigner`): the last layer's ``loss_cls`` / ``loss_bbox`` and the
+  auxiliary ``d{l}.loss_cls`` / ``d{l}.loss_bbox`` of layers 0 .. Ldec-2.
+- ``predict``: NMS-free top-k decoding of the last layer (:class:`~bevformer.models.coder.
+  NMSFreeCoder`) into lidar-frame box vectors with centre z (see the coder's docstring).
+
+Legend: Ldec decoder layers, B batch, Q queries, G groups, K classes, S BEV cells
+(bev_h * bev_w), C channels, M GT boxes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bevformer.models.assigner import HungarianAssigner3D, hungarian_match
+from bevformer.models.coder import CODE_SIZE, NMSFreeCoder, normalize_bbox
+from bevformer.models.decoder import DetectionTransformerDecoder, inverse_sigmoid
+from bevformer.models.losses import detection_losses
+from bevformer.registry import MODELS
+from bevformer.structures.boxes import BOX_DIM
+
+__all__ = ["BEVFormerHead"]
+
+
+def _cls_branch(embed_dims: int, num_classes: int, num_fcs: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_fcs):
+        layers += [nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(True)]
+    return nn.Sequential(*layers, nn.Linear(embed_dims, num_classes))
+
+
+def _reg_branch(embed_dims: int, code_size: int, num_fcs: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_fcs):
+        layers += [nn.Linear(embed_dims, embed_dims), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(embed_dims, code_size))
+
+
+@MODELS.register_module()
+class BEVFormerHead(nn.Module):
+    """DETR-style 3D detection head on a BEV feature map (module docstring).
+
+    ``forward(bev_embed [B, S, C])``: the BEV is row-major, index = row * bev_w + col, row =
+    lidar-y bin, col = lidar-x bin (row 0 / col 0 at ``pc_range``'s minimum). Returns
+    ``{"cls_scores": [Ldec, B, Q, K] logits, "bbox_preds": [Ldec, B, Q, 10] codes}`` with
+    Q = ``num_query * group_detr`` in training and ``num_query`` in eval.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        embed_dims: int = 256,
+        num_query: int = 900,
+        group_detr: int = 1,
+        num_decoder_layers: int = 6,
+        num_heads: int = 8,
+        num_points: int = 4,
+        ffn_dims: int = 512,
+        dropout: float = 0.1,
+        bev_h: int = 200,
+        bev_w: int = 200,
+        pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+        code_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
+        loss_cls_weight: float = 2.0,
+        loss_bbox_weight: float = 0.75,
+        loss_bbox_beta: float = 1.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        cls_cost_weight: float = 2.0,
+        reg_cost_weight: float = 0.75,
+        reg_cost_beta: float = 1.0,
+        max_num: int = 300,
+        post_center_range: Sequence[float] | None = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+        score_threshold: float | None = None,
+        with_box_refine: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(pc_range) != 6:
+            raise ValueError(f"pc_range must have 6 numbers (mins then maxs), got {pc_range}")
+        if len(code_weights) != CODE_SIZE:
+            raise ValueError(f"code_weights must have {CODE_SIZE} entries, got {code_weights}")
+        if group_detr < 1 or num_query < 1:
+            raise ValueError(
+                f"need num_query >= 1 and group_detr >= 1, got {num_query}, {group_detr}"
+            )
+        self.num_classes = num_classes
+        self.embed_dims = embed_dims
+        self.num_query = num_query
+        self.group_detr = group_detr
+        self.bev_h, self.bev_w = bev_h, bev_w
+        self.pc_range = tuple(float(v) for v in pc_range)
+        self.with_box_refine = with_box_refine
+        self.loss_cls_weight = loss_cls_weight
+        self.loss_bbox_weight = loss_bbox_weight
+        self.loss_bbox_beta = loss_bbox_beta
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.register_buffer(
+            "code_weights", torch.tensor(code_weights, dtype=torch.float32), persistent=False
+        )
+
+        self.query_embedding = nn.Embedding(num_query * group_detr, 2 * embed_dims)
+        self.reference_points = nn.Linear(embed_dims, 3)
+        self.decoder = DetectionTransformerDecoder(
+            num_decoder_layers, embed_dims, num_heads, num_points, ffn_dims, dropout
+        )
+        cls_branch = _cls_branch(embed_dims, num_classes)
+        reg_branch = _reg_branch(embed_dims, CODE_SIZE)
+        if with_box_refine:
+            self.cls_branches = nn.ModuleList(
+                copy.deepcopy(cls_branch) for _ in range(num_decoder_layers)
+            )
+            self.reg_branches = nn.ModuleList(
+                copy.deepcopy(reg_branch) for _ in range(num_decoder_layers)
+            )
+        else:  # one branch pair shared by every layer (same parameters)
+            self.cls_branches = nn.ModuleList(cls_branch for _ in range(num_decoder_layers))
+            self.reg_branches = nn.ModuleList(reg_branch for _ in range(num_decoder_layers))
+
+        self.assigner = HungarianAssigner3D(
+            cls_weight=cls_cost_weight,
+            reg_weight=reg_cost_weight,
+            alpha=focal_alpha,
+            gamma=focal_gamma,
+            reg_beta=reg_cost_beta,
+        )
+        self.coder = NMSFreeCoder(num_classes, max_num, post_center_range, score_threshold)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Official init: decoder as the transformer, xavier references, cls bias for p = 0.01."""
+        self.decoder.init_weights()
+        nn.init.xavier_uniform_(self.reference_points.weight)
+        nn.init.zeros_(self.reference_points.bias)
+        bias = -math.log((1 - 0.01) / 0.01)  # mmcv bias_init_with_prob(0.01)
+        for branch in self.cls_branches:
+            nn.init.constant_(branch[-1].bias, bias)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, bev_embed: Tensor) -> dict[str, Tensor]:
+        """``bev_embed`` [B, S, C] -> ``cls_scores`` [Ldec, B, Q, K], ``bbox_preds`` [Ldec, B, Q,
+        10] (class docstring)."""
+        if bev_embed.dim() != 3 or bev_embed.shape[1:] != (
+            self.bev_h * self.bev_w,
+            self.embed_dims,
+        ):
+            raise ValueError(
+                f"bev_embed must be [B, bev_h*bev_w, C] = [B, {self.bev_h * self.bev_w}, "
+                f"{self.embed_dims}], got {tuple(bev_embed.shape)}; check bev_h, bev_w and "
+                "embed_dims of the head against the encoder"
+            )
+        B = bev_embed.shape[0]
+        groups = self.group_detr if self.training else 1
+        embeds = self.query_embedding.weight[: self.num_query * groups].to(bev_embed.dtype)
+        query_pos, query = embeds.split(self.embed_dims, dim=1)  # [Q, C] each
+        query_pos = query_pos.unsqueeze(0).expand(B, -1, -1)  # [B, Q, C]
+        query = query.unsqueeze(0).expand(B, -1, -1)
+        reference = self.reference_points(query_pos).sigmoid()  # [B, Q, 3]
+
+        states, references, deltas = self.decoder(
+            query,
+            query_pos,
+            bev_embed,
+            reference,
+            (self.bev_h, self.bev_w),
+            reg_branches=self.reg_branches if self.with_box_refine else None,
+            num_groups=groups,
+        )  # [Ldec, B, Q, C], [Ldec, B, Q, 3], [Ldec, B, Q, 10] | None
+        cls_scores = torch.stack([br(s) for br, s in zip(self.cls_branches, states)])
+        if deltas is None:
+            deltas = torch.stack([br(s) for br, s in zip(self.reg_branches, states)])
+        return {"cls_scores": cls_scores, "bbox_preds": self._codes(deltas, references)}
+
+    def _codes(self, deltas: Tensor, references: Tensor) -> Tensor:
+        """Regression outputs [..., 10] + references [..., 3] -> codes with metric centres."""
+        x0, y0, z0, x1, y1, z1 = self.pc_range
+        logit = inverse_sigmoid(references)
+        xy = (deltas[..., 0:2] + logit[..., 0:2]).sigmoid()
+        z = (deltas[..., 4:5] + logit[..., 2:3]).sigmoid()
+        return torch.cat(
+            [
+                xy[..., 0:1] * (x1 - x0) + x0,
+                xy[..., 1:2] * (y1 - y0) + y0,
+                deltas[..., 2:4],
+                z * (z1 - z0) + z0,
+                deltas[..., 5:],
+            ],
+            dim=-1,
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def _num_groups(self, num_queries: int) -> int:
+        if num_queries % self.num_query != 0:
+            raise ValueError(
+                f"outputs have {num_queries} queries, not a multiple of num_query = "
+                f"{self.num_query}; pass the outputs of this head's forward"
+            )
+        return num_queries // self.num_query
+
+    def _match(
+        self, cls_scores: Tensor, bbox_preds: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Matches each group of one sample's queries ([Q, K], [Q, 10]) to all its GT boxes."""
+        Q = cls_scores.shape[0]
+        G = Q // self.num_query
+        cost = self.assigner.cost(bbox_preds, cls_scores, gt_boxes, gt_labels)  # [Q, M]
+        cost = cost.cpu().reshape(G, self.num_query, gt_boxes.shape[0])  # [G, Q/G, M]
+        query_idx, gt_idx = [], []
+        for g in range(G):
+            rows, cols = hungarian_match(cost[g])
+            query_idx.append(rows + g * self.num_query)
+            gt_idx.append(cols)
+        device = cls_scores.device
+        return torch.cat(query_idx).to(device), torch.cat(gt_idx).to(device)
+
+    def loss(
+        self, outputs: dict, gt_boxes: list[Tensor], gt_labels: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """Focal + smooth-L1 losses of every decoder layer after Hungarian matching.
+
+        ``gt_boxes[b]`` (M_b, 9) box vectors in the (BEV-augmented) lidar frame,
+        ``gt_labels[b]`` (M_b,) class indices. Returns ``loss_cls``, ``loss_bbox`` (last layer)
+        and ``d{l}.loss_cls``, ``d{l}.loss_bbox`` for the other layers.
+        """
+        all_cls, all_bbox = outputs["cls_scores"], outputs["bbox_preds"]
+        num_layers, B, Q, K = all_cls.shape
+        if len(gt_boxes) != B or len(gt_labels) != B:
+            raise ValueError(
+                f"outputs have batch {B} but {len(gt_boxes)} gt_boxes / {len(gt_labels)} "
+                "gt_labels entries; pass one (M, 9) tensor and one (M,) tensor per sample"
+            )
+        G = self._num_groups(Q)
+        device, dtype = all_cls.device, all_bbox.dtype
+        boxes, labels, codes = [], [], []
+        for b in range(B):
+            box = torch.as_tensor(gt_boxes[b], device=device, dtype=dtype).reshape(-1, BOX_DIM)
+            label = torch.as_tensor(gt_labels[b], device=device, dtype=torch.long).reshape(-1)
+            if box.shape[0] != label.shape[0]:
+                raise ValueError(f"sample {b}: {box.shape[0]} GT boxes but {label.shape[0]} labels")
+            if label.numel() and (label.min() < 0 or label.max() >= K):
+                raise ValueError(
+                    f"sample {b}: GT labels must be in [0, {K}), got {label.tolist()}; filter "
+                    "ignored classes out of the GT before the head"
+                )
+            boxes.append(box)
+            labels.append(label)
+            codes.append(normalize_bbox(box))
+        # matched queries per group and sample: min(num_query, M_b)
+        num_matched = sum(min(self.num_query, int(label.numel())) for label in labels)
+
+        losses: dict[str, Tensor] = {}
+        per_layer = []
+        for lid in range(num_layers):
+            cls_scores, bbox_preds = all_cls[lid], all_bbox[lid]
+            matches = [
+                self._match(cls_scores[b].detach(), bbox_preds[b].detach(), boxes[b], labels[b])
+                for b in range(B)
+            ]
+            per_layer.append(
+                detection_losses(
+                    cls_scores,
+                    bbox_preds,
+                    matches,
+                    codes,
+                    labels,
+                    self.code_weights,
+                    num_matched,
+                    num_groups=G,
+                    cls_weight=self.loss_cls_weight,
+                    bbox_weight=self.loss_bbox_weight,
+                    alpha=self.focal_alpha,
+                    gamma=self.focal_gamma,
+                    beta=self.loss_bbox_beta,
+                )
+            )
+        losses["loss_cls"], losses["loss_bbox"] = per_layer[-1]
+        for lid, (loss_cls, loss_bbox) in enumerate(per_layer[:-1]):
+            losses[f"d{lid}.loss_cls"] = loss_cls
+            losses[f"d{lid}.loss_bbox"] = loss_bbox
+        return losses
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(self, outputs: dict) -> list[dict[str, Tensor]]:
+        """Boxes of the last decoder layer (first query group), per sample ``{"boxes" (K, 9),
+        "scores" (K,), "labels" (K,)}`` in the lidar frame with centre z."""
+        cls_scores = outputs["cls_scores"][-1, :, : self.num_query].detach()
+        bbox_preds = outputs["bbox_preds"][-1, :, : self.num_query].detach()
+        return self.coder.decode(cls_scores, bbox_preds)

@@ -1,0 +1,245 @@
+"""Tests of the BEVFormerV2 detector class (with a stand-in detection head) and the builder.
+
+Legend: B batch, T frames, N cameras (6, the real nuScenes rig scaled to 96 x 54 pixels,
+padded to 96 x 64), Q BEV cells (8 x 8), C channels (16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from backbones import FPN, InternImage
+from bevformer.builder import build_from_cfg
+from bevformer.models.detector import BEVFormerV2, check_finite_losses
+from bevformer.models.encoder import BEVEncoder
+from bevformer.models.temporal import ResNetFusion
+from bevformer.registry import MODELS
+
+C = 16
+BEV = 8
+IMG_HW = (64, 96)
+
+
+class StandInHead(nn.Module):
+    """A minimal head with the detection head's interface: forward / loss / predict."""
+
+    def __init__(self, embed_dims: int, nan_term: str | None = None) -> None:
+        super().__init__()
+        self.cls = nn.Linear(embed_dims, 3)
+        self.reg = nn.Linear(embed_dims, 9)
+        self.nan_term = nan_term
+
+    def forward(self, bev: torch.Tensor) -> dict:
+        return {"cls": self.cls(bev), "reg": self.reg(bev)}  # [B, Q, 3], [B, Q, 9]
+
+    def loss(self, outputs, gt_boxes, gt_labels) -> dict:
+        losses = {
+            "loss_cls": outputs["cls"].logsumexp(-1).mean(),
+            "loss_bbox": sum(
+                (outputs["reg"][b, : len(g)] - g).abs().mean() for b, g in enumerate(gt_boxes)
+            ),
+        }
+        if self.nan_term is not None:
+            losses[self.nan_term] = losses[self.nan_term] * float("nan")
+        return losses
+
+    def predict(self, outputs) -> list[dict]:
+        scores, labels = outputs["cls"].sigmoid().max(-1)
+        return [
+            {"boxes": outputs["reg"][b, :5], "scores": scores[b, :5], "labels": labels[b, :5]}
+            for b in range(scores.shape[0])
+        ]
+
+
+@dataclass
+class Meta:
+    token: str
+    scene_token: str
+    lidar2ego: np.ndarray
+    ego2global: np.ndarray
+    flip: bool = False
+
+
+def tiny_detector(frames=(0,), temporal="fusion", nan_term=None, grid_mask=False) -> BEVFormerV2:
+    torch.manual_seed(0)
+    fusion = ResNetFusion(len(frames) * C, C) if len(frames) > 1 and temporal == "fusion" else None
+    model = BEVFormerV2(
+        img_backbone=InternImage(
+            core_op="DCNv3_pytorch",
+            channels=8,
+            depths=(1, 1, 1, 1),
+            groups=(1, 2, 4, 8),
+            drop_path_rate=0.0,
+            out_indices=(1, 2, 3),
+        ),
+        img_neck=FPN([16, 32, 64], C, num_outs=5, add_extra_convs="on_output"),
+        encoder=BEVEncoder(
+            embed_dims=C, num_layers=1, bev_h=BEV, bev_w=BEV, num_heads=2, ffn_dims=32
+        ),
+        pts_bbox_head=StandInHead(C, nan_term),
+        fusion=fusion,
+        frames=frames,
+        temporal=temporal,
+        use_grid_mask=grid_mask,
+    )
+    return model
+
+
+def rig_batch(rig, batch: int, frames: int = 1, seed: int = 0) -> dict:
+    """Images, lidar2img (sample b's cameras rotated by b positions) and GT."""
+    g = torch.Generator().manual_seed(seed)
+    l2i = torch.from_numpy(rig.lidar2img()).float()  # [N, 4, 4]
+    lidar2img = torch.stack(
+        [torch.roll(l2i, shifts=b, dims=0)[None].expand(frames, -1, -1, -1) for b in range(batch)]
+    )  # [B, T, N, 4, 4]
+    return {
+        "img": torch.randn(batch, frames, 6, 3, *IMG_HW, generator=g),
+        "lidar2img": lidar2img,
+        "frame_valid": torch.ones(batch, frames, dtype=torch.bool),
+        "bda": torch.eye(4).repeat(batch, 1, 1),
+        "gt_boxes": [torch.randn(2, 9, generator=g) for _ in range(batch)],
+        "gt_labels": [torch.zeros(2, dtype=torch.long) for _ in range(batch)],
+        "img_shape": IMG_HW,
+    }
+
+
+@pytest.fixture(scope="module")
+def rig(make_rig):
+    return make_rig(0.06)  # 96 x 54 images
+
+
+def test_loss_step_backpropagates_to_backbone_and_encoder(rig):
+    model = tiny_detector(grid_mask=True).train()
+    losses = model(**rig_batch(rig, 2), mode="loss")
+    assert set(losses) == {"loss_cls", "loss_bbox"}
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name in ("img_backbone.patch_embed.conv1.weight", "encoder.bev_embedding.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and float(grad.abs().sum()) > 0, name
+
+
+def test_nan_loss_raises_naming_the_term(rig):
+    model = tiny_detector(nan_term="loss_bbox").train()
+    with pytest.raises(FloatingPointError, match="'loss_bbox'"):
+        model(**rig_batch(rig, 1), mode="loss")
+    with pytest.raises(FloatingPointError, match="'loss_x'"):
+        check_finite_losses({"loss_ok": torch.tensor(1.0), "loss_x": torch.tensor(float("inf"))})
+
+
+def test_batch_of_two_equals_two_batches_of_one(rig):
+    """Eval, fp64: sample 1's cameras are rotated, so its visibility masks differ."""
+    model = tiny_detector().double().eval()
+    batch = rig_batch(rig, 2)
+    batch["img"] = batch["img"].double()
+    with torch.no_grad():
+        both = model(**batch, mode="tensor")["bev_embed"]
+        ones = [
+            model(
+                img=batch["img"][b : b + 1],
+                lidar2img=batch["lidar2img"][b : b + 1],
+                mode="tensor",
+            )["bev_embed"]
+            for b in range(2)
+        ]
+    torch.testing.assert_close(both, torch.cat(ones), rtol=0, atol=1e-8)
+    assert not torch.allclose(both[0], both[1])
+
+
+def test_predict_returns_boxes_per_sample_with_token(rig):
+    model = tiny_detector().eval()
+    batch = rig_batch(rig, 2)
+    meta = [Meta(f"tok{b}", "scene", np.eye(4), np.eye(4)) for b in range(2)]
+    with torch.no_grad():
+        out = model(**batch, meta=meta, mode="predict")
+    assert [r["token"] for r in out] == ["tok0", "tok1"]
+    assert out[0]["boxes"].shape == (5, 9) and out[0]["scores"].shape == (5,)
+
+
+def test_flipped_images_give_the_unflipped_features():
+    """With a flip-equivariant backbone, mirrored images + the flag equal the original."""
+    model = tiny_detector()
+
+    class Pool(nn.Module):
+        def forward(self, x):  # [M, 3, H, W] -> strides 8, 16, 32 with 16, 32, 64 channels
+            return [
+                nn.functional.avg_pool2d(x, s).repeat(1, c // 3 + 1, 1, 1)[:, :c]
+                for s, c in ((8, 16), (16, 32), (32, 64))
+            ]
+
+    model.img_backbone = Pool()
+    model.img_neck = nn.Identity()
+    img = torch.randn(2, 6, 3, *IMG_HW)
+    plain = model.extract_feat(img, None, augment=False)
+    flipped = model.extract_feat(img.flip(-1), torch.tensor([True, True]), augment=False)
+    mixed = model.extract_feat(
+        torch.stack([img[0], img[1].flip(-1)]), torch.tensor([False, True]), augment=False
+    )
+    for a, b, m in zip(plain, flipped, mixed):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, m)
+
+
+def test_history_has_no_gradient_and_missing_frames_ignore_their_images(rig):
+    model = tiny_detector(frames=(-1, 0)).train()
+    batch = rig_batch(rig, 2, frames=2)
+    batch["img"].requires_grad_(True)
+    losses = model(**batch, mode="loss")
+    assert model.training and model.encoder.training  # restored after the history pass
+    sum(losses.values()).backward()
+    grad = batch["img"].grad
+    assert float(grad[:, 0].abs().sum()) == 0.0  # past frame: no gradient
+    assert float(grad[:, 1].abs().sum()) > 0.0
+
+    # sample 0 misses its past frame: its output must not depend on that slot's images
+    model.eval()
+    batch = rig_batch(rig, 2, frames=2)
+    batch["frame_valid"][0, 0] = False
+    with torch.no_grad():
+        a = model(**batch, mode="tensor")["bev_embed"]
+        batch["img"][:, 0] = torch.randn_like(batch["img"][:, 0])
+        b = model(**batch, mode="tensor")["bev_embed"]
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+    assert not torch.allclose(a[1], b[1])
+
+
+def test_streaming_state_is_returned_and_used(rig, pose):
+    model = tiny_detector(temporal="streaming").eval()
+    batch = rig_batch(rig, 1)
+    lidar2ego = rig.lidar2ego
+
+    def meta(x, scene):
+        return [Meta("t", scene, lidar2ego, pose(x, 0.0, 0.0))]
+
+    with torch.no_grad():
+        first, state = model(**batch, meta=meta(0.0, "s"), mode="tensor", return_state=True)
+        again, _ = model(
+            **batch, meta=meta(2.0, "s"), mode="tensor", prev_state=state, return_state=True
+        )
+        new_scene, _ = model(
+            **batch, meta=meta(2.0, "other"), mode="tensor", prev_state=state, return_state=True
+        )
+    assert state.bev.shape == (1, BEV * BEV, C) and state.scene_tokens == ("s",)
+    assert not torch.allclose(first["bev_embed"], again["bev_embed"])  # history was used
+    torch.testing.assert_close(first["bev_embed"], new_scene["bev_embed"])  # scene reset
+    # the state's pose is lidar2global of the frame
+    np.testing.assert_allclose(
+        state.lidar2global[0].numpy(), pose(0.0, 0.0, 0.0) @ lidar2ego, atol=1e-12
+    )
+
+
+def test_builder_builds_nested_modules_and_names_unknown_keys():
+    enc_cfg = dict(type="BEVEncoder", embed_dims=C, num_layers=1, bev_h=4, bev_w=4)
+    enc = build_from_cfg(enc_cfg, MODELS)
+    assert isinstance(enc, BEVEncoder) and len(enc.layers) == 1
+    fusion = build_from_cfg(dict(type="ResNetFusion", in_channels=2 * C, out_channels=C), MODELS)
+    assert isinstance(fusion, ResNetFusion)
+    with pytest.raises(TypeError, match=r"BEVEncoder.*\['num_qeries'\]"):
+        build_from_cfg({**enc_cfg, "num_qeries": 3}, MODELS)
+    with pytest.raises(KeyError, match="NoSuchModule"):
+        build_from_cfg(dict(type="NoSuchModule"), MODELS)
