@@ -33,10 +33,10 @@ COMPONENT_MODULES = (
     "bevformer.models.detector",
     "bevformer.models.head",
     "bevformer.models.mono_head",
+    "bevformer.models.perspective",
     "bevformer.data",
     "bevformer.data.dataset",
     "bevformer.data.transforms",
-    "bevformer.data.synthetic",
 )
 
 

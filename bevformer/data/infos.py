@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pyquaternion import Quaternion
 
-from bevformer.structures.boxes import CLASSES, boxes_from_nusc
-from bevformer.structures.frames import cam2lidar, invert, pose_matrix
+from bevformer.structures.boxes import CLASSES, CORNER_SIGNS, boxes_from_nusc
+from bevformer.structures.frames import apply, cam2lidar, invert, pose_matrix
 
 __all__ = [
     "INFO_FORMAT",
@@ -177,28 +178,46 @@ def _attribute_name(nusc, ann: dict) -> str:
 
 
 def _mono_annotations(
-    nusc, cam_sd: dict, cam2ego: np.ndarray, ego2global: np.ndarray, velocities: dict
+    nusc,
+    anns: list[dict],
+    ann_rotations: np.ndarray,
+    velocities: dict[str, np.ndarray],
+    cam_sd: dict,
+    global2cam: np.ndarray,
+    global2cam_quat: Quaternion,
+    intrinsics: np.ndarray,
 ) -> list[dict]:
-    """Perspective annotations of one camera image (DD3D-style, see module docstring)."""
-    _, boxes, intr = nusc.get_sample_data(cam_sd["token"])  # camera frame, any corner visible
+    """Perspective annotations of one camera image (DD3D-style, see module docstring).
+
+    The devkit's ``get_sample_data(cam_token)`` boxes (camera frame, ``BoxVisibility.ANY``:
+    all corners >= 0.1 m in front, one corner inside the image and >= 1 m away), computed
+    for all annotations at once. Shapes: M annotations, ``ann_rotations [M, 3, 3]`` (global).
+    """
+    if not anns:
+        return []
     width, height = cam_sd["width"], cam_sd["height"]
-    cam2global_rot = (ego2global @ cam2ego)[:3, :3]
+    centres = apply(global2cam, np.array([a["translation"] for a in anns]))  # [M, 3]
+    wlh = np.array([a["size"] for a in anns])  # [M, 3]
+    rot = global2cam[:3, :3] @ ann_rotations  # [M, 3, 3]
+    half = wlh[:, [1, 0, 2]] / 2  # (l, w, h) / 2
+    local = CORNER_SIGNS[None] * half[:, None, :]  # [M, 8, 3]
+    corners = np.einsum("mij,mkj->mki", rot, local) + centres[:, None, :]  # [M, 8, 3]
+    depth = corners[..., 2]  # [M, 8]
+    uv = corners @ intrinsics.T
+    uv = uv[..., :2] / uv[..., 2:3]  # [M, 8, 2]
+    visible = (uv[..., 0] > 0) & (uv[..., 0] < width) & (uv[..., 1] > 0) & (uv[..., 1] < height)
+    keep = (visible & (depth > 1)).any(1) & (depth > 0.1).all(1)
+
     out = []
-    for box in boxes:
-        depth = float(box.center[2])
-        if depth <= 0:
-            continue
-        corners = intr @ box.corners()  # [3, 8]
-        corners = corners[:2] / corners[2:3]
-        full = [corners[0].min(), corners[1].min(), corners[0].max(), corners[1].max()]
+    for i in np.flatnonzero(keep):
+        full = [uv[i, :, 0].min(), uv[i, :, 1].min(), uv[i, :, 0].max(), uv[i, :, 1].max()]
         clipped = [max(0.0, full[0]), max(0.0, full[1]), min(width, full[2]), min(height, full[3])]
         if _iou(full, clipped) < MIN_BOX2D_IOU:
             continue
-        ann = nusc.get("sample_annotation", box.token)
+        ann = anns[i]
         name = _detection_name(ann["category_name"])
-        velo_global = velocities[box.token]
-        velo_cam = cam2global_rot.T @ np.nan_to_num(velo_global)
-        center2d = intr @ box.center
+        velo_global = velocities[ann["token"]]
+        center2d = intrinsics @ centres[i]
         out.append(
             {
                 "instance_token": ann["instance_token"],
@@ -206,11 +225,11 @@ def _mono_annotations(
                 "label": CLASSES.index(name) if name in CLASSES else -1,
                 "box2d": [float(v) for v in clipped],
                 "center2d": (center2d[:2] / center2d[2]).tolist(),
-                "depth": depth,
-                "center_cam": box.center.tolist(),
-                "size_wlh": box.wlh.tolist(),
-                "rotation_cam": box.orientation.elements.tolist(),
-                "velocity_cam": velo_cam.tolist(),
+                "depth": float(centres[i, 2]),
+                "center_cam": centres[i].tolist(),
+                "size_wlh": wlh[i].tolist(),
+                "rotation_cam": (global2cam_quat * Quaternion(ann["rotation"])).elements.tolist(),
+                "velocity_cam": (global2cam[:3, :3] @ np.nan_to_num(velo_global)).tolist(),
                 "attribute": _attribute_name(nusc, ann),
                 "speed": float(np.linalg.norm(velo_global)),
                 "num_pts": int(ann["num_lidar_pts"] + ann["num_radar_pts"]),
@@ -227,7 +246,21 @@ def build_sample_info(
     lidar2ego = pose_matrix(nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"]))
     ego2global = pose_matrix(nusc.get("ego_pose", lidar_sd["ego_pose_token"]))
 
-    cams = {}
+    # GT in the lidar frame at the lidar timestamp; sample["anns"] order.
+    _, lidar_boxes, _ = nusc.get_sample_data(lidar_sd["token"])
+    anns = [nusc.get("sample_annotation", box.token) for box in lidar_boxes]
+    velocities = {ann["token"]: nusc.box_velocity(ann["token"]) for ann in anns}
+    global2lidar_rot = invert(ego2global @ lidar2ego)[:3, :3]
+    velo_lidar = np.array(
+        [(global2lidar_rot @ np.nan_to_num(velocities[a["token"]]))[:2] for a in anns]
+    ).reshape(-1, 2)
+    velo_valid = [bool(np.isfinite(velocities[a["token"]][:2]).all()) for a in anns]
+    gt_boxes = boxes_from_nusc(lidar_boxes, velocities=velo_lidar)
+    num_lidar = [int(a["num_lidar_pts"]) for a in anns]
+    num_radar = [int(a["num_radar_pts"]) for a in anns]
+    ann_rotations = np.array([Quaternion(a["rotation"]).rotation_matrix for a in anns])
+
+    cams, mono = {}, {}
     for cam in cameras:
         if cam not in sample["data"]:
             raise KeyError(
@@ -242,42 +275,31 @@ def build_sample_info(
                 f"{nusc.version}/sample_data.json) does not exist; the dataroot is incomplete"
             )
         calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pose = nusc.get("ego_pose", sd["ego_pose_token"])
         cam2ego = pose_matrix(calib)
-        cam_ego2global = pose_matrix(nusc.get("ego_pose", sd["ego_pose_token"]))
+        cam_ego2global = pose_matrix(pose)
+        intrinsics = np.asarray(calib["camera_intrinsic"], dtype=np.float64)
         cams[cam] = {
             "data_path": sd["filename"],
             "sample_data_token": sd["token"],
             "timestamp": sd["timestamp"],
-            "intrinsics": calib["camera_intrinsic"],
+            "intrinsics": intrinsics.tolist(),
             "cam2ego": cam2ego.tolist(),
             "ego2global": cam_ego2global.tolist(),
             "cam2lidar": cam2lidar(cam2ego, cam_ego2global, ego2global, lidar2ego).tolist(),
             "width": sd["width"],
             "height": sd["height"],
         }
-
-    # GT in the lidar frame at the lidar timestamp; sample["anns"] order.
-    _, lidar_boxes, _ = nusc.get_sample_data(lidar_sd["token"])
-    anns = [nusc.get("sample_annotation", box.token) for box in lidar_boxes]
-    velocities = {ann["token"]: nusc.box_velocity(ann["token"]) for ann in anns}
-    global2lidar_rot = invert(ego2global @ lidar2ego)[:3, :3]
-    velo_lidar = np.array(
-        [(global2lidar_rot @ np.nan_to_num(velocities[a["token"]]))[:2] for a in anns]
-    ).reshape(-1, 2)
-    velo_valid = [bool(np.isfinite(velocities[a["token"]][:2]).all()) for a in anns]
-    gt_boxes = boxes_from_nusc(lidar_boxes, velocities=velo_lidar)
-    num_lidar = [int(a["num_lidar_pts"]) for a in anns]
-    num_radar = [int(a["num_radar_pts"]) for a in anns]
-
-    mono = {}
-    for cam in cameras:
-        sd = nusc.get("sample_data", sample["data"][cam])
         mono[cam] = _mono_annotations(
             nusc,
-            sd,
-            np.asarray(cams[cam]["cam2ego"]),
-            np.asarray(cams[cam]["ego2global"]),
+            anns,
+            ann_rotations.reshape(-1, 3, 3),
             velocities,
+            sd,
+            global2cam=invert(cam_ego2global @ cam2ego),
+            # composed as the devkit moves boxes: inv(cs) * inv(pose) * q
+            global2cam_quat=(Quaternion(pose["rotation"]) * Quaternion(calib["rotation"])).inverse,
+            intrinsics=intrinsics,
         )
 
     return {

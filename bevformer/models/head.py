@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +42,37 @@ from bevformer.models.coder import CODE_SIZE, NMSFreeCoder, normalize_bbox
 from bevformer.models.decoder import DetectionTransformerDecoder, inverse_sigmoid
 from bevformer.models.losses import detection_losses
 from bevformer.registry import MODELS
-from bevformer.structures.boxes import BOX_DIM
+from bevformer.structures.boxes import BOX_DIM, CLASSES
 
-__all__ = ["BEVFormerHead"]
+__all__ = ["BEVFormerHead", "OFFICIAL_V2_CLASSES", "convert_official_head_state_dict"]
+
+# Class order of the official ``bevformerv2`` configs (``class_names``); the project uses the
+# nuScenes detection order ``bevformer.structures.boxes.CLASSES``.
+OFFICIAL_V2_CLASSES = (
+    "barrier",
+    "bicycle",
+    "bus",
+    "car",
+    "construction_vehicle",
+    "motorcycle",
+    "pedestrian",
+    "traffic_cone",
+    "trailer",
+    "truck",
+)
+
+# official key (below ``pts_bbox_head.``) -> this head's key
+_OFFICIAL_KEYS = (
+    (r"^transformer\.reference_points\.", "reference_points."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.attentions\.0\.", r"decoder.layers.\1.self_attn."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.attentions\.1\.", r"decoder.layers.\1.cross_attn."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.ffns\.0\.layers\.0\.0\.", r"decoder.layers.\1.ffn.0."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.ffns\.0\.layers\.1\.", r"decoder.layers.\1.ffn.3."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norms\.0\.", r"decoder.layers.\1.norm1."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norms\.1\.", r"decoder.layers.\1.norm2."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norms\.2\.", r"decoder.layers.\1.norm3."),
+    (r"^(query_embedding|cls_branches|reg_branches)\.", r"\1."),
+)
 
 
 def _cls_branch(embed_dims: int, num_classes: int, num_fcs: int = 2) -> nn.Sequential:
@@ -165,10 +194,8 @@ class BEVFormerHead(nn.Module):
     def forward(self, bev_embed: Tensor) -> dict[str, Tensor]:
         """``bev_embed`` [B, S, C] -> ``cls_scores`` [Ldec, B, Q, K], ``bbox_preds`` [Ldec, B, Q,
         10] (class docstring)."""
-        if bev_embed.dim() != 3 or bev_embed.shape[1:] != (
-            self.bev_h * self.bev_w,
-            self.embed_dims,
-        ):
+        expected = (self.bev_h * self.bev_w, self.embed_dims)
+        if bev_embed.dim() != 3 or tuple(bev_embed.shape[1:]) != expected:
             raise ValueError(
                 f"bev_embed must be [B, bev_h*bev_w, C] = [B, {self.bev_h * self.bev_w}, "
                 f"{self.embed_dims}], got {tuple(bev_embed.shape)}; check bev_h, bev_w and "
@@ -249,6 +276,8 @@ class BEVFormerHead(nn.Module):
         and ``d{l}.loss_cls``, ``d{l}.loss_bbox`` for the other layers.
         """
         all_cls, all_bbox = outputs["cls_scores"], outputs["bbox_preds"]
+        if all_cls.dtype in (torch.float16, torch.bfloat16):  # losses in fp32 under AMP
+            all_cls, all_bbox = all_cls.float(), all_bbox.float()
         num_layers, B, Q, K = all_cls.shape
         if len(gt_boxes) != B or len(gt_labels) != B:
             raise ValueError(
@@ -313,3 +342,37 @@ class BEVFormerHead(nn.Module):
         cls_scores = outputs["cls_scores"][-1, :, : self.num_query].detach()
         bbox_preds = outputs["bbox_preds"][-1, :, : self.num_query].detach()
         return self.coder.decode(cls_scores, bbox_preds)
+
+
+def convert_official_head_state_dict(
+    state_dict: Mapping[str, Tensor],
+    prefix: str = "pts_bbox_head.",
+    official_classes: Sequence[str] = OFFICIAL_V2_CLASSES,
+    classes: Sequence[str] = CLASSES,
+) -> dict[str, Tensor]:
+    """Detection-head weights of an official BEVFormer checkpoint, renamed for this head.
+
+    Takes the keys under ``prefix`` that belong to the decoder side (query embedding, reference
+    points, decoder layers, branches; the encoder and BEV embedding keys are left out) and
+    reorders the rows of the last classification layers from ``official_classes`` to
+    ``classes`` (the official v2 configs list the classes alphabetically). The result loads
+    with ``head.load_state_dict(..., strict=True)``.
+    """
+    if sorted(official_classes) != sorted(classes):
+        raise ValueError(f"class lists differ: {list(official_classes)} vs {list(classes)}")
+    order = torch.tensor([list(official_classes).index(name) for name in classes])
+    converted: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        for pattern, replacement in _OFFICIAL_KEYS:
+            if re.match(pattern, name):
+                converted[re.sub(pattern, replacement, name)] = value
+                break
+    last = [k for k in converted if re.fullmatch(r"cls_branches\.\d+\.\d+\.(weight|bias)", k)]
+    depth = max((int(k.split(".")[2]) for k in last), default=-1)
+    for key in last:
+        if int(key.split(".")[2]) == depth:
+            converted[key] = converted[key][order]
+    return converted

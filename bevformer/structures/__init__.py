@@ -3,6 +3,7 @@
 from .boxes import (
     BOX_DIM,
     CLASSES,
+    CORNER_SIGNS,
     VX,
     VY,
     YAW,
@@ -31,6 +32,7 @@ from .frames import apply, cam2lidar, invert, lidar2img, pose_matrix, project_po
 __all__ = [
     "BOX_DIM",
     "CLASSES",
+    "CORNER_SIGNS",
     "H",
     "L",
     "VX",

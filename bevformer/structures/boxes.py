@@ -44,6 +44,7 @@ __all__ = [
     "VY",
     "BOX_DIM",
     "CLASSES",
+    "CORNER_SIGNS",
     "yaw_from_nus",
     "yaw_to_nus",
     "box_heading",
@@ -116,8 +117,8 @@ def box_heading(boxes: Array) -> Array:
 
 # Corner signs in the box's own frame (x along the length, y along the width to the left,
 # z up), in nuScenes ``Box.corners()`` order: corners 0-3 are the front face (+length),
-# 4-7 the back face; 0, 1, 4, 5 are on the top.
-_CORNER_SIGNS = np.array(
+# 4-7 the back face; 0, 1, 4, 5 are on the top. Multiply by (l/2, w/2, h/2).
+CORNER_SIGNS = np.array(
     [
         [1, 1, 1],
         [1, -1, 1],
@@ -142,7 +143,7 @@ def box_corners(boxes: Array) -> Array:
     """
     _check_boxes(boxes)
     xp = _xp(boxes)
-    signs = boxes.new_tensor(_CORNER_SIGNS) if xp is torch else _CORNER_SIGNS.astype(boxes.dtype)
+    signs = boxes.new_tensor(CORNER_SIGNS) if xp is torch else CORNER_SIGNS.astype(boxes.dtype)
     # half extents along (length, width, height): [..., 1, 3]
     half = xp.stack([boxes[..., L], boxes[..., W], boxes[..., H]], -1)[..., None, :] / 2
     local = signs * half  # [..., 8, 3]

@@ -39,69 +39,70 @@ SAMPLING_HD acc_t floor_(acc_t v) {
 #endif
 }
 
-// The four corners of a bilinear sample: element offsets of the pixels (channel 0) and their
-// weights; a corner outside the image has weight 0 and offset 0 (a valid address).
+// A bilinear sample at pixel coordinates (x, y) (pixel centres at integers) of an image with h
+// rows, w columns and pixels `pix_stride` elements apart. Corner k = 0..3 is (y0, x0),
+// (y0, x0+1), (y0+1, x0), (y0+1, x0+1); `interior` means all four lie inside the image, and
+// then `off` is the element offset of corner 0.
 template <typename acc_t>
-struct Corners {
-  int64_t off[4];
-  acc_t w[4];
-  bool valid[4];
-  // Partial derivatives of the corner weights w.r.t. the pixel coordinates x and y.
-  acc_t dwx[4];
-  acc_t dwy[4];
+struct Sample {
+  int x0, y0;
+  acc_t lx, ly;
+  bool interior;
+  int64_t off;
 };
 
-// Sets up the bilinear corners of pixel coordinates (x, y) (pixel centres at integers) in an
-// image of h rows and w columns. Returns false when the point lies outside (-1, w) x (-1, h),
-// where every corner is outside and the sample is zero (same test as the official kernels).
+// Returns false when (x, y) lies outside (-1, w) x (-1, h): every corner is outside and the
+// sample is zero (the same test as the official kernels).
 template <typename acc_t>
-SAMPLING_HD bool bilinear_corners(acc_t x, acc_t y, int h, int w, int64_t pix_stride,
-                                  Corners<acc_t>& cr) {
+SAMPLING_HD bool bilinear_setup(acc_t x, acc_t y, int h, int w, int64_t pix_stride,
+                                Sample<acc_t>& s) {
   if (!(x > acc_t(-1) && y > acc_t(-1) && x < acc_t(w) && y < acc_t(h))) return false;
   const acc_t xf = floor_(x), yf = floor_(y);
-  const int x0 = static_cast<int>(xf), y0 = static_cast<int>(yf);
-  const acc_t lx = x - xf, ly = y - yf;
-  const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
-  const int xs[4] = {x0, x0 + 1, x0, x0 + 1};
-  const int ys[4] = {y0, y0, y0 + 1, y0 + 1};
-  const acc_t ws[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-  const acc_t dx[4] = {-hy, hy, -ly, ly};
-  const acc_t dy[4] = {-hx, -lx, hx, lx};
-  for (int k = 0; k < 4; ++k) {
-    const bool ok = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
-    cr.valid[k] = ok;
-    cr.off[k] = ok ? (static_cast<int64_t>(ys[k]) * w + xs[k]) * pix_stride : 0;
-    cr.w[k] = ok ? ws[k] : acc_t(0);
-    cr.dwx[k] = ok ? dx[k] : acc_t(0);
-    cr.dwy[k] = ok ? dy[k] : acc_t(0);
-  }
+  s.x0 = static_cast<int>(xf);
+  s.y0 = static_cast<int>(yf);
+  s.lx = x - xf;
+  s.ly = y - yf;
+  s.interior = s.x0 >= 0 && s.y0 >= 0 && s.x0 + 1 < w && s.y0 + 1 < h;
+  s.off = (static_cast<int64_t>(s.y0) * w + s.x0) * pix_stride;
   return true;
 }
 
-// out[c - c0] += weight * bilinear(img)[c] for c in [c0, c1).
+// Element offset of corner k, or -1 when it lies outside the image.
+template <typename acc_t>
+SAMPLING_HD int64_t corner_offset(const Sample<acc_t>& s, int k, int h, int w,
+                                  int64_t pix_stride) {
+  const int xk = s.x0 + (k & 1), yk = s.y0 + (k >> 1);
+  if (xk < 0 || yk < 0 || xk >= w || yk >= h) return -1;
+  return (static_cast<int64_t>(yk) * w + xk) * pix_stride;
+}
+
+// out[c - c0] += weight * bilinear(img)[c] for c in [c0, c1) (out points at channel c0).
 template <typename scalar_t, typename acc_t>
-SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Corners<acc_t>& cr,
-                                   acc_t weight, int c0, int c1, acc_t* __restrict__ out) {
+SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Sample<acc_t>& s,
+                                   int h, int w, int64_t pix_stride, acc_t weight, int c0,
+                                   int c1, acc_t* __restrict__ out) {
   const int n = c1 - c0;
-  if (cr.valid[0] && cr.valid[1] && cr.valid[2] && cr.valid[3]) {
-    // Interior point (the common case): one pass over the channels for all four corners.
-    const scalar_t* __restrict__ v0 = img + cr.off[0] + c0;
-    const scalar_t* __restrict__ v1 = img + cr.off[1] + c0;
-    const scalar_t* __restrict__ v2 = img + cr.off[2] + c0;
-    const scalar_t* __restrict__ v3 = img + cr.off[3] + c0;
-    const acc_t w0 = weight * cr.w[0], w1 = weight * cr.w[1];
-    const acc_t w2 = weight * cr.w[2], w3 = weight * cr.w[3];
+  const acc_t hx = acc_t(1) - s.lx, hy = acc_t(1) - s.ly;
+  const acc_t cw[4] = {weight * hy * hx, weight * hy * s.lx, weight * s.ly * hx,
+                       weight * s.ly * s.lx};
+  if (s.interior) {
+    // The common case: one pass over the channels for all four corners.
+    const scalar_t* __restrict__ v0 = img + s.off + c0;
+    const scalar_t* __restrict__ v1 = v0 + pix_stride;
+    const scalar_t* __restrict__ v2 = v0 + w * pix_stride;
+    const scalar_t* __restrict__ v3 = v2 + pix_stride;
     SAMPLING_SIMD
     for (int c = 0; c < n; ++c) {
-      out[c] += w0 * static_cast<acc_t>(v0[c]) + w1 * static_cast<acc_t>(v1[c]) +
-                w2 * static_cast<acc_t>(v2[c]) + w3 * static_cast<acc_t>(v3[c]);
+      out[c] += cw[0] * static_cast<acc_t>(v0[c]) + cw[1] * static_cast<acc_t>(v1[c]) +
+                cw[2] * static_cast<acc_t>(v2[c]) + cw[3] * static_cast<acc_t>(v3[c]);
     }
     return;
   }
   for (int k = 0; k < 4; ++k) {
-    if (!cr.valid[k]) continue;
-    const scalar_t* __restrict__ v = img + cr.off[k] + c0;
-    const acc_t wk = weight * cr.w[k];
+    const int64_t off = corner_offset(s, k, h, w, pix_stride);
+    if (off < 0) continue;
+    const scalar_t* __restrict__ v = img + off + c0;
+    const acc_t wk = cw[k];
     SAMPLING_SIMD
     for (int c = 0; c < n; ++c) out[c] += wk * static_cast<acc_t>(v[c]);
   }
@@ -110,69 +111,66 @@ SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Corne
 // Gradient contributions of one bilinear sample s = weight * bilinear(img)[c], c in [c0, c1),
 // given the output gradient gout[c - c0] (gout points at channel c0):
 //   grad_img[corner + c] += weight * w_k * gout        (through AddOp, plain or atomic)
-//   returns in d_weight sum_c gout * bilinear(img)[c]
-//   and in d_x, d_y     sum_c gout * weight * d bilinear / d(x, y)   (pixel coordinates).
+//   d_weight = sum_c gout * bilinear(img)[c]
+//   d_x, d_y = sum_c gout * weight * d bilinear / d(x, y)   (pixel coordinates).
 template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp>
-SAMPLING_HD void sample_backward(const scalar_t* __restrict__ img, const Corners<acc_t>& cr,
-                                 acc_t weight, int c0, int c1, const acc_t* __restrict__ gout,
-                                 grad_t* __restrict__ grad_img, AddOp add, acc_t& d_weight,
-                                 acc_t& d_x, acc_t& d_y) {
+SAMPLING_HD void sample_backward(const scalar_t* __restrict__ img, const Sample<acc_t>& s,
+                                 int h, int w, int64_t pix_stride, acc_t weight, int c0, int c1,
+                                 const acc_t* __restrict__ gout, grad_t* __restrict__ grad_img,
+                                 AddOp add, acc_t& d_weight, acc_t& d_x, acc_t& d_y) {
   const int n = c1 - c0;
-  acc_t dot[4] = {0, 0, 0, 0};
-  if (cr.valid[0] && cr.valid[1] && cr.valid[2] && cr.valid[3]) {
-    // Interior point: one pass over the channels for all four corners.
-    const scalar_t* __restrict__ v0 = img + cr.off[0] + c0;
-    const scalar_t* __restrict__ v1 = img + cr.off[1] + c0;
-    const scalar_t* __restrict__ v2 = img + cr.off[2] + c0;
-    const scalar_t* __restrict__ v3 = img + cr.off[3] + c0;
-    grad_t* __restrict__ g0 = grad_img + cr.off[0] + c0;
-    grad_t* __restrict__ g1 = grad_img + cr.off[1] + c0;
-    grad_t* __restrict__ g2 = grad_img + cr.off[2] + c0;
-    grad_t* __restrict__ g3 = grad_img + cr.off[3] + c0;
-    const acc_t w0 = weight * cr.w[0], w1 = weight * cr.w[1];
-    const acc_t w2 = weight * cr.w[2], w3 = weight * cr.w[3];
-    acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-    SAMPLING_SIMD_REDUCE(d0, d1, d2, d3)
+  const acc_t lx = s.lx, ly = s.ly, hx = acc_t(1) - lx, hy = acc_t(1) - ly;
+  const acc_t cw[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  if (s.interior) {
+    // One pass over the channels: per channel the sampled value and its x/y derivatives.
+    const scalar_t* __restrict__ v0 = img + s.off + c0;
+    const scalar_t* __restrict__ v1 = v0 + pix_stride;
+    const scalar_t* __restrict__ v2 = v0 + w * pix_stride;
+    const scalar_t* __restrict__ v3 = v2 + pix_stride;
+    grad_t* __restrict__ g0 = grad_img + s.off + c0;
+    grad_t* __restrict__ g1 = g0 + pix_stride;
+    grad_t* __restrict__ g2 = g0 + w * pix_stride;
+    grad_t* __restrict__ g3 = g2 + pix_stride;
+    const acc_t w0 = weight * cw[0], w1 = weight * cw[1], w2 = weight * cw[2],
+                w3 = weight * cw[3];
+    acc_t dv = 0, dx = 0, dy = 0;
+    SAMPLING_SIMD_REDUCE(dv, dx, dy)
     for (int c = 0; c < n; ++c) {
       const acc_t g = gout[c];
-      d0 += g * static_cast<acc_t>(v0[c]);
-      d1 += g * static_cast<acc_t>(v1[c]);
-      d2 += g * static_cast<acc_t>(v2[c]);
-      d3 += g * static_cast<acc_t>(v3[c]);
+      const acc_t a0 = static_cast<acc_t>(v0[c]), a1 = static_cast<acc_t>(v1[c]);
+      const acc_t a2 = static_cast<acc_t>(v2[c]), a3 = static_cast<acc_t>(v3[c]);
+      dv += g * (cw[0] * a0 + cw[1] * a1 + cw[2] * a2 + cw[3] * a3);
+      dx += g * (hy * (a1 - a0) + ly * (a3 - a2));
+      dy += g * (hx * (a2 - a0) + lx * (a3 - a1));
       add(g0 + c, w0 * g);
       add(g1 + c, w1 * g);
       add(g2 + c, w2 * g);
       add(g3 + c, w3 * g);
     }
-    dot[0] = d0;
-    dot[1] = d1;
-    dot[2] = d2;
-    dot[3] = d3;
-  } else {
-    for (int k = 0; k < 4; ++k) {
-      if (!cr.valid[k]) continue;
-      const scalar_t* __restrict__ v = img + cr.off[k] + c0;
-      grad_t* __restrict__ gv = grad_img + cr.off[k] + c0;
-      const acc_t wk = weight * cr.w[k];
-      acc_t d = 0;
-      SAMPLING_SIMD_REDUCE(d)
-      for (int c = 0; c < n; ++c) {
-        const acc_t g = gout[c];
-        d += g * static_cast<acc_t>(v[c]);
-        add(gv + c, wk * g);
-      }
-      dot[k] = d;
-    }
+    d_weight = dv;
+    d_x = weight * dx;
+    d_y = weight * dy;
+    return;
   }
-  acc_t dw = 0, dx = 0, dy = 0;
+  acc_t dot[4] = {0, 0, 0, 0};
   for (int k = 0; k < 4; ++k) {
-    dw += cr.w[k] * dot[k];
-    dx += cr.dwx[k] * dot[k];
-    dy += cr.dwy[k] * dot[k];
+    const int64_t off = corner_offset(s, k, h, w, pix_stride);
+    if (off < 0) continue;
+    const scalar_t* __restrict__ v = img + off + c0;
+    grad_t* __restrict__ gv = grad_img + off + c0;
+    const acc_t wk = weight * cw[k];
+    acc_t d = 0;
+    SAMPLING_SIMD_REDUCE(d)
+    for (int c = 0; c < n; ++c) {
+      const acc_t g = gout[c];
+      d += g * static_cast<acc_t>(v[c]);
+      add(gv + c, wk * g);
+    }
+    dot[k] = d;
   }
-  d_weight = dw;
-  d_x = weight * dx;
-  d_y = weight * dy;
+  d_weight = cw[0] * dot[0] + cw[1] * dot[1] + cw[2] * dot[2] + cw[3] * dot[3];
+  d_x = weight * (hy * (dot[1] - dot[0]) + ly * (dot[3] - dot[2]));
+  d_y = weight * (hx * (dot[2] - dot[0]) + lx * (dot[3] - dot[1]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,9 +195,10 @@ SAMPLING_HD void msda_forward_one(const scalar_t* __restrict__ value,
       const int64_t i = lp0 + l * P + p;
       const acc_t x = static_cast<acc_t>(loc[2 * i]) * w - acc_t(0.5);
       const acc_t y = static_cast<acc_t>(loc[2 * i + 1]) * h - acc_t(0.5);
-      Corners<acc_t> cr;
-      if (!bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) continue;
-      sample_accumulate<scalar_t, acc_t>(img, cr, static_cast<acc_t>(attn[i]), c0, c1, out);
+      Sample<acc_t> sm;
+      if (!bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) continue;
+      sample_accumulate<scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(attn[i]),
+                                         c0, c1, out);
     }
   }
 }
@@ -226,13 +225,12 @@ SAMPLING_HD void msda_backward_one(const scalar_t* __restrict__ value,
       const int64_t i = lp0 + l * P + p;
       const acc_t x = static_cast<acc_t>(loc[2 * i]) * w - acc_t(0.5);
       const acc_t y = static_cast<acc_t>(loc[2 * i + 1]) * h - acc_t(0.5);
-      Corners<acc_t> cr;
+      Sample<acc_t> sm;
       acc_t d_attn = 0, d_x = 0, d_y = 0;
-      if (bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) {
-        sample_backward<scalar_t, acc_t, grad_t, AddOp>(value + base, cr,
-                                                        static_cast<acc_t>(attn[i]), c0, c1,
-                                                        gout, grad_value + base, add, d_attn,
-                                                        d_x, d_y);
+      if (bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) {
+        sample_backward<scalar_t, acc_t, grad_t, AddOp>(
+            value + base, sm, h, w, pix_stride, static_cast<acc_t>(attn[i]), c0, c1, gout,
+            grad_value + base, add, d_attn, d_x, d_y);
       }
       put_attn(i, d_attn);
       put_loc(2 * i, d_x * w);  // d x_pix / d loc_x = w
@@ -289,9 +287,10 @@ SAMPLING_HD void dcnv3_forward_one(const scalar_t* __restrict__ input,
   const scalar_t* msk = mask + (qi * gm.group + g) * K;
   const int h = static_cast<int>(gm.height_in), w = static_cast<int>(gm.width_in);
   dcnv3_for_each_tap<scalar_t, acc_t>(gm, off, ho, wo, [&](int p, acc_t x, acc_t y) {
-    Corners<acc_t> cr;
-    if (!bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) return;
-    sample_accumulate<scalar_t, acc_t>(img, cr, static_cast<acc_t>(msk[p]), c0, c1, out);
+    Sample<acc_t> sm;
+    if (!bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) return;
+    sample_accumulate<scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(msk[p]), c0,
+                                       c1, out);
   });
 }
 
@@ -315,10 +314,10 @@ SAMPLING_HD void dcnv3_backward_one(const scalar_t* __restrict__ input,
   const int h = static_cast<int>(gm.height_in), w = static_cast<int>(gm.width_in);
   dcnv3_for_each_tap<scalar_t, acc_t>(gm, offset + off0 * 2, ho, wo, [&](int p, acc_t x,
                                                                           acc_t y) {
-    Corners<acc_t> cr;
+    Sample<acc_t> sm;
     acc_t d_mask = 0, d_x = 0, d_y = 0;
-    if (bilinear_corners<acc_t>(x, y, h, w, pix_stride, cr)) {
-      sample_backward<scalar_t, acc_t, grad_t, AddOp>(input + base, cr,
+    if (bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) {
+      sample_backward<scalar_t, acc_t, grad_t, AddOp>(input + base, sm, h, w, pix_stride,
                                                       static_cast<acc_t>(msk[p]), c0, c1, gout,
                                                       grad_input + base, add, d_mask, d_x, d_y);
     }

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "sampling.h"
@@ -39,6 +40,32 @@ template <typename T>
 struct Store {
   T* ptr;
   inline void operator()(int64_t i, T v) const { ptr[i] = v; }
+};
+
+// Output pixels are visited in column tiles (all rows of `tile` columns, then the next tile)
+// so that the input rows a tile samples from stay in cache; pixel i of that order -> (n, ho, wo).
+struct TiledOrder {
+  int64_t H, W, tile;
+  TiledOrder(const Dcnv3Geometry& gm) : H(gm.height_out), W(gm.width_out) {
+    // About 128 KiB of input per 5 rows of a tile (a 3x3 kernel with offsets of ~1 pixel).
+    const int64_t pixel_bytes = static_cast<int64_t>(gm.group) * gm.group_channels * 4;
+    tile = std::min<int64_t>(64, std::max<int64_t>(4, (128 << 10) / (5 * pixel_bytes)));
+  }
+  inline void operator()(int64_t i, int64_t& n, int64_t& ho, int64_t& wo) const {
+    const int64_t HW = H * W;
+    n = i / HW;
+    const int64_t r = i % HW;
+    const int64_t full = W / tile * tile;  // columns covered by complete tiles
+    if (r < H * full) {
+      const int64_t t = r / (H * tile), rr = r % (H * tile);
+      ho = rr / tile;
+      wo = t * tile + rr % tile;
+    } else {
+      const int64_t r2 = r - H * full, rest = W - full;
+      ho = r2 / rest;
+      wo = full + r2 % rest;
+    }
+  }
 };
 
 void check_inputs(std::initializer_list<at::Tensor> ts) {
@@ -122,12 +149,15 @@ at::Tensor dcnv3_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
     const scalar_t* of = offset.data_ptr<scalar_t>();
     const scalar_t* mk = mask.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, N * HW, 16, [&](int64_t begin, int64_t end) {
+    const TiledOrder order(gm);
+    at::parallel_for(0, N * HW, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / HW, ho = (i % HW) / gm.width_out, wo = i % gm.width_out;
+        int64_t n, ho, wo;
+        order(i, n, ho, wo);
+        const int64_t pix = (n * gm.height_out + ho) * gm.width_out + wo;
         for (int64_t g = 0; g < G; ++g) {
           dcnv3_forward_one<scalar_t, scalar_t>(x, of, mk, gm, n, ho, wo, g, 0,
-                                                static_cast<int>(Cg), o + (i * G + g) * Cg);
+                                                static_cast<int>(Cg), o + (pix * G + g) * Cg);
         }
       }
     });
@@ -140,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
     const Dcnv3Geometry& gm, const at::Tensor& grad_out) {
   check_inputs({input, offset, mask, grad_out});
   const int64_t N = input.size(0), G = gm.group, Cg = gm.group_channels;
+  const int64_t HW = gm.height_out * gm.width_out;
   auto grad_input = at::zeros_like(input);
   auto grad_offset = at::empty_like(offset);
   auto grad_mask = at::empty_like(mask);
@@ -151,19 +182,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
     scalar_t* gx = grad_input.data_ptr<scalar_t>();
     const Store<scalar_t> put_off{grad_offset.data_ptr<scalar_t>()};
     const Store<scalar_t> put_mask{grad_mask.data_ptr<scalar_t>()};
-    at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t ng = begin; ng < end; ++ng) {
-        const int64_t n = ng / G, g = ng % G;
-        for (int64_t ho = 0; ho < gm.height_out; ++ho) {
-          for (int64_t wo = 0; wo < gm.width_out; ++wo) {
-            const int64_t qi = (n * gm.height_out + ho) * gm.width_out + wo;
+    // Output pixels are split into `chunks` contiguous ranges (reads stay sequential); chunk 0
+    // accumulates into grad_input, chunk t > 0 into its own buffer, summed at the end.
+    const int64_t total = N * HW;
+    const TiledOrder order(gm);
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                  total / 256));
+    at::Tensor buffers;
+    if (chunks > 1) buffers = at::zeros({chunks - 1, input.numel()}, input.options());
+    scalar_t* bufs = chunks > 1 ? buffers.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        scalar_t* target = t == 0 ? gx : bufs + (t - 1) * input.numel();
+        for (int64_t i = total * t / chunks; i < total * (t + 1) / chunks; ++i) {
+          int64_t n, ho, wo;
+          order(i, n, ho, wo);
+          const int64_t pix = (n * gm.height_out + ho) * gm.width_out + wo;
+          for (int64_t g = 0; g < G; ++g) {
             dcnv3_backward_one<scalar_t, scalar_t, scalar_t>(
-                x, of, mk, gm, n, ho, wo, g, 0, static_cast<int>(Cg), go + (qi * G + g) * Cg,
-                gx, PlainAdd<scalar_t>{}, put_off, put_mask);
+                x, of, mk, gm, n, ho, wo, g, 0, static_cast<int>(Cg), go + (pix * G + g) * Cg,
+                target, PlainAdd<scalar_t>{}, put_off, put_mask);
           }
         }
       }
     });
+    if (chunks > 1) {
+      const int64_t numel = input.numel();
+      at::parallel_for(0, numel, 1 << 14, [&](int64_t begin, int64_t end) {
+        for (int64_t t = 0; t < chunks - 1; ++t) {
+          const scalar_t* b = bufs + t * numel;
+          SAMPLING_SIMD
+          for (int64_t k = begin; k < end; ++k) gx[k] += b[k];
+        }
+      });
+    }
   });
   return {grad_input, grad_offset, grad_mask};
 }

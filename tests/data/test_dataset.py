@@ -425,3 +425,32 @@ def test_synthetic_dataroot_item(request, tmp_path):
     assert ((item["gt_labels"] >= 0) & (item["gt_labels"] < 10)).all()
     # every camera sees at least its own image content (not all zeros)
     assert (item["img"][1].flatten(1).amax(dim=1) > 0).all()
+
+    # static objects: the past camera re-expressed in the current lidar frame sees the current
+    # GT centre where the original past camera sees the past GT centre
+    plain = NuScenesTemporalDataset(info_file, str(dataroot), frames=(-1, 0), test_mode=True)
+    item = plain.get_item(1)
+    cur, past = plain.infos[1], plain.infos[0]
+    assert item["meta"].frame_tokens == (past["token"], cur["token"])
+
+    def static(info):
+        boxes = np.asarray(info["gt_boxes"])
+        moving = np.linalg.norm(boxes[:, 7:9], axis=1) > 1e-3
+        return {t: b[:3] for t, b, m in zip(info["instance_tokens"], boxes, moving) if not m}
+
+    cur_static, past_static = static(cur), static(past)
+    shared = sorted(set(cur_static) & set(past_static))
+    assert shared, "the synthetic scene should contain static objects"
+    checked = 0
+    for n, cam in enumerate(plain.camera_names):
+        viewpad = np.eye(4)
+        viewpad[:3, :3] = past["cams"][cam]["intrinsics"]
+        past_l2i = viewpad @ invert(np.asarray(past["cams"][cam]["cam2lidar"]))
+        for tok in shared:
+            expected = _pix(past_l2i, past_static[tok])
+            if expected[2] < 1.0:
+                continue
+            got = _pix(item["lidar2img"][0, n].double().numpy(), cur_static[tok])
+            np.testing.assert_allclose(got, expected, atol=0.05)
+            checked += 1
+    assert checked > 0

@@ -138,6 +138,35 @@ def test_mono_annotations_project_the_gt(infos_dir):
     assert n_anns > 0
 
 
+def test_mono_matches_devkit_camera_boxes(infos_dir, nusc):
+    """The vectorised camera-frame boxes equal the devkit's ``get_sample_data(cam)`` boxes."""
+    _, infos = _load(infos_dir, "val")
+    compared = 0
+    for info in infos[:2]:
+        for name, anns in info["mono"].items():
+            cam = info["cams"][name]
+            _, boxes, intr = nusc.get_sample_data(cam["sample_data_token"])
+            expected = {}
+            for box in boxes:  # DD3D's 2D-box filter on the devkit boxes
+                uv = intr @ box.corners()
+                uv = uv[:2] / uv[2:]
+                full = [uv[0].min(), uv[1].min(), uv[0].max(), uv[1].max()]
+                cl = [max(0, full[0]), max(0, full[1]), min(cam["width"], full[2])]
+                cl.append(min(cam["height"], full[3]))
+                inter = max(0, cl[2] - cl[0]) * max(0, cl[3] - cl[1])
+                area = (full[2] - full[0]) * (full[3] - full[1])
+                if inter / area >= 0.2:  # IoU(clipped, full) = clipped area / full area
+                    expected[nusc.get("sample_annotation", box.token)["instance_token"]] = box
+            assert {a["instance_token"] for a in anns} == set(expected)
+            for ann in anns:
+                box = expected[ann["instance_token"]]
+                np.testing.assert_allclose(ann["center_cam"], box.center, atol=1e-9)
+                q = Quaternion(ann["rotation_cam"])
+                assert abs(abs(np.dot(q.elements, box.orientation.elements)) - 1) < 1e-6
+                compared += 1
+    assert compared > 0
+
+
 def test_cli_writes_prefixed_files(synthetic_dataroot, tmp_path):
     cmd = [
         sys.executable,

@@ -22,26 +22,65 @@ from bevformer.data.synthetic import CLASS_HUE_DEG, CLASSES, generate, load_rig,
 from bevformer.data.synthetic.generate import KEYFRAME_PERIOD_US, _plan, _token
 
 VERSION = "v1.0-mini"
-CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
-           "CAM_BACK_RIGHT")
+CAMERAS = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
 FIELDS = {
-    "scene": {"token", "log_token", "nbr_samples", "first_sample_token", "last_sample_token",
-              "name", "description"},
+    "scene": {
+        "token",
+        "log_token",
+        "nbr_samples",
+        "first_sample_token",
+        "last_sample_token",
+        "name",
+        "description",
+    },
     "sample": {"token", "timestamp", "prev", "next", "scene_token"},
-    "sample_data": {"token", "sample_token", "ego_pose_token", "calibrated_sensor_token",
-                    "timestamp", "fileformat", "is_key_frame", "height", "width", "filename",
-                    "prev", "next"},
-    "sample_annotation": {"token", "sample_token", "instance_token", "visibility_token",
-                          "attribute_tokens", "translation", "size", "rotation", "prev", "next",
-                          "num_lidar_pts", "num_radar_pts"},
-    "instance": {"token", "category_token", "nbr_annotations", "first_annotation_token",
-                 "last_annotation_token"},
+    "sample_data": {
+        "token",
+        "sample_token",
+        "ego_pose_token",
+        "calibrated_sensor_token",
+        "timestamp",
+        "fileformat",
+        "is_key_frame",
+        "height",
+        "width",
+        "filename",
+        "prev",
+        "next",
+    },
+    "sample_annotation": {
+        "token",
+        "sample_token",
+        "instance_token",
+        "visibility_token",
+        "attribute_tokens",
+        "translation",
+        "size",
+        "rotation",
+        "prev",
+        "next",
+        "num_lidar_pts",
+        "num_radar_pts",
+    },
+    "instance": {
+        "token",
+        "category_token",
+        "nbr_annotations",
+        "first_annotation_token",
+        "last_annotation_token",
+    },
     "category": {"token", "name", "description"},
     "attribute": {"token", "name", "description"},
     "visibility": {"token", "level", "description"},
     "sensor": {"token", "channel", "modality"},
-    "calibrated_sensor": {"token", "sensor_token", "translation", "rotation",
-                          "camera_intrinsic"},
+    "calibrated_sensor": {"token", "sensor_token", "translation", "rotation", "camera_intrinsic"},
     "ego_pose": {"token", "timestamp", "rotation", "translation"},
     "log": {"token", "logfile", "vehicle", "date_captured", "location"},
     "map": {"token", "log_tokens", "category", "filename"},
@@ -74,8 +113,12 @@ def test_devkit_loads_counts(nusc):
         assert set(sample["data"]) == {*CAMERAS, "LIDAR_TOP"}
         assert len(sample["anns"]) >= 10
     names = {nusc.get("category", i["category_token"])["name"] for i in nusc.instance}
-    assert {"vehicle.car", "human.pedestrian.adult", "movable_object.barrier",
-            "movable_object.trafficcone"} <= names
+    assert {
+        "vehicle.car",
+        "human.pedestrian.adult",
+        "movable_object.barrier",
+        "movable_object.trafficcone",
+    } <= names
     assert len(nusc.attribute) == 8 and len(nusc.visibility) == 4
 
 
@@ -130,8 +173,9 @@ def test_box_velocity_matches_truth(nusc):
     moving = nusc.field2token("attribute", "name", "vehicle.moving")[0]
     checked = 0
     for scene_idx, (name, world) in enumerate(zip(scene_names(N_SCENES), worlds)):
-        index = {_token(SYNTHETIC_KWARGS["seed"], "instance", name, i): i
-                 for i in range(len(world.cls))}
+        index = {
+            _token(SYNTHETIC_KWARGS["seed"], "instance", name, i): i for i in range(len(world.cls))
+        }
         scene = nusc.scene[scene_idx]
         first_ts = nusc.get("sample", scene["first_sample_token"])["timestamp"]
         for ann in nusc.sample_annotation:
@@ -159,43 +203,55 @@ def test_rendered_pixels_inside_projected_boxes_have_class_colour(nusc, syntheti
     fractions = []
     for sample in nusc.sample:
         for cam in CAMERAS:
-            path, boxes, K = nusc.get_sample_data(sample["data"][cam],
-                                                  box_vis_level=BoxVisibility.ALL)
+            token = sample["data"][cam]
+            path, boxes, K = nusc.get_sample_data(token, box_vis_level=BoxVisibility.ALL)
+            _, everything, _ = nusc.get_sample_data(token, box_vis_level=BoxVisibility.NONE)
             img = cv2.imread(path)
             assert img.shape == (HEIGHT, WIDTH, 3)
             hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL).astype(np.float64)
             hue, sat, val = hsv[..., 0] * 360 / 256, hsv[..., 1] / 255, hsv[..., 2] / 255
-            hulls, near, far = [], [], []
+            occluders = []  # (nearest depth, 2D bounding rect) of every box in front
+            for box in everything:
+                corners = box.corners()
+                if corners[2].max() <= 0.1:
+                    continue
+                if corners[2].min() <= 0.1:
+                    rect = (-(10**6), -(10**6), 3 * 10**6, 3 * 10**6)  # crosses the image plane
+                else:
+                    uv = view_points(corners, K, normalize=True)[:2].T
+                    rect = cv2.boundingRect(uv.astype(np.float32))
+                occluders.append((box.token, corners[2].min(), rect))
             for box in boxes:
-                corners = view_points(box.corners(), K, normalize=True)[:2].T
-                hulls.append(cv2.convexHull(corners.astype(np.float32)))
-                near.append(box.corners()[2].min())
-                far.append(box.corners()[2].max())
-            for b, box in enumerate(boxes):
                 cls = category_to_detection_name(box.name)
+                uv = view_points(box.corners(), K, normalize=True)[:2].T
+                hull = cv2.convexHull(uv.astype(np.float32))
                 mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-                cv2.fillConvexPoly(mask, np.round(hulls[b]).astype(np.int32), 1)
+                cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
                 # skip boxes that a nearer box may cover, and tiny ones
-                x, y, w, h = cv2.boundingRect(hulls[b])
+                rect = cv2.boundingRect(hull)
+                far = box.corners()[2].max()
                 occluded = any(
-                    near[o] < far[b] and _overlap((x, y, w, h), cv2.boundingRect(hulls[o]))
-                    for o in range(len(boxes)) if o != b
+                    tok != box.token and near < far and _overlap(rect, other)
+                    for tok, near, other in occluders
                 )
                 if occluded or mask.sum() < 60:
                     continue
                 inside = mask.astype(bool)
                 colourful = (sat[inside] > 0.2) & (val[inside] > 0.12)
-                dist = [
-                    _hue_distance(hue[inside], h) < 16 for h in CLASS_HUE_DEG
-                ]
+                dist = [_hue_distance(hue[inside], h) < 16 for h in CLASS_HUE_DEG]
                 own = float(np.mean(dist[CLASSES.index(cls)] & colourful))
-                others = max(float(np.mean(d & colourful)) for i, d in enumerate(dist)
-                             if i != CLASSES.index(cls))
+                others = max(
+                    float(np.mean(d & colourful))
+                    for i, d in enumerate(dist)
+                    if i != CLASSES.index(cls)
+                )
                 assert own > others, (cls, own, others)
                 fractions.append(own)
-    assert len(fractions) >= 20
+    assert len(fractions) >= 10
     assert np.mean(fractions) > 0.75 and np.min(fractions) > 0.4, (
-        np.mean(fractions), np.min(fractions))
+        np.mean(fractions),
+        np.min(fractions),
+    )
 
 
 def _overlap(a, b) -> bool:
@@ -217,9 +273,12 @@ def test_lidar_points_are_honest(nusc):
             inside = points_in_box(box, pts[:, :3].T.astype(np.float64), wlh_factor=1.02)
             assert abs(int(inside.sum()) - ann["num_lidar_pts"]) <= max(2, 0.05 * inside.sum())
             assert ann["num_radar_pts"] == 0
-        near = [nusc.get("sample_annotation", b.token)["num_lidar_pts"] > 0 for b in boxes
-                if np.linalg.norm(b.center[:2]) < 20 and
-                nusc.get("sample_annotation", b.token)["visibility_token"] == "4"]
+        near = [
+            nusc.get("sample_annotation", b.token)["num_lidar_pts"] > 0
+            for b in boxes
+            if np.linalg.norm(b.center[:2]) < 20
+            and nusc.get("sample_annotation", b.token)["visibility_token"] == "4"
+        ]
         assert near and all(near)
 
 
@@ -277,30 +336,48 @@ def test_mini_val_split_has_samples_and_scores(nusc, tmp_path):
         boxes = []
         for tok in sample["anns"]:
             ann = nusc.get("sample_annotation", tok)
+            if ann["num_lidar_pts"] == 0:
+                continue  # the evaluation drops such ground truth; a prediction would be an FP
             attrs = [nusc.get("attribute", a)["name"] for a in ann["attribute_tokens"]]
             velocity = np.nan_to_num(nusc.box_velocity(tok)[:2])
-            boxes.append({
-                "sample_token": sample["token"], "translation": ann["translation"],
-                "size": ann["size"], "rotation": ann["rotation"],
-                "velocity": velocity.tolist(),
-                "detection_name": category_to_detection_name(ann["category_name"]),
-                "detection_score": 0.9, "attribute_name": attrs[0] if attrs else "",
-            })
+            boxes.append(
+                {
+                    "sample_token": sample["token"],
+                    "translation": ann["translation"],
+                    "size": ann["size"],
+                    "rotation": ann["rotation"],
+                    "velocity": velocity.tolist(),
+                    "detection_name": category_to_detection_name(ann["category_name"]),
+                    "detection_score": 0.9,
+                    "attribute_name": attrs[0] if attrs else "",
+                }
+            )
         results[sample["token"]] = boxes
     path = tmp_path / "results.json"
-    meta = {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False,
-            "use_external": False}
+    meta = {
+        "use_camera": True,
+        "use_lidar": False,
+        "use_radar": False,
+        "use_map": False,
+        "use_external": False,
+    }
     path.write_text(json.dumps({"meta": meta, "results": results}))
-    evaluator = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path),
-                              eval_set="mini_val", output_dir=str(tmp_path), verbose=False)
+    evaluator = DetectionEval(
+        nusc,
+        config_factory("detection_cvpr_2019"),
+        str(path),
+        eval_set="mini_val",
+        output_dir=str(tmp_path),
+        verbose=False,
+    )
     metrics, _ = evaluator.evaluate()
     # classes without ground truth in this tiny split score AP 0, so check the present ones
     present = {box.detection_name for box in evaluator.gt_boxes.all}
     assert len(present) >= 5
     for name in present:
         assert metrics.mean_dist_aps[name] > 0.99, name
-    for err in ("trans_err", "scale_err", "orient_err"):
-        assert metrics.mean_tp_errors[err] < 1e-3, err
+        for err in ("trans_err", "scale_err"):
+            assert metrics.get_label_tp(name, err) < 1e-3, (name, err)
 
 
 def test_generation_is_deterministic(synthetic_dataroot, tmp_path):
@@ -322,3 +399,27 @@ def test_existing_output_is_refused(synthetic_dataroot, tmp_path):
 def test_scene_order_includes_val():
     assert scene_names(2)[1] in mini_val
     assert Counter(n in mini_val for n in scene_names(10)) == Counter({False: 8, True: 2})
+
+
+def test_sweeps_are_chained_between_keyframes(tmp_path):
+    root = generate(
+        tmp_path / "sweeps",
+        scenes=1,
+        samples_per_scene=3,
+        image_size=(160, 90),
+        sweeps=2,
+        progress=False,
+    )
+    nusc = NuScenes(version=VERSION, dataroot=str(root), verbose=False)
+    assert len(nusc.sample_data) == 7 * (3 + 2 * 2)
+    for channel in ("CAM_FRONT", "LIDAR_TOP"):
+        sd = nusc.get("sample_data", nusc.sample[0]["data"][channel])
+        keys = [sd["is_key_frame"]]
+        while sd["next"]:
+            nxt = nusc.get("sample_data", sd["next"])
+            assert 166_000 <= nxt["timestamp"] - sd["timestamp"] <= 167_000
+            assert (root / nxt["filename"]).is_file()
+            assert nxt["filename"].startswith("samples/" if nxt["is_key_frame"] else "sweeps/")
+            keys.append(nxt["is_key_frame"])
+            sd = nxt
+        assert keys == [True, False, False, True, False, False, True]

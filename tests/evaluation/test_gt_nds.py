@@ -3,18 +3,30 @@ split, read from the info file as box vectors and written by the result writer, 
 NDS >= 0.99 and mAP >= 0.99 in the official nuScenes ``DetectionEval``."""
 
 import numpy as np
+import pytest
+from nuscenes.eval.common.config import config_factory
 
 from bevformer.data.infos import create_infos, load_infos
 from bevformer.evaluation import evaluate_nds, to_nusc_boxes, write_submission
 from bevformer.structures.boxes import BOX_DIM, CLASSES
+from bevformer.structures.frames import apply
 
 VERSION = "v1.0-mini"
 
 
-def _gt_submission(infos):
+@pytest.fixture(scope="module")
+def val_infos(synthetic_val_dataroot, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_infos")
+    written = create_infos(str(synthetic_val_dataroot), VERSION, out_dir=str(out), progress=False)
+    return load_infos(written["val"])[1]
+
+
+def _gt_submission(infos, shift_x=0.0):
+    """GT boxes (valid, of a detection class) as score-1 detections, GT attributes kept."""
     results = {}
     for info in infos:
         boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+        boxes[:, 0] += shift_x
         keep = [
             i
             for i, (name, valid) in enumerate(zip(info["gt_names"], info["valid_flag"]))
@@ -28,33 +40,43 @@ def _gt_submission(infos):
     return results
 
 
-def test_ground_truth_scores_full_nds(synthetic_dataroot, tmp_path):
-    written = create_infos(str(synthetic_dataroot), VERSION, out_dir=str(tmp_path), progress=False)
-    _, infos = load_infos(written["val"])
-    results = _gt_submission(infos)
-    assert sum(len(v) for v in results.values()) > 0
-    path = write_submission(
-        results, str(tmp_path / "results_nusc.json"), expected_tokens=[i["token"] for i in infos]
+def _classes_in_range(infos):
+    class_range = config_factory("detection_cvpr_2019").class_range
+    present = set()
+    for info in infos:
+        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+        ego_xy = apply(np.asarray(info["lidar2ego"]), boxes[:, :3])[:, :2]
+        for xy, name, valid in zip(ego_xy, info["gt_names"], info["valid_flag"]):
+            if valid and name in CLASSES and np.hypot(*xy) < class_range[name] - 1.0:
+                present.add(name)
+    return present
+
+
+def test_ground_truth_scores_full_nds(synthetic_val_dataroot, val_infos, tmp_path):
+    missing = sorted(set(CLASSES) - _classes_in_range(val_infos))
+    assert not missing, (
+        f"the synthetic val split has no evaluable ground truth of {missing}; the devkit scores "
+        "such a class AP 0, so NDS >= 0.99 needs all ten (generate more keyframes)"
     )
-    metrics = evaluate_nds(path, str(synthetic_dataroot), VERSION, output_dir=str(tmp_path))
+    results = _gt_submission(val_infos)
+    path = write_submission(
+        results,
+        str(tmp_path / "results_nusc.json"),
+        expected_tokens=[i["token"] for i in val_infos],
+    )
+    metrics = evaluate_nds(path, str(synthetic_val_dataroot), VERSION, output_dir=str(tmp_path))
     assert (tmp_path / "metrics_summary.json").is_file()
     assert metrics["mAP"] >= 0.99, metrics
     assert metrics["NDS"] >= 0.99, metrics
     assert metrics["mATE"] < 0.01 and metrics["mAOE"] < 0.01 and metrics["mAVE"] < 0.05, metrics
 
 
-def test_shifted_boxes_lose_score(synthetic_dataroot, tmp_path):
-    # the metric is not blind: the same GT moved 3 m along lidar x loses most of its AP
-    written = create_infos(str(synthetic_dataroot), VERSION, out_dir=str(tmp_path), progress=False)
-    _, infos = load_infos(written["val"])
-    for info in infos:
-        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
-        boxes[:, 0] += 3.0
-        info["gt_boxes"] = boxes.tolist()
+def test_shifted_boxes_lose_score(synthetic_val_dataroot, val_infos, tmp_path):
+    # the metric is not blind: the GT moved 3 m along lidar x only matches at the 4 m threshold
     path = write_submission(
-        _gt_submission(infos),
+        _gt_submission(val_infos, shift_x=3.0),
         str(tmp_path / "shifted.json"),
-        expected_tokens=[i["token"] for i in infos],
+        expected_tokens=[i["token"] for i in val_infos],
     )
-    metrics = evaluate_nds(path, str(synthetic_dataroot), VERSION, output_dir=str(tmp_path))
-    assert metrics["mAP"] < 0.8, metrics
+    metrics = evaluate_nds(path, str(synthetic_val_dataroot), VERSION, output_dir=str(tmp_path))
+    assert metrics["mAP"] < 0.4, metrics

@@ -14,8 +14,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from bevformer.builder import build_model
+from bevformer.builder import build_from_cfg, build_model, import_components
 from bevformer.models.detector import count_parameters
+from bevformer.registry import TRANSFORMS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "projects", "configs", "bevformerv2")
@@ -63,6 +64,12 @@ def test_config_loads_and_is_consistent(path):
     assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=4e-4, weight_decay=0.01)
     train_norm = _norm(cfg.train_dataloader.dataset.transforms)
     assert train_norm == _norm(cfg.test_dataloader.dataset.transforms)
+    # every pipeline step is a registered transform that accepts its arguments
+    import_components()
+    for loader in ("train_dataloader", "test_dataloader"):
+        steps = build_from_cfg(cfg[loader].dataset.transforms, TRANSFORMS)
+        assert len(steps) == len(cfg[loader].dataset.transforms)
+        assert all(callable(step) for step in steps)
 
 
 def test_official_xl_settings():

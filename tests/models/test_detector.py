@@ -15,6 +15,7 @@ from torch import nn
 
 from backbones import FPN, InternImage
 from bevformer.builder import build_from_cfg
+from bevformer.models.bda import resample_bev
 from bevformer.models.detector import BEVFormerV2, check_finite_losses
 from bevformer.models.encoder import BEVEncoder
 from bevformer.models.temporal import ResNetFusion
@@ -149,6 +150,24 @@ def test_batch_of_two_equals_two_batches_of_one(rig):
         ]
     torch.testing.assert_close(both, torch.cat(ones), rtol=0, atol=1e-8)
     assert not torch.allclose(both[0], both[1])
+
+
+def test_bev_augmentation_resamples_the_encoder_output(rig):
+    model = tiny_detector().double().eval()
+    batch = rig_batch(rig, 2)
+    batch["img"] = batch["img"].double()
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = torch.tensor([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]).double()
+    flip = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0])).double()
+    bda = torch.stack([rot, flip @ rot]).double()
+    with torch.no_grad():
+        plain = model(**{**batch, "bda": None}, mode="tensor")["bev_embed"]
+        augmented = model(**{**batch, "bda": bda}, mode="tensor")["bev_embed"]
+    # [B, Q, C] -> [B, C, H, W], resampled, back
+    grid = plain.transpose(1, 2).reshape(2, C, BEV, BEV)
+    expected = resample_bev(grid, bda, model.encoder.pc_range).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(augmented, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(augmented, plain)
 
 
 def test_predict_returns_boxes_per_sample_with_token(rig):

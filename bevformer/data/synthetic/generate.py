@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -145,9 +145,20 @@ class _SceneRenderer:
         near = self.world.nearby(state, t)
         cam2global = self.ego2global(t) @ calib.sensor2ego
         img, ids, coverage = render_camera(
-            self.rig.height, self.rig.width, calib.intrinsic, cam2global, self.mips, GROUND_RES,
-            self.ground_lo, state.center[near], state.yaw[near], state.lwh[near],
-            self.world.cls[near], self.hues, self.world.seed[near], SUN,
+            self.rig.height,
+            self.rig.width,
+            calib.intrinsic,
+            cam2global,
+            self.mips,
+            GROUND_RES,
+            self.ground_lo,
+            state.center[near],
+            state.yaw[near],
+            state.lwh[near],
+            self.world.cls[near],
+            self.hues,
+            self.world.seed[near],
+            SUN,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
@@ -179,6 +190,17 @@ class _SceneRenderer:
         return near, counts
 
 
+class _QueueProgress:
+    """Progress callback of a worker process: puts the number of finished samples on a
+    queue that the parent drains into its progress bar."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def __call__(self, count: int) -> None:
+        self.queue.put(count)
+
+
 def _frame_times(samples: int, sweeps: int) -> list[tuple[float, bool, int]]:
     """(seconds since the scene start, is key frame, sample index it belongs to)."""
     frames = []
@@ -205,8 +227,14 @@ def _render_scene(job: SceneJob, progress=None) -> dict[str, list]:
     tables: dict[str, list] = {
         k: []
         for k in (
-            "log", "scene", "sample", "sample_data", "ego_pose", "calibrated_sensor",
-            "sample_annotation", "instance",
+            "log",
+            "scene",
+            "sample",
+            "sample_data",
+            "ego_pose",
+            "calibrated_sensor",
+            "sample_annotation",
+            "instance",
         )
     }
     log_token = _token(seed, "log", name)
@@ -254,7 +282,7 @@ def _render_scene(job: SceneJob, progress=None) -> dict[str, list]:
     vis_px = np.zeros((job.samples, n_obj), dtype=np.int64)
     cov_px = np.zeros((job.samples, n_obj), dtype=np.int64)
     lidar_pts = np.zeros((job.samples, n_obj), dtype=np.int64)
-    for channel, calib, offset_us in sensors:
+    for channel, calib, _ in sensors:
         cs_token = _token(seed, "calibrated_sensor", name, channel)
         tables["calibrated_sensor"].append(
             {
@@ -262,8 +290,9 @@ def _render_scene(job: SceneJob, progress=None) -> dict[str, list]:
                 "sensor_token": _token(seed, "sensor", channel),
                 "translation": _r(calib.translation),
                 "rotation": _r(calib.rotation, 8),
-                "camera_intrinsic": [] if calib.intrinsic is None else
-                [_r(row) for row in calib.intrinsic],
+                "camera_intrinsic": []
+                if calib.intrinsic is None
+                else [_r(row) for row in calib.intrinsic],
             }
         )
     # one pass over time: every sensor frame in time order
@@ -402,7 +431,8 @@ def _static_tables(seed: int) -> dict[str, list]:
             for n, d in ATTRIBUTES
         ],
         "visibility": [
-            {"token": tok, "level": level, "description": desc} for tok, level, desc, _ in VISIBILITY
+            {"token": tok, "level": level, "description": desc}
+            for tok, level, desc, _ in VISIBILITY
         ],
         "sensor": [
             {
@@ -472,26 +502,49 @@ def generate(
         locations.setdefault(location, []).append(index)
         jobs.append(
             SceneJob(
-                index=index, name=name, location=location, logfile=logfile,
-                base_us=stamp * 1_000_000, world=world, samples=samples_per_scene,
-                sweeps=sweeps, seed=seed, out_dir=out, image_size=tuple(image_size),
+                index=index,
+                name=name,
+                location=location,
+                logfile=logfile,
+                base_us=stamp * 1_000_000,
+                world=world,
+                samples=samples_per_scene,
+                sweeps=sweeps,
+                seed=seed,
+                out_dir=out,
+                image_size=tuple(image_size),
                 threads=threads,
             )
         )
 
     results: list[dict | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs) * samples_per_scene, desc="synthetic nuScenes", unit="sample",
-               disable=not progress)
+    bar = tqdm(
+        total=len(jobs) * samples_per_scene,
+        desc="synthetic nuScenes",
+        unit="sample",
+        disable=not progress,
+    )
     if workers == 1:
         for i, job in enumerate(jobs):
             results[i] = _render_scene(job, progress=bar.update)
     else:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            futures = {pool.submit(_render_scene, job): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.update(samples_per_scene)
+        ctx = get_context("spawn")  # numba's thread pool does not survive a fork
+        with (
+            ctx.Manager() as manager,
+            ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool,
+        ):
+            done_queue = manager.Queue()
+            futures = {
+                pool.submit(_render_scene, job, _QueueProgress(done_queue)): i
+                for i, job in enumerate(jobs)
+            }
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                while not done_queue.empty():
+                    bar.update(done_queue.get())
+                for fut in finished:
+                    results[futures[fut]] = fut.result()
     bar.close()
 
     tables = _static_tables(seed)

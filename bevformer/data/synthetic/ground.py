@@ -80,12 +80,13 @@ def ground_texture(
         _, outer = _offset_polyline(world, side * SIDEWALK_HALF, step=2.0, s_range=s_range)
         segs = np.stack([_to_px(inner, lo, res, None), _to_px(outer, lo, res, None)], axis=1)
         cv2.polylines(img, list(segs), False, (140, 142, 146), 1, cv2.LINE_8, 4)
-    # grain: fine per-texel noise and coarse blotches, both multiplicative
-    grain = rng.normal(1.0, 0.06, size=(height, width)).astype(np.float32)
+    # grain: fine per-texel noise (a tiled 512 x 512 patch) and coarse blotches, multiplicative
+    tile = rng.normal(1.0, 0.06, size=(512, 512)).astype(np.float32)
+    grain = np.tile(tile, (height // 512 + 1, width // 512 + 1))[:height, :width]
     coarse = rng.normal(1.0, 0.08, size=(height // 40 + 2, width // 40 + 2)).astype(np.float32)
     coarse = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     shade = grain * coarse
-    img = np.clip(img.astype(np.float32) * shade[..., None], 0, 255).astype(np.uint8)
+    img = np.clip(img * shade[..., None], 0, 255).astype(np.uint8)
     mips = [img]
     for _ in range(3):
         prev = mips[-1]
@@ -98,5 +99,14 @@ def draw_drivable(mask: np.ndarray, world: SceneWorld) -> None:
     """Draws the scene's drivable area (lanes and bike lanes) into a map mask (uint8, 255 =
     drivable; pixel row 0 at the top, 0.1 m per pixel, global origin at the bottom-left)."""
     s_range = (world.ego_s.min() - 200.0, world.ego_s.max() + 200.0)
-    _thick(mask, world, 0.0, DRIVABLE_HALF, 255, np.zeros(2), MAP_RESOLUTION,
-           height=mask.shape[0], s_range=s_range)
+    _thick(
+        mask,
+        world,
+        0.0,
+        DRIVABLE_HALF,
+        255,
+        np.zeros(2),
+        MAP_RESOLUTION,
+        height=mask.shape[0],
+        s_range=s_range,
+    )

@@ -67,8 +67,16 @@ def _hsv_to_bgr(h_deg: float, s: float, v: float) -> tuple[float, float, float]:
 
 @nb.njit(cache=True)
 def _object_albedo(
-    cls: int, face: int, lx: float, ly: float, lz: float, length: float, width: float,
-    height: float, hue: float, seed: float,
+    cls: int,
+    face: int,
+    lx: float,
+    ly: float,
+    lz: float,
+    length: float,
+    width: float,
+    height: float,
+    hue: float,
+    seed: float,
 ) -> tuple[float, float, float]:
     """Class texture (BGR albedo) at box-local point (lx along length, ly left, lz up from the
     centre) on ``face`` (0 front, 1 back, 2 left, 3 right, 4 top).
@@ -128,21 +136,47 @@ def _ground_color(tex: np.ndarray, res: float, ox: float, oy: float, x: float, y
     return tex[iy, ix, 0] / 255.0, tex[iy, ix, 1] / 255.0, tex[iy, ix, 2] / 255.0
 
 
+@nb.njit(cache=True)
+def _ground_bilinear(tex: np.ndarray, res: float, ox: float, oy: float, x: float, y: float):
+    """Bilinear lookup (texel centres at (i + 0.5) * res), for magnified ground near the
+    camera; falls back to the nearest lookup at the texture border."""
+    u = (x - ox) / res - 0.5
+    v = (y - oy) / res - 0.5
+    ix = int(math.floor(u))
+    iy = int(math.floor(v))
+    if ix < 0 or iy < 0 or iy + 1 >= tex.shape[0] or ix + 1 >= tex.shape[1]:
+        return _ground_color(tex, res, ox, oy, x, y)
+    wx = u - ix
+    wy = v - iy
+    w00 = (1 - wx) * (1 - wy) / 255.0
+    w01 = wx * (1 - wy) / 255.0
+    w10 = (1 - wx) * wy / 255.0
+    w11 = wx * wy / 255.0
+    b = tex[iy, ix, 0] * w00 + tex[iy, ix + 1, 0] * w01 + tex[iy + 1, ix, 0] * w10
+    g = tex[iy, ix, 1] * w00 + tex[iy, ix + 1, 1] * w01 + tex[iy + 1, ix, 1] * w10
+    r = tex[iy, ix, 2] * w00 + tex[iy, ix + 1, 2] * w01 + tex[iy + 1, ix, 2] * w10
+    b += tex[iy + 1, ix + 1, 0] * w11
+    g += tex[iy + 1, ix + 1, 1] * w11
+    r += tex[iy + 1, ix + 1, 2] * w11
+    return b, g, r
+
+
 @nb.njit(cache=True, parallel=True)
-def _background(
-    img, depth, ids, K, R, cam, tex0, tex1, tex2, tex3, tex_res, tex_origin
-):
+def _background(img, depth, ids, K, R, cam, tex0, tex1, tex2, tex3, tex_res, tex_origin):
     """Ground (z = 0) and sky for every pixel; camera-z depth into ``depth``."""
     H, W = depth.shape
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     for i in nb.prange(H):
         ry = (i - cy) / fy
+        bx = R[0, 1] * ry + R[0, 2]
+        by = R[1, 1] * ry + R[1, 2]
+        bz = R[2, 1] * ry + R[2, 2]
         for j in range(W):
             rx = (j - cx) / fx
             # ray direction in global, scaled so that its camera-z component is 1
-            dx = R[0, 0] * rx + R[0, 1] * ry + R[0, 2]
-            dy = R[1, 0] * rx + R[1, 1] * ry + R[1, 2]
-            dz = R[2, 0] * rx + R[2, 1] * ry + R[2, 2]
+            dx = R[0, 0] * rx + bx
+            dy = R[1, 0] * rx + by
+            dz = R[2, 0] * rx + bz
             norm = math.sqrt(dx * dx + dy * dy + dz * dz)
             ids[i, j] = -1
             if dz < -1e-6 and -cam[2] / dz * norm < 5000.0:
@@ -152,7 +186,9 @@ def _background(
                 dist = t * norm
                 # ground footprint of one pixel, in texels of level 0
                 foot = dist / (fx * (-dz / norm) + 1e-9) / tex_res
-                if foot < 2.0:
+                if foot < 1.0:
+                    b, g, r = _ground_bilinear(tex0, tex_res, tex_origin[0], tex_origin[1], x, y)
+                elif foot < 2.0:
                     b, g, r = _ground_color(tex0, tex_res, tex_origin[0], tex_origin[1], x, y)
                 elif foot < 4.0:
                     b, g, r = _ground_color(tex1, tex_res * 2, tex_origin[0], tex_origin[1], x, y)
@@ -177,151 +213,201 @@ def _background(
 
 
 @nb.njit(cache=True)
-def _box_faces(center, yaw, lwh, R, cam):
-    """Box axes and centre in the camera frame: (centre (3,), axes (3, 3) rows = length,
-    width, up), half sizes (3,)."""
-    c = np.empty(3)
-    axes = np.empty((3, 3))
-    g = np.empty((3, 3))
-    cs, sn = math.cos(yaw), math.sin(yaw)
-    g[0, 0], g[0, 1], g[0, 2] = cs, sn, 0.0
-    g[1, 0], g[1, 1], g[1, 2] = -sn, cs, 0.0
-    g[2, 0], g[2, 1], g[2, 2] = 0.0, 0.0, 1.0
-    for k in range(3):  # camera = R^T (global - cam)
-        c[k] = (
-            R[0, k] * (center[0] - cam[0])
-            + R[1, k] * (center[1] - cam[1])
-            + R[2, k] * (center[2] - cam[2])
-        )
-        for a in range(3):
-            axes[a, k] = R[0, k] * g[a, 0] + R[1, k] * g[a, 1] + R[2, k] * g[a, 2]
-    half = np.empty(3)
-    for a in range(3):
-        half[a] = lwh[a] / 2
-    return c, axes, half
+def _boxes_in_camera(centers, yaws, R, cam):
+    """Box centres (M, 3) and axes (M, 3, 3) (rows: length, width, up) in the camera frame."""
+    M = centers.shape[0]
+    c = np.empty((M, 3))
+    axes = np.empty((M, 3, 3))
+    g = np.zeros((3, 3))
+    g[2, 2] = 1.0
+    for m in range(M):
+        cs, sn = math.cos(yaws[m]), math.sin(yaws[m])
+        g[0, 0], g[0, 1] = cs, sn
+        g[1, 0], g[1, 1] = -sn, cs
+        for k in range(3):  # camera = R^T (global - cam)
+            c[m, k] = (
+                R[0, k] * (centers[m, 0] - cam[0])
+                + R[1, k] * (centers[m, 1] - cam[1])
+                + R[2, k] * (centers[m, 2] - cam[2])
+            )
+            for a in range(3):
+                axes[m, a, k] = R[0, k] * g[a, 0] + R[1, k] * g[a, 1] + R[2, k] * g[a, 2]
+    return c, axes
+
+
+@nb.njit(cache=True)
+def _setup_faces(K, R, cam, centers, yaws, lwhs, sun, H, W):
+    """Front-facing faces of all boxes, clipped to z >= NEAR and projected.
+
+    Returns per face F: box index, face code, vertex count, screen polygon (F, 8, 2), face
+    plane (normal (F, 3) and offset (F,)), Lambert light (F,), row range (F, 2)."""
+    M = centers.shape[0]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    box_c, box_axes = _boxes_in_camera(centers, yaws, R, cam)
+    F = M * 6
+    f_box = np.empty(F, dtype=np.int64)
+    f_code = np.empty(F, dtype=np.int64)
+    f_nv = np.empty(F, dtype=np.int64)
+    f_poly = np.empty((F, 8, 2))
+    f_normal = np.empty((F, 3))
+    f_plane = np.empty(F)
+    f_light = np.empty(F)
+    f_rows = np.empty((F, 2), dtype=np.int64)
+    poly = np.empty((4, 3))
+    clipped = np.empty((8, 3))
+    fc = np.empty(3)
+    n = 0
+    for m in range(M):
+        c = box_c[m]
+        axes = box_axes[m]
+        # face f: axis a = f // 2 (0 length, 1 width, 2 up), outward sign +1 for even f
+        for f in range(5):  # the bottom face (5) lies on the ground and is never seen
+            a = f // 2
+            sgn = 1.0 if f % 2 == 0 else -1.0
+            b1 = (a + 1) % 3
+            b2 = (a + 2) % 3
+            n0, n1, n2 = sgn * axes[a, 0], sgn * axes[a, 1], sgn * axes[a, 2]
+            for k in range(3):
+                fc[k] = c[k] + sgn * axes[a, k] * lwhs[m, a] / 2
+            plane = n0 * fc[0] + n1 * fc[1] + n2 * fc[2]
+            if plane >= 0.0:  # back-facing (the camera is at the origin)
+                continue
+            for q in range(4):  # corners in order around the face
+                s1 = 1.0 if (q == 0 or q == 1) else -1.0
+                s2 = 1.0 if (q == 0 or q == 3) else -1.0
+                for k in range(3):
+                    poly[q, k] = (
+                        fc[k]
+                        + s1 * lwhs[m, b1] / 2 * axes[b1, k]
+                        + s2 * lwhs[m, b2] / 2 * axes[b2, k]
+                    )
+            nv = 0  # Sutherland-Hodgman against the near plane
+            for q in range(4):
+                q1 = (q + 1) % 4
+                in0 = poly[q, 2] >= NEAR
+                in1 = poly[q1, 2] >= NEAR
+                if in0:
+                    clipped[nv, :] = poly[q]
+                    nv += 1
+                if in0 != in1:
+                    t = (NEAR - poly[q, 2]) / (poly[q1, 2] - poly[q, 2])
+                    for k in range(3):
+                        clipped[nv, k] = poly[q, k] + t * (poly[q1, k] - poly[q, k])
+                    nv += 1
+            if nv < 3:
+                continue
+            xmin, xmax, ymin, ymax = 1e30, -1e30, 1e30, -1e30
+            for q in range(nv):
+                u = fx * clipped[q, 0] / clipped[q, 2] + cx
+                v = fy * clipped[q, 1] / clipped[q, 2] + cy
+                f_poly[n, q, 0] = u
+                f_poly[n, q, 1] = v
+                xmin, xmax = min(xmin, u), max(xmax, u)
+                ymin, ymax = min(ymin, v), max(ymax, v)
+            if xmax < 0 or xmin > W - 1 or ymax < 0 or ymin > H - 1:
+                continue
+            f_box[n] = m
+            f_code[n] = f
+            f_nv[n] = nv
+            f_normal[n, 0], f_normal[n, 1], f_normal[n, 2] = n0, n1, n2
+            f_plane[n] = plane
+            # Lambert term in the global frame: n_global = R n_cam
+            ng0 = R[0, 0] * n0 + R[0, 1] * n1 + R[0, 2] * n2
+            ng1 = R[1, 0] * n0 + R[1, 1] * n1 + R[1, 2] * n2
+            ng2 = R[2, 0] * n0 + R[2, 1] * n1 + R[2, 2] * n2
+            f_light[n] = 0.45 + 0.6 * max(0.0, ng0 * sun[0] + ng1 * sun[1] + ng2 * sun[2])
+            f_rows[n, 0] = max(0, int(math.ceil(ymin)))
+            f_rows[n, 1] = min(H - 1, int(math.floor(ymax)))
+            n += 1
+    return (
+        f_box[:n],
+        f_code[:n],
+        f_nv[:n],
+        f_poly[:n],
+        f_normal[:n],
+        f_plane[:n],
+        f_light[:n],
+        f_rows[:n],
+        box_c,
+        box_axes,
+    )
 
 
 @nb.njit(cache=True, parallel=True)
-def _boxes(
-    img, depth, ids, coverage, K, R, cam, centers, yaws, lwhs, classes, hues, seeds, sun
-):
+def _boxes(img, depth, ids, coverage, K, R, cam, centers, yaws, lwhs, classes, hues, seeds, sun):
     H, W = depth.shape
     M = centers.shape[0]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    # face f: axis a = f // 2 (0 length, 1 width, 2 up), sign +1 for even f
-    face_code = np.array([0, 1, 2, 3, 4, 5])  # 0 front 1 back 2 left 3 right 4 top 5 bottom
+    f_box, f_code, f_nv, f_poly, f_normal, f_plane, f_light, f_rows, box_c, box_axes = _setup_faces(
+        K, R, cam, centers, yaws, lwhs, sun, H, W
+    )
     band_rows = (H + N_BANDS - 1) // N_BANDS
     band_cov = np.zeros((N_BANDS, M), dtype=np.int64)
     for band in nb.prange(N_BANDS):
         r0 = band * band_rows
         r1 = min(H, r0 + band_rows)
-        poly = np.empty((8, 3))
-        clipped = np.empty((8, 3))
-        px = np.empty(8)
-        py = np.empty(8)
-        fc = np.empty(3)
-        for m in range(M):
-            c, axes, half = _box_faces(centers[m], yaws[m], lwhs[m], R, cam)
-            if c[2] < -(half[0] + half[1] + half[2]):
+        for n in range(len(f_box)):
+            i0 = max(r0, f_rows[n, 0])
+            i1 = min(r1 - 1, f_rows[n, 1])
+            if i0 > i1:
                 continue
-            for f in face_code:
-                a = f // 2
-                sgn = 1.0 if f % 2 == 0 else -1.0
-                b1 = (a + 1) % 3
-                b2 = (a + 2) % 3
-                n0, n1, n2 = sgn * axes[a, 0], sgn * axes[a, 1], sgn * axes[a, 2]
-                fc[0] = c[0] + n0 * half[a]
-                fc[1] = c[1] + n1 * half[a]
-                fc[2] = c[2] + n2 * half[a]
-                plane = n0 * fc[0] + n1 * fc[1] + n2 * fc[2]
-                if plane >= 0.0:  # back-facing (camera at the origin)
-                    continue
-                # quad corners in order around the face
-                for q in range(4):
-                    s1 = 1.0 if (q == 0 or q == 1) else -1.0
-                    s2 = 1.0 if (q == 0 or q == 3) else -1.0
-                    for k in range(3):
-                        poly[q, k] = (
-                            fc[k]
-                            + s1 * half[b1] * axes[b1, k]
-                            + s2 * half[b2] * axes[b2, k]
-                        )
-                # clip against z >= NEAR (Sutherland-Hodgman)
-                nv = 0
-                for q in range(4):
-                    p0 = poly[q]
-                    p1 = poly[(q + 1) % 4]
-                    in0 = p0[2] >= NEAR
-                    in1 = p1[2] >= NEAR
-                    if in0:
-                        clipped[nv, :] = p0
-                        nv += 1
-                    if in0 != in1:
-                        t = (NEAR - p0[2]) / (p1[2] - p0[2])
-                        for k in range(3):
-                            clipped[nv, k] = p0[k] + t * (p1[k] - p0[k])
-                        nv += 1
-                if nv < 3:
-                    continue
-                xmin, xmax, ymin, ymax = 1e30, -1e30, 1e30, -1e30
-                for q in range(nv):
-                    px[q] = fx * clipped[q, 0] / clipped[q, 2] + cx
-                    py[q] = fy * clipped[q, 1] / clipped[q, 2] + cy
-                    xmin = min(xmin, px[q])
-                    xmax = max(xmax, px[q])
-                    ymin = min(ymin, py[q])
-                    ymax = max(ymax, py[q])
-                i0 = max(r0, int(math.ceil(ymin)))
-                i1 = min(r1 - 1, int(math.floor(ymax)))
-                j0 = max(0, int(math.ceil(xmin)))
-                j1 = min(W - 1, int(math.floor(xmax)))
-                if i0 > i1 or j0 > j1:
-                    continue
-                area = 0.0
+            m = f_box[n]
+            nv = f_nv[n]
+            px = f_poly[n, :, 0]
+            py = f_poly[n, :, 1]
+            n0, n1, n2 = f_normal[n, 0], f_normal[n, 1], f_normal[n, 2]
+            plane, light = f_plane[n], f_light[n]
+            c = box_c[m]
+            axes = box_axes[m]
+            for i in range(i0, i1 + 1):
+                ry = (i - cy) / fy
+                # span of the convex polygon on this row: crossings of its edges with y = i
+                xlo, xhi = 1e30, -1e30
                 for q in range(nv):
                     q2 = (q + 1) % nv
-                    area += px[q] * py[q2] - px[q2] * py[q]
-                orient = 1.0 if area > 0 else -1.0
-                # Lambert term in the global frame: n_global = R n_cam
-                ng0 = R[0, 0] * n0 + R[0, 1] * n1 + R[0, 2] * n2
-                ng1 = R[1, 0] * n0 + R[1, 1] * n1 + R[1, 2] * n2
-                ng2 = R[2, 0] * n0 + R[2, 1] * n1 + R[2, 2] * n2
-                light = 0.45 + 0.6 * max(0.0, ng0 * sun[0] + ng1 * sun[1] + ng2 * sun[2])
-                for i in range(i0, i1 + 1):
-                    ry = (i - cy) / fy
-                    for j in range(j0, j1 + 1):
-                        inside = True
-                        for q in range(nv):
-                            q2 = (q + 1) % nv
-                            e = (px[q2] - px[q]) * (i - py[q]) - (py[q2] - py[q]) * (j - px[q])
-                            if e * orient < 0:
-                                inside = False
-                                break
-                        if not inside:
-                            continue
-                        band_cov[band, m] += 1
-                        rx = (j - cx) / fx
-                        denom = n0 * rx + n1 * ry + n2
-                        if denom >= -1e-12:
-                            continue
-                        z = plane / denom
-                        if z >= depth[i, j] or z < NEAR:
-                            continue
-                        depth[i, j] = z
-                        ids[i, j] = m
-                        dx = rx * z - c[0]
-                        dy = ry * z - c[1]
-                        dz = z - c[2]
-                        lx = dx * axes[0, 0] + dy * axes[0, 1] + dz * axes[0, 2]
-                        ly = dx * axes[1, 0] + dy * axes[1, 1] + dz * axes[1, 2]
-                        lz = dx * axes[2, 0] + dy * axes[2, 1] + dz * axes[2, 2]
-                        b, g, r = _object_albedo(
-                            classes[m], f, lx, ly, lz, lwhs[m, 0], lwhs[m, 1], lwhs[m, 2],
-                            hues[classes[m]], seeds[m],
-                        )
-                        img[i, j, 0] = min(255, int(b * light * 255.0 + 0.5))
-                        img[i, j, 1] = min(255, int(g * light * 255.0 + 0.5))
-                        img[i, j, 2] = min(255, int(r * light * 255.0 + 0.5))
+                    ya, yb = py[q], py[q2]
+                    if (ya <= i <= yb) or (yb <= i <= ya):
+                        if ya == yb:
+                            xa, xb = px[q], px[q2]
+                        else:
+                            xa = px[q] + (i - ya) * (px[q2] - px[q]) / (yb - ya)
+                            xb = xa
+                        xlo = min(xlo, xa, xb)
+                        xhi = max(xhi, xa, xb)
+                j0 = max(0, int(math.ceil(xlo)))
+                j1 = min(W - 1, int(math.floor(xhi)))
+                for j in range(j0, j1 + 1):
+                    band_cov[band, m] += 1
+                    rx = (j - cx) / fx
+                    denom = n0 * rx + n1 * ry + n2
+                    if denom >= -1e-12:
+                        continue
+                    z = plane / denom  # exact ray / face-plane intersection
+                    if z >= depth[i, j] or z < NEAR:
+                        continue
+                    depth[i, j] = z
+                    ids[i, j] = m
+                    dx = rx * z - c[0]
+                    dy = ry * z - c[1]
+                    dz = z - c[2]
+                    lx = dx * axes[0, 0] + dy * axes[0, 1] + dz * axes[0, 2]
+                    ly = dx * axes[1, 0] + dy * axes[1, 1] + dz * axes[1, 2]
+                    lz = dx * axes[2, 0] + dy * axes[2, 1] + dz * axes[2, 2]
+                    b, g, r = _object_albedo(
+                        classes[m],
+                        f_code[n],
+                        lx,
+                        ly,
+                        lz,
+                        lwhs[m, 0],
+                        lwhs[m, 1],
+                        lwhs[m, 2],
+                        hues[classes[m]],
+                        seeds[m],
+                    )
+                    img[i, j, 0] = min(255, int(b * light * 255.0 + 0.5))
+                    img[i, j, 1] = min(255, int(g * light * 255.0 + 0.5))
+                    img[i, j, 2] = min(255, int(r * light * 255.0 + 0.5))
     for m in range(M):
         for band in range(N_BANDS):
             coverage[m] += band_cov[band, m]
@@ -363,7 +449,13 @@ def render_camera(
     coverage = np.zeros(len(centers), dtype=np.int64)
     if len(centers):
         _boxes(
-            img, depth, ids, coverage, K, R, cam,
+            img,
+            depth,
+            ids,
+            coverage,
+            K,
+            R,
+            cam,
             np.ascontiguousarray(centers, dtype=np.float64),
             np.ascontiguousarray(yaws, dtype=np.float64),
             np.ascontiguousarray(lwhs, dtype=np.float64),

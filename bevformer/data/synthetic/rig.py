@@ -91,8 +91,9 @@ def load_rig(image_size: tuple[int, int] = REFERENCE_SIZE, path: Path = RIG_PATH
     sensors = data["sensors"]
     missing = [n for n in (*CAMERA_NAMES, LIDAR_NAME) if n not in sensors]
     if missing:
-        raise KeyError(f"{path}: sensors {missing} are missing; expected all of "
-                       f"{[*CAMERA_NAMES, LIDAR_NAME]}.")
+        raise KeyError(
+            f"{path}: sensors {missing} are missing; expected all of {[*CAMERA_NAMES, LIDAR_NAME]}."
+        )
     scale = np.diag([width / ref_w, height / ref_h, 1.0])
 
     def calib(name: str) -> SensorCalib:

@@ -30,7 +30,7 @@ EGO_LANE = -1.75
 # Ego body along its heading relative to the ego origin (rear axle): [back, front] metres.
 EGO_EXTENT = (-1.1, 3.9)
 EGO_HALF_WIDTH = 1.0
-MAX_EGO_SPEED = 12.0
+MAX_EGO_SPEED = 11.5  # m/s along the centreline; the ego lane is a little longer on curves
 RENDER_RADIUS = 150.0  # objects farther than this from the ego are not rendered
 
 
@@ -68,7 +68,7 @@ TRACKS = (
             "traffic_cone": 0.14,
             "motorcycle": 0.08,
         },
-        (4.0, 30),
+        (5.0, 40),
         parked=True,
     ),
     TrackSpec(
@@ -84,18 +84,18 @@ TRACKS = (
             "traffic_cone": 0.14,
             "motorcycle": 0.08,
         },
-        (4.0, 30),
+        (5.0, 40),
         parked=True,
     ),
-    TrackSpec(-12.0, +1, (0.9, 1.6), {"pedestrian": 1.0}, (6, 60)),
-    TrackSpec(-13.3, -1, (0.9, 1.6), {"pedestrian": 1.0}, (6, 60)),
-    TrackSpec(12.0, -1, (0.9, 1.6), {"pedestrian": 1.0}, (6, 60)),
-    TrackSpec(13.3, +1, (0.9, 1.6), {"pedestrian": 1.0}, (6, 60)),
+    TrackSpec(-12.0, +1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
+    TrackSpec(-13.3, -1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
+    TrackSpec(12.0, -1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
+    TrackSpec(13.3, +1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
     TrackSpec(
-        -14.7, +1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (5, 50)
+        -14.7, +1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (8, 70)
     ),
     TrackSpec(
-        14.7, -1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (5, 50)
+        14.7, -1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (8, 70)
     ),
 )
 
@@ -216,8 +216,8 @@ def _road(rng: np.random.Generator, s_min: float, s_max: float):
         wavelength = rng.uniform(120.0, 400.0)
         curvature += rng.uniform(-1, 1) * np.sin(2 * np.pi * s / wavelength + rng.uniform(0, 6.3))
     curvature *= (1.0 / 80.0) / max(1.0, np.abs(curvature).max())
-    heading = rng.uniform(-np.pi, np.pi) + np.cumsum(curvature) * ROAD_STEP
-    heading -= heading[np.searchsorted(s, 0.0)] - rng.uniform(-np.pi, np.pi)
+    heading = np.cumsum(curvature) * ROAD_STEP
+    heading += rng.uniform(-np.pi, np.pi) - heading[np.searchsorted(s, 0.0)]
     xy = np.cumsum(np.stack([np.cos(heading), np.sin(heading)], axis=1) * ROAD_STEP, axis=0)
     xy -= xy[np.searchsorted(s, 0.0)]
     return s, xy, heading
