@@ -130,7 +130,7 @@ def _build(with_cuda: bool, verbose: bool) -> ModuleType:
     build_dir = cache_dir(with_cuda)
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(CSRC / s) for s in CPU_SOURCES]
-    cflags = ["-O3", "-fopenmp-simd"] + (["-march=native"] if _native() else [])
+    cflags = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"] + (["-march=native"] if _native() else [])
     cuda_flags: list[str] = []
     includes: list[str] = [str(CSRC)]
     ldflags: list[str] = []

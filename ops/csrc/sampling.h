@@ -25,7 +25,7 @@
 #define SAMPLING_HD inline
 #define SAMPLING_SIMD _Pragma("omp simd")
 #define SAMPLING_DO_PRAGMA(x) _Pragma(#x)
-#define SAMPLING_SIMD_REDUCE(...) SAMPLING_DO_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#define SAMPLING_SIMD_REDUCE(...)
 #endif
 
 namespace bevformer_ops {
