@@ -211,22 +211,25 @@ def _run_once(fn: Callable, inputs: list[Tensor], backward: bool) -> None:
 
 
 def measure(fn: Callable, inputs: list[Tensor], backward: bool, repeats: int,
-            device: torch.device) -> tuple[float, int]:  # fmt: skip
-    """(median seconds, peak bytes) of fn on inputs, forward only or forward + backward."""
+            device: torch.device) -> tuple[float, float, int]:  # fmt: skip
+    """(median wall seconds, median process CPU seconds, peak bytes) of fn on inputs, forward
+    only or forward + backward. CPU time (all threads) is less sensitive to other processes
+    competing for the cores than wall time."""
     _run_once(fn, inputs, backward)  # warm-up (and JIT build of the extension)
     _set_malloc(128 * 1024)
     with PeakMemory(device) as mem:
         _run_once(fn, inputs, backward)
     _set_malloc(64 * 2**20)
     _run_once(fn, inputs, backward)
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _run_once(fn, inputs, backward)
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), mem.peak
+        cpu_times.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu_times), mem.peak
 
 
 def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> float:
@@ -251,6 +254,8 @@ class Result:
     mode: str
     kernel_s: float
     reference_s: float
+    kernel_cpu_s: float
+    reference_cpu_s: float
     kernel_bytes: int
     reference_bytes: int
 
@@ -263,9 +268,9 @@ def bench_case(
     results = []
     kernel_fwd = 0.0
     for mode, backward in (("fwd", False), ("fwd+bwd", True)):
-        k_s, k_mem = measure(kernel, inputs, backward, repeats, device)
-        r_s, r_mem = measure(reference, inputs, backward, max(1, repeats // 2), device)
-        results.append(Result(case.name, mode, k_s, r_s, k_mem, r_mem))
+        k_s, k_cpu, k_mem = measure(kernel, inputs, backward, repeats, device)
+        r_s, r_cpu, r_mem = measure(reference, inputs, backward, max(1, repeats // 2), device)
+        results.append(Result(case.name, mode, k_s, r_s, k_cpu, r_cpu, k_mem, r_mem))
         if not backward:
             kernel_fwd = k_s
     return results, kernel_fwd, fwd_bytes, gather_bytes
@@ -290,9 +295,10 @@ def run(shapes: list[str] | None = None, threads: int = 2, quick: bool = False,
     print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"measured copy bandwidth: {bandwidth / 1e9:.2f} GB/s (read + write of a large tensor)")
     print("peak memory: growth of the peak resident set over the inputs (VmHWM), MiB\n")
+    print("time: median wall time; cpu x: the same ratio for process CPU time (all threads)")
     header = (
         f"{'shape':24s} {'mode':8s} {'kernel ms':>10s} {'ref ms':>10s} {'speedup':>8s} "
-        f"{'kernel MiB':>10s} {'ref MiB':>10s} {'mem ratio':>9s}"
+        f"{'cpu x':>6s} {'kernel MiB':>10s} {'ref MiB':>10s} {'mem ratio':>9s}"
     )
     print(header)
     print("-" * len(header))
@@ -304,7 +310,9 @@ def run(shapes: list[str] | None = None, threads: int = 2, quick: bool = False,
             mem_ratio = r.reference_bytes / max(r.kernel_bytes, 1)
             print(
                 f"{r.case:24s} {r.mode:8s} {r.kernel_s * 1e3:10.2f} {r.reference_s * 1e3:10.2f} "
-                f"{r.reference_s / r.kernel_s:7.1f}x {_mib(r.kernel_bytes):>10s} "
+                f"{r.reference_s / r.kernel_s:7.1f}x "
+                f"{r.reference_cpu_s / max(r.kernel_cpu_s, 1e-9):5.1f}x "
+                f"{_mib(r.kernel_bytes):>10s} "
                 f"{_mib(r.reference_bytes):>10s} {mem_ratio:8.1f}x"
             )
         all_results += results

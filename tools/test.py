@@ -23,6 +23,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval", action="store_true", help="score with DetectionEval")
     parser.add_argument("--show-dir", help="also render BEV + camera pictures here")
     parser.add_argument("--work-dir")
+    parser.add_argument("--data-root", help="use this dataroot instead of the config's data_root")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
@@ -31,7 +32,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
     work_dir = args.work_dir or osp.join(osp.dirname(osp.abspath(args.checkpoint)), "test")
     out_dir = osp.dirname(osp.abspath(args.out)) if args.out else osp.join(work_dir, "eval")
     runner = build_runner(

@@ -23,6 +23,7 @@ def parse_args() -> argparse.Namespace:
         default=False,
         help="resume from CKPT, or from the latest checkpoint in the work dir when no path",
     )
+    parser.add_argument("--data-root", help="use this dataroot instead of the config's data_root")
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 or fp16)")
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value"
@@ -34,7 +35,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
     runner = build_runner(
         cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.evaluator import Evaluator
 
 from bevformer.builder import build_dataset, build_model
 from bevformer.data.collate import collate
@@ -46,13 +47,36 @@ def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
                 )
 
 
-def load_config(path: str, options: dict[str, Any] | None = None) -> Config:
-    """Load a config file and apply ``--cfg-options`` overrides (which must name real keys)."""
+def _replace_prefix(node: Any, old: str, new: str) -> Any:
+    if isinstance(node, str):
+        return new + node[len(old) :] if node.startswith(old) else node
+    if isinstance(node, dict):
+        return type(node)({k: _replace_prefix(v, old, new) for k, v in node.items()})
+    if isinstance(node, list | tuple):
+        return type(node)(_replace_prefix(v, old, new) for v in node)
+    return node
+
+
+def load_config(
+    path: str, options: dict[str, Any] | None = None, data_root: str | None = None
+) -> Config:
+    """Load a config file, point it at another dataroot, apply ``--cfg-options``.
+
+    ``data_root`` replaces the config's ``data_root`` prefix in every path of the config
+    (info files, image root, evaluator), so one flag moves a config to another dataset copy.
+    ``--cfg-options`` keys must name entries that exist.
+    """
     if not osp.isfile(path):
         raise FileNotFoundError(
             f"config file {path!r} does not exist; configs live in projects/configs/bevformerv2/"
         )
     cfg = Config.fromfile(path)
+    if data_root is not None:
+        old = cfg.get("data_root")
+        if not old:
+            raise KeyError(f"{path} has no top-level data_root to replace with {data_root!r}")
+        new = data_root.rstrip("/") + ("/" if old.endswith("/") else "")
+        cfg = Config(_replace_prefix(cfg.to_dict(), old, new), filename=cfg.filename)
     if options:
         _check_option_keys(cfg, options, path)
         cfg.merge_from_dict(options)
@@ -110,13 +134,14 @@ def _dataloader(cfg: Config | None, dataset_override: Any = None) -> dict | None
     return loader
 
 
-def build_metric(cfg: dict, **overrides: Any) -> NuScenesMetric:
-    """Build the evaluator's metric from ``val_evaluator`` / ``test_evaluator``."""
+def build_metric(cfg: dict, **overrides: Any) -> Evaluator:
+    """Build the evaluator (one :class:`NuScenesMetric`) from ``val_evaluator`` /
+    ``test_evaluator``."""
     args = {k: v for k, v in dict(cfg).items() if k != "type"}
     if cfg.get("type", "NuScenesMetric") != "NuScenesMetric":
         raise ValueError(f"unknown metric type {cfg['type']!r}; expected 'NuScenesMetric'")
     args.update(overrides)
-    return NuScenesMetric(**args)
+    return Evaluator([NuScenesMetric(**args)])
 
 
 def _env_cfg(cfg: Config) -> dict:

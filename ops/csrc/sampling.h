@@ -76,12 +76,15 @@ SAMPLING_HD int64_t corner_offset(const Sample<acc_t>& s, int k, int h, int w,
   return (static_cast<int64_t>(yk) * w + xk) * pix_stride;
 }
 
+// Channel loops run over n = c1 - c0 channels, or over the compile-time count kC when kC > 0
+// (the CPU launchers instantiate the common channel counts so the loops unroll completely).
+//
 // out[c - c0] += weight * bilinear(img)[c] for c in [c0, c1) (out points at channel c0).
-template <typename scalar_t, typename acc_t>
+template <int kC, typename scalar_t, typename acc_t>
 SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Sample<acc_t>& s,
                                    int h, int w, int64_t pix_stride, acc_t weight, int c0,
                                    int c1, acc_t* __restrict__ out) {
-  const int n = c1 - c0;
+  const int n = kC > 0 ? kC : c1 - c0;
   const acc_t hx = acc_t(1) - s.lx, hy = acc_t(1) - s.ly;
   const acc_t cw[4] = {weight * hy * hx, weight * hy * s.lx, weight * s.ly * hx,
                        weight * s.ly * s.lx};
@@ -113,12 +116,12 @@ SAMPLING_HD void sample_accumulate(const scalar_t* __restrict__ img, const Sampl
 //   grad_img[corner + c] += weight * w_k * gout        (through AddOp, plain or atomic)
 //   d_weight = sum_c gout * bilinear(img)[c]
 //   d_x, d_y = sum_c gout * weight * d bilinear / d(x, y)   (pixel coordinates).
-template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp>
+template <int kC, typename scalar_t, typename acc_t, typename grad_t, typename AddOp>
 SAMPLING_HD void sample_backward(const scalar_t* __restrict__ img, const Sample<acc_t>& s,
                                  int h, int w, int64_t pix_stride, acc_t weight, int c0, int c1,
                                  const acc_t* __restrict__ gout, grad_t* __restrict__ grad_img,
                                  AddOp add, acc_t& d_weight, acc_t& d_x, acc_t& d_y) {
-  const int n = c1 - c0;
+  const int n = kC > 0 ? kC : c1 - c0;
   const acc_t lx = s.lx, ly = s.ly, hx = acc_t(1) - lx, hy = acc_t(1) - ly;
   const acc_t cw[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
   if (s.interior) {
@@ -178,7 +181,7 @@ SAMPLING_HD void sample_backward(const scalar_t* __restrict__ img, const Sample<
 //   value [B, S, M, C], shapes [L, 2] (h, w), starts [L], loc [B, Q, M, L, P, 2],
 //   attn [B, Q, M, L, P], out [C] slice of [B, Q, M*C].
 // ---------------------------------------------------------------------------------------------
-template <typename scalar_t, typename acc_t>
+template <int kC, typename scalar_t, typename acc_t>
 SAMPLING_HD void msda_forward_one(const scalar_t* __restrict__ value,
                                   const int64_t* __restrict__ shapes,
                                   const int64_t* __restrict__ starts,
@@ -197,7 +200,7 @@ SAMPLING_HD void msda_forward_one(const scalar_t* __restrict__ value,
       const acc_t y = static_cast<acc_t>(loc[2 * i + 1]) * h - acc_t(0.5);
       Sample<acc_t> sm;
       if (!bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) continue;
-      sample_accumulate<scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(attn[i]),
+      sample_accumulate<kC, scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(attn[i]),
                                          c0, c1, out);
     }
   }
@@ -206,7 +209,8 @@ SAMPLING_HD void msda_forward_one(const scalar_t* __restrict__ value,
 // Backward of msda_forward_one. gout holds the output gradient for channels [c0, c1).
 // Writes (CPU, full channel range) or adds (CUDA, through GradOut) the gradients of loc and
 // attn for this (b, q, m), and adds the value gradient through AddOp.
-template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp, typename GradOut>
+template <int kC, typename scalar_t, typename acc_t, typename grad_t, typename AddOp,
+          typename GradOut>
 SAMPLING_HD void msda_backward_one(const scalar_t* __restrict__ value,
                                    const int64_t* __restrict__ shapes,
                                    const int64_t* __restrict__ starts,
@@ -228,7 +232,7 @@ SAMPLING_HD void msda_backward_one(const scalar_t* __restrict__ value,
       Sample<acc_t> sm;
       acc_t d_attn = 0, d_x = 0, d_y = 0;
       if (bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) {
-        sample_backward<scalar_t, acc_t, grad_t, AddOp>(
+        sample_backward<kC, scalar_t, acc_t, grad_t, AddOp>(
             value + base, sm, h, w, pix_stride, static_cast<acc_t>(attn[i]), c0, c1, gout,
             grad_value + base, add, d_attn, d_x, d_y);
       }
@@ -273,7 +277,7 @@ SAMPLING_HD void dcnv3_for_each_tap(const Dcnv3Geometry& gm, const scalar_t* __r
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <int kC, typename scalar_t, typename acc_t>
 SAMPLING_HD void dcnv3_forward_one(const scalar_t* __restrict__ input,
                                    const scalar_t* __restrict__ offset,
                                    const scalar_t* __restrict__ mask, const Dcnv3Geometry& gm,
@@ -289,14 +293,15 @@ SAMPLING_HD void dcnv3_forward_one(const scalar_t* __restrict__ input,
   dcnv3_for_each_tap<scalar_t, acc_t>(gm, off, ho, wo, [&](int p, acc_t x, acc_t y) {
     Sample<acc_t> sm;
     if (!bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) return;
-    sample_accumulate<scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(msk[p]), c0,
+    sample_accumulate<kC, scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(msk[p]), c0,
                                        c1, out);
   });
 }
 
 // Backward of dcnv3_forward_one; gradient of offset/mask entry i goes to put_off / put_mask
 // with i the flat index into offset / mask.
-template <typename scalar_t, typename acc_t, typename grad_t, typename AddOp, typename GradOut>
+template <int kC, typename scalar_t, typename acc_t, typename grad_t, typename AddOp,
+          typename GradOut>
 SAMPLING_HD void dcnv3_backward_one(const scalar_t* __restrict__ input,
                                     const scalar_t* __restrict__ offset,
                                     const scalar_t* __restrict__ mask, const Dcnv3Geometry& gm,
@@ -317,7 +322,7 @@ SAMPLING_HD void dcnv3_backward_one(const scalar_t* __restrict__ input,
     Sample<acc_t> sm;
     acc_t d_mask = 0, d_x = 0, d_y = 0;
     if (bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) {
-      sample_backward<scalar_t, acc_t, grad_t, AddOp>(input + base, sm, h, w, pix_stride,
+      sample_backward<kC, scalar_t, acc_t, grad_t, AddOp>(input + base, sm, h, w, pix_stride,
                                                       static_cast<acc_t>(msk[p]), c0, c1, gout,
                                                       grad_input + base, add, d_mask, d_x, d_y);
     }

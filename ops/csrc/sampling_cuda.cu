@@ -46,7 +46,7 @@ __global__ void msda_forward_kernel(int64_t n, const scalar_t* value, const int6
   const int c = static_cast<int>(idx % C);
   const int64_t m = (idx / C) % M, q = (idx / (C * M)) % Q, b = idx / (C * M * Q);
   acc_t acc = 0;
-  msda_forward_one<scalar_t, acc_t>(value, shapes, starts, loc, attn, b, q, m, S, Q, M, C, L, P,
+  msda_forward_one<0, scalar_t, acc_t>(value, shapes, starts, loc, attn, b, q, m, S, Q, M, C, L, P,
                                     c, c + 1, &acc);
   out[idx] = static_cast<scalar_t>(acc);
 }
@@ -65,7 +65,7 @@ __global__ void msda_backward_kernel(int64_t n, const scalar_t* value, const int
   const int c = static_cast<int>(idx % C);
   const int64_t m = (idx / C) % M, q = (idx / (C * M)) % Q, b = idx / (C * M * Q);
   const acc_t g = static_cast<acc_t>(grad_out[idx]);
-  msda_backward_one<scalar_t, acc_t, acc_t>(value, shapes, starts, loc, attn, b, q, m, S, Q, M,
+  msda_backward_one<0, scalar_t, acc_t, acc_t>(value, shapes, starts, loc, attn, b, q, m, S, Q, M,
                                             C, L, P, c, c + 1, &g, grad_value,
                                             AtomicAdd<acc_t>{}, AtomicPut<acc_t>{grad_loc},
                                             AtomicPut<acc_t>{grad_attn});
@@ -85,7 +85,7 @@ __global__ void dcnv3_forward_kernel(int64_t n, const scalar_t* input, const sca
   const int64_t wo = pix % gm.width_out, ho = (pix / gm.width_out) % gm.height_out;
   const int64_t nb = pix / (gm.width_out * gm.height_out);
   acc_t acc = 0;
-  dcnv3_forward_one<scalar_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1, &acc);
+  dcnv3_forward_one<0, scalar_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1, &acc);
   out[idx] = static_cast<scalar_t>(acc);
 }
 
@@ -106,7 +106,7 @@ __global__ void dcnv3_backward_kernel(int64_t n, const scalar_t* input, const sc
   const int64_t wo = pix % gm.width_out, ho = (pix / gm.width_out) % gm.height_out;
   const int64_t nb = pix / (gm.width_out * gm.height_out);
   const acc_t gval = static_cast<acc_t>(grad_out[idx]);
-  dcnv3_backward_one<scalar_t, acc_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1,
+  dcnv3_backward_one<0, scalar_t, acc_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1,
                                              &gval, grad_input, AtomicAdd<acc_t>{},
                                              AtomicPut<acc_t>{grad_offset},
                                              AtomicPut<acc_t>{grad_mask});

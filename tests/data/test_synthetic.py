@@ -19,7 +19,8 @@ from pyquaternion import Quaternion
 from shapely.geometry import Polygon
 
 from bevformer.data.synthetic import CLASS_HUE_DEG, CLASSES, generate, load_rig, scene_names
-from bevformer.data.synthetic.generate import KEYFRAME_PERIOD_US, _plan, _token
+from bevformer.data.synthetic.generate import KEYFRAME_PERIOD_US, _plan
+from bevformer.data.synthetic.tables import token
 
 VERSION = "v1.0-mini"
 CAMERAS = (
@@ -174,7 +175,7 @@ def test_box_velocity_matches_truth(nusc):
     checked = 0
     for scene_idx, (name, world) in enumerate(zip(scene_names(N_SCENES), worlds)):
         index = {
-            _token(SYNTHETIC_KWARGS["seed"], "instance", name, i): i for i in range(len(world.cls))
+            token(SYNTHETIC_KWARGS["seed"], "instance", name, i): i for i in range(len(world.cls))
         }
         scene = nusc.scene[scene_idx]
         first_ts = nusc.get("sample", scene["first_sample_token"])["timestamp"]
@@ -423,3 +424,18 @@ def test_sweeps_are_chained_between_keyframes(tmp_path):
             keys.append(nxt["is_key_frame"])
             sd = nxt
         assert keys == [True, False, False, True, False, False, True]
+
+
+def test_cli_refuses_a_non_empty_output(synthetic_dataroot):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "tools" / "create_synthetic.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--out", str(synthetic_dataroot), "--scenes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--overwrite" in proc.stderr and str(synthetic_dataroot) in proc.stderr

@@ -11,10 +11,10 @@ rendered at its own time, as on the real rig.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -25,20 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from .catalog import (
-    ATTRIBUTES,
     CAMERA_NAMES,
-    CATEGORIES,
     CLASS_HUE_DEG,
-    CLASS_INFO,
-    CLASSES,
     LIDAR_NAME,
     MINI_LOCATIONS,
-    VISIBILITY,
     scene_names,
 )
 from .ground import MAP_RESOLUTION, draw_drivable, ground_texture
 from .raster import cast_lidar, render_camera
 from .rig import Rig, load_rig, pose_matrix, yaw_to_quat
+from .tables import annotation_records, rounded, scene_records, static_tables, token
 from .world import SceneWorld, build_world
 
 __all__ = ["VERSION", "generate"]
@@ -54,7 +50,6 @@ CAMERA_OFFSETS_US = {
     "CAM_BACK_LEFT": -5_000,
     "CAM_FRONT_LEFT": -2_000,
 }
-ANNOTATION_RADIUS = 60.0  # objects within this xy distance of the ego are annotated
 LIDAR_RANGE = 70.0
 LIDAR_ELEVATIONS_DEG = np.linspace(-30.67, 10.67, 32)  # a 32-ring spinning lidar
 LIDAR_AZIMUTHS = 1084
@@ -64,16 +59,6 @@ MAP_MARGIN = 100.0
 SUN = np.array([0.35, 0.45, 0.82]) / np.linalg.norm([0.35, 0.45, 0.82])
 JPEG_QUALITY = 90
 GENERATED = (VERSION, "samples", "sweeps", "maps")
-
-
-def _token(seed: int, *parts: object) -> str:
-    """32-hex token, a hash of the seed and the record's identity (stable across runs)."""
-    text = "/".join([str(seed), *(str(p) for p in parts)])
-    return hashlib.md5(text.encode()).hexdigest()
-
-
-def _r(values, digits: int = 6) -> list[float]:
-    return [round(float(v), digits) for v in values]
 
 
 @dataclass
@@ -90,27 +75,6 @@ class SceneJob:
     out_dir: Path
     image_size: tuple[int, int]
     threads: int
-
-
-def _attribute(world: SceneWorld, i: int, speed: float) -> str:
-    kind = CLASS_INFO[CLASSES[world.cls[i]]].kind
-    if kind == "vehicle":
-        if world.parked[i]:
-            return "vehicle.parked"
-        return "vehicle.moving" if speed > 0.5 else "vehicle.stopped"
-    if kind == "cycle":
-        return "cycle.without_rider" if world.parked[i] else "cycle.with_rider"
-    if kind == "pedestrian":
-        return "pedestrian.moving" if speed > 0.3 else "pedestrian.standing"
-    return ""
-
-
-def _visibility_token(fraction: float) -> str:
-    token = VISIBILITY[0][0]
-    for tok, _, _, lower in VISIBILITY:
-        if fraction >= lower:
-            token = tok
-    return token
 
 
 class _SceneRenderer:
@@ -213,7 +177,7 @@ def _frame_times(samples: int, sweeps: int) -> list[tuple[float, bool, int]]:
     return frames
 
 
-def _render_scene(job: SceneJob, progress=None) -> dict[str, list]:
+def _render_scene(job: SceneJob, progress: Callable[[int], None] | None = None) -> dict[str, list]:
     """Renders a scene and returns its table records (table name -> records)."""
     try:
         import numba
@@ -224,116 +188,62 @@ def _render_scene(job: SceneJob, progress=None) -> dict[str, list]:
     seed, name, world = job.seed, job.name, job.world
     rig = load_rig(job.image_size)
     renderer = _SceneRenderer(job, rig)
-    tables: dict[str, list] = {
-        k: []
-        for k in (
-            "log",
-            "scene",
-            "sample",
-            "sample_data",
-            "ego_pose",
-            "calibrated_sensor",
-            "sample_annotation",
-            "instance",
-        )
-    }
-    log_token = _token(seed, "log", name)
-    scene_token = _token(seed, "scene", name)
-    sample_tokens = [_token(seed, "sample", name, k) for k in range(job.samples)]
-    timestamps = [job.base_us + k * KEYFRAME_PERIOD_US for k in range(job.samples)]
-    tables["log"].append(
-        {
-            "token": log_token,
-            "logfile": job.logfile,
-            "vehicle": "n015" if job.location.startswith("singapore") else "n008",
-            "date_captured": job.logfile[5:15],
-            "location": job.location,
-        }
+    key_times = [k * KEYFRAME_PERIOD_US / 1e6 for k in range(job.samples)]
+    tables = scene_records(
+        seed,
+        name,
+        job.logfile,
+        job.location,
+        [job.base_us + k * KEYFRAME_PERIOD_US for k in range(job.samples)],
+        rig,
     )
-    tables["scene"].append(
-        {
-            "token": scene_token,
-            "log_token": log_token,
-            "nbr_samples": job.samples,
-            "first_sample_token": sample_tokens[0],
-            "last_sample_token": sample_tokens[-1],
-            "name": name,
-            "description": "Synthetic scene: curved multi-lane road, parked and moving traffic, "
-            "pedestrians, barriers and cones.",
-        }
-    )
-    for k, tok in enumerate(sample_tokens):
-        tables["sample"].append(
-            {
-                "token": tok,
-                "timestamp": timestamps[k],
-                "prev": sample_tokens[k - 1] if k > 0 else "",
-                "next": sample_tokens[k + 1] if k + 1 < job.samples else "",
-                "scene_token": scene_token,
-            }
-        )
-
-    frames = _frame_times(job.samples, job.sweeps)
+    tables["ego_pose"], tables["sample_data"] = [], []
     sensors = [(LIDAR_NAME, rig.lidar, 0)] + [
         (c.channel, c, CAMERA_OFFSETS_US[c.channel]) for c in rig.cameras
     ]
-    # per keyframe, per object: visible pixels, silhouette pixels, lidar hits
-    n_obj = len(world.cls)
-    vis_px = np.zeros((job.samples, n_obj), dtype=np.int64)
-    cov_px = np.zeros((job.samples, n_obj), dtype=np.int64)
-    lidar_pts = np.zeros((job.samples, n_obj), dtype=np.int64)
-    for channel, calib, _ in sensors:
-        cs_token = _token(seed, "calibrated_sensor", name, channel)
-        tables["calibrated_sensor"].append(
-            {
-                "token": cs_token,
-                "sensor_token": _token(seed, "sensor", channel),
-                "translation": _r(calib.translation),
-                "rotation": _r(calib.rotation, 8),
-                "camera_intrinsic": []
-                if calib.intrinsic is None
-                else [_r(row) for row in calib.intrinsic],
-            }
-        )
-    # one pass over time: every sensor frame in time order
-    sd_tokens: dict[str, list[str]] = {ch: [] for ch, _, _ in sensors}
-    sd_records: dict[str, list[dict]] = {ch: [] for ch, _, _ in sensors}
-    for f_idx, (t, is_key, k) in enumerate(frames):
+    # (K keyframes, M objects): visible pixels, silhouette pixels, lidar returns
+    visible_px = np.zeros((job.samples, len(world.cls)), dtype=np.int64)
+    silhouette_px = np.zeros_like(visible_px)
+    lidar_pts = np.zeros_like(visible_px)
+    # every sensor frame in time order; sample_data chains per channel
+    chains: dict[str, list[dict]] = {ch: [] for ch, _, _ in sensors}
+    for f_idx, (t, is_key, k) in enumerate(_frame_times(job.samples, job.sweeps)):
         for channel, calib, offset_us in sensors:
             ts = job.base_us + int(round(t * 1e6)) + offset_us
             t_frame = (ts - job.base_us) / 1e6
-            folder = "samples" if is_key else "sweeps"
             is_cam = calib.intrinsic is not None
+            folder = "samples" if is_key else "sweeps"
             ext = "jpg" if is_cam else "pcd.bin"
             rel = f"{folder}/{channel}/{job.logfile}__{channel}__{ts}.{ext}"
-            token = _token(seed, "sample_data", name, channel, f_idx)
-            path = job.out_dir / rel
             if is_cam:
-                near, counts = renderer.camera(CAMERA_NAMES.index(channel), t_frame, path)
+                near, counts = renderer.camera(
+                    CAMERA_NAMES.index(channel), t_frame, job.out_dir / rel
+                )
                 if is_key:
-                    vis_px[k, near] += counts[0]
-                    cov_px[k, near] += counts[1]
+                    visible_px[k, near] += counts[0]
+                    silhouette_px[k, near] += counts[1]
             else:
-                near, counts = renderer.lidar(t_frame, path)
+                near, counts = renderer.lidar(t_frame, job.out_dir / rel)
                 if is_key:
                     lidar_pts[k, near] += counts
+            # nuScenes gives each sample_data its own ego pose, with the same token
+            sd_token = token(seed, "sample_data", name, channel, f_idx)
             e2g = renderer.ego2global(t_frame)
             yaw = float(np.arctan2(e2g[1, 0], e2g[0, 0]))
             tables["ego_pose"].append(
                 {
-                    "token": token,
+                    "token": sd_token,
                     "timestamp": ts,
-                    "rotation": _r(yaw_to_quat(yaw), 8),
-                    "translation": _r(e2g[:3, 3]),
+                    "rotation": rounded(yaw_to_quat(yaw), 8),
+                    "translation": rounded(e2g[:3, 3]),
                 }
             )
-            sd_tokens[channel].append(token)
-            sd_records[channel].append(
+            chains[channel].append(
                 {
-                    "token": token,
-                    "sample_token": sample_tokens[k],
-                    "ego_pose_token": token,
-                    "calibrated_sensor_token": _token(seed, "calibrated_sensor", name, channel),
+                    "token": sd_token,
+                    "sample_token": token(seed, "sample", name, k),
+                    "ego_pose_token": sd_token,
+                    "calibrated_sensor_token": token(seed, "calibrated_sensor", name, channel),
                     "timestamp": ts,
                     "fileformat": "jpg" if is_cam else "pcd",
                     "is_key_frame": is_key,
@@ -344,63 +254,14 @@ def _render_scene(job: SceneJob, progress=None) -> dict[str, list]:
             )
         if is_key and progress is not None:
             progress(1)
-    for channel, _, _ in sensors:
-        toks = sd_tokens[channel]
-        for i, rec in enumerate(sd_records[channel]):
-            rec["prev"] = toks[i - 1] if i > 0 else ""
-            rec["next"] = toks[i + 1] if i + 1 < len(toks) else ""
-            tables["sample_data"].append(rec)
-
-    # annotations at the keyframe (lidar) timestamps
-    attribute_tokens = {a: _token(seed, "attribute", a) for a, _ in ATTRIBUTES}
-    category_tokens = {c: _token(seed, "category", c) for c, _, _ in CATEGORIES}
-    chains: dict[int, list[str]] = {}
-    ann_records: list[dict] = []
-    for k in range(job.samples):
-        t = k * KEYFRAME_PERIOD_US / 1e6
-        state = world.state(t)
-        ego, _ = world.ego_pose(t)
-        dist = np.linalg.norm(state.center[:, :2] - ego[:2], axis=1)
-        for i in np.nonzero(dist <= ANNOTATION_RADIUS)[0]:
-            i = int(i)
-            speed = float(np.linalg.norm(state.velocity[i, :2]))
-            attr = _attribute(world, i, speed)
-            fraction = vis_px[k, i] / cov_px[k, i] if cov_px[k, i] > 0 else 0.0
-            token = _token(seed, "sample_annotation", name, i, k)
-            length, width, height = state.lwh[i]
-            ann_records.append(
-                {
-                    "token": token,
-                    "sample_token": sample_tokens[k],
-                    "instance_token": _token(seed, "instance", name, i),
-                    "visibility_token": _visibility_token(fraction),
-                    "attribute_tokens": [attribute_tokens[attr]] if attr else [],
-                    "translation": _r(state.center[i]),
-                    "size": _r([width, length, height], 4),
-                    "rotation": _r(yaw_to_quat(state.yaw[i]), 8),
-                    "num_lidar_pts": int(lidar_pts[k, i]),
-                    "num_radar_pts": 0,
-                    "_object": i,
-                }
-            )
-            chains.setdefault(i, []).append(token)
-    links: dict[str, tuple[str, str]] = {}
-    for i, toks in chains.items():
-        for j, tok in enumerate(toks):
-            links[tok] = (toks[j - 1] if j > 0 else "", toks[j + 1] if j + 1 < len(toks) else "")
-        tables["instance"].append(
-            {
-                "token": _token(seed, "instance", name, i),
-                "category_token": category_tokens[CLASS_INFO[CLASSES[world.cls[i]]].category],
-                "nbr_annotations": len(toks),
-                "first_annotation_token": toks[0],
-                "last_annotation_token": toks[-1],
-            }
-        )
-    for rec in ann_records:
-        rec.pop("_object")
-        rec["prev"], rec["next"] = links[rec["token"]]
-        tables["sample_annotation"].append(rec)
+    for records in chains.values():
+        for i, rec in enumerate(records):
+            rec["prev"] = records[i - 1]["token"] if i > 0 else ""
+            rec["next"] = records[i + 1]["token"] if i + 1 < len(records) else ""
+        tables["sample_data"].extend(records)
+    tables.update(
+        annotation_records(seed, name, world, key_times, visible_px, silhouette_px, lidar_pts)
+    )
     return tables
 
 
@@ -418,31 +279,6 @@ def _plan(names: list[str], samples: int, seed: int):
         by_location[location] = (cursor + hi[0] - lo[0], max(height, hi[1] - lo[1]))
         worlds.append(world)
     return worlds, by_location
-
-
-def _static_tables(seed: int) -> dict[str, list]:
-    return {
-        "category": [
-            {"token": _token(seed, "category", n), "name": n, "description": d, "index": i}
-            for n, d, i in CATEGORIES
-        ],
-        "attribute": [
-            {"token": _token(seed, "attribute", n), "name": n, "description": d}
-            for n, d in ATTRIBUTES
-        ],
-        "visibility": [
-            {"token": tok, "level": level, "description": desc}
-            for tok, level, desc, _ in VISIBILITY
-        ],
-        "sensor": [
-            {
-                "token": _token(seed, "sensor", ch),
-                "channel": ch,
-                "modality": "lidar" if ch == LIDAR_NAME else "camera",
-            }
-            for ch in (*CAMERA_NAMES, LIDAR_NAME)
-        ],
-    }
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -547,7 +383,7 @@ def generate(
                     results[futures[fut]] = fut.result()
     bar.close()
 
-    tables = _static_tables(seed)
+    tables = static_tables(seed)
     for res in results:
         for key, rows in res.items():
             tables.setdefault(key, []).extend(rows)
@@ -562,15 +398,15 @@ def generate(
         )
         for i in indices:
             draw_drivable(mask, worlds[i])
-        token = _token(seed, "map", location)
-        filename = f"maps/{token}.png"
+        map_token = token(seed, "map", location)
+        filename = f"maps/{map_token}.png"
         cv2.imwrite(str(out / filename), mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         tables["map"].append(
             {
                 "category": "semantic_prior",
-                "token": token,
+                "token": map_token,
                 "filename": filename,
-                "log_tokens": [_token(seed, "log", names[i]) for i in indices],
+                "log_tokens": [token(seed, "log", names[i]) for i in indices],
             }
         )
     table_dir = out / VERSION

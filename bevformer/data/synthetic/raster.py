@@ -8,7 +8,9 @@ Camera (pinhole, OpenCV convention: pixel centres at integer coordinates, ``u = 
    tile its silhouette exactly once); each face quad is clipped to the near plane, projected,
    and scan-converted; the per-pixel depth is the exact ray/face-plane intersection, tested
    against the z-buffer; the face is shaded with a class texture and Lambert light from a fixed
-   sun. Rows are split into bands processed in parallel (no write races).
+   sun. Each box also casts a ground shadow: a quad around its footprint, shifted away from
+   the sun, that darkens the ground pixels it covers (ground only: the z-buffer depth must be
+   the shadow plane's). Rows are split into bands processed in parallel (no write races).
 The per-box count of front-face pixels (visible or not) and the final id buffer give the
 visible fraction of each box.
 
@@ -31,6 +33,9 @@ SKY_HORIZON = (0.93, 0.86, 0.80)
 HAZE = (0.80, 0.78, 0.76)
 FOG_DISTANCE = 350.0
 N_BANDS = 32
+SHADOW = 5  # face code of an object's ground shadow
+SHADOW_MARGIN = 0.15  # metres around the footprint
+SHADOW_DIM = 0.6
 
 
 @nb.njit(cache=True, inline="always")
@@ -260,15 +265,30 @@ def _setup_faces(K, R, cam, centers, yaws, lwhs, sun, H, W):
     for m in range(M):
         c = box_c[m]
         axes = box_axes[m]
-        # face f: axis a = f // 2 (0 length, 1 width, 2 up), outward sign +1 for even f
-        for f in range(5):  # the bottom face (5) lies on the ground and is never seen
+        # face f < 5: axis a = f // 2 (0 length, 1 width, 2 up), outward sign +1 for even f.
+        # The bottom face lies on the ground and is never seen; f = SHADOW is instead the
+        # box's shadow, a ground quad around the footprint shifted away from the sun.
+        for f in range(6):
             a = f // 2
             sgn = 1.0 if f % 2 == 0 else -1.0
             b1 = (a + 1) % 3
             b2 = (a + 2) % 3
-            n0, n1, n2 = sgn * axes[a, 0], sgn * axes[a, 1], sgn * axes[a, 2]
-            for k in range(3):
-                fc[k] = c[k] + sgn * axes[a, k] * lwhs[m, a] / 2
+            half1 = lwhs[m, b1] / 2
+            half2 = lwhs[m, b2] / 2
+            if f == SHADOW:
+                sgn = -1.0
+                reach = 0.35 * lwhs[m, 2] / max(sun[2], 0.1)
+                for k in range(3):
+                    shift = -(R[0, k] * sun[0] + R[1, k] * sun[1]) * reach
+                    fc[k] = c[k] - axes[2, k] * lwhs[m, 2] / 2 + shift
+                b1, b2 = 0, 1
+                half1 = lwhs[m, 0] / 2 + SHADOW_MARGIN
+                half2 = lwhs[m, 1] / 2 + SHADOW_MARGIN
+                n0, n1, n2 = axes[2, 0], axes[2, 1], axes[2, 2]  # the ground's up normal
+            else:
+                n0, n1, n2 = sgn * axes[a, 0], sgn * axes[a, 1], sgn * axes[a, 2]
+                for k in range(3):
+                    fc[k] = c[k] + sgn * axes[a, k] * lwhs[m, a] / 2
             plane = n0 * fc[0] + n1 * fc[1] + n2 * fc[2]
             if plane >= 0.0:  # back-facing (the camera is at the origin)
                 continue
@@ -276,11 +296,7 @@ def _setup_faces(K, R, cam, centers, yaws, lwhs, sun, H, W):
                 s1 = 1.0 if (q == 0 or q == 1) else -1.0
                 s2 = 1.0 if (q == 0 or q == 3) else -1.0
                 for k in range(3):
-                    poly[q, k] = (
-                        fc[k]
-                        + s1 * lwhs[m, b1] / 2 * axes[b1, k]
-                        + s2 * lwhs[m, b2] / 2 * axes[b2, k]
-                    )
+                    poly[q, k] = fc[k] + s1 * half1 * axes[b1, k] + s2 * half2 * axes[b2, k]
             nv = 0  # Sutherland-Hodgman against the near plane
             for q in range(4):
                 q1 = (q + 1) % 4
@@ -376,6 +392,15 @@ def _boxes(img, depth, ids, coverage, K, R, cam, centers, yaws, lwhs, classes, h
                         xhi = max(xhi, xa, xb)
                 j0 = max(0, int(math.ceil(xlo)))
                 j1 = min(W - 1, int(math.floor(xhi)))
+                if f_code[n] == SHADOW:
+                    for j in range(j0, j1 + 1):
+                        if ids[i, j] != -1:
+                            continue  # an object, drawn already, or the sky
+                        denom = n0 * (j - cx) / fx + n1 * ry + n2
+                        if denom < -1e-12 and abs(plane / denom - depth[i, j]) < 1e-3 * depth[i, j]:
+                            for k in range(3):
+                                img[i, j, k] = int(img[i, j, k] * SHADOW_DIM)
+                    continue
                 for j in range(j0, j1 + 1):
                     band_cov[band, m] += 1
                     rx = (j - cx) / fx

@@ -87,15 +87,15 @@ TRACKS = (
         (5.0, 40),
         parked=True,
     ),
-    TrackSpec(-12.0, +1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
-    TrackSpec(-13.3, -1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
-    TrackSpec(12.0, -1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
-    TrackSpec(13.3, +1, (0.9, 1.6), {"pedestrian": 1.0}, (10, 90)),
+    TrackSpec(-12.0, +1, (0.9, 1.6), {"pedestrian": 1.0}, (12, 100)),
+    TrackSpec(-13.3, -1, (0.9, 1.6), {"pedestrian": 1.0}, (12, 100)),
+    TrackSpec(12.0, -1, (0.9, 1.6), {"pedestrian": 1.0}, (12, 100)),
+    TrackSpec(13.3, +1, (0.9, 1.6), {"pedestrian": 1.0}, (12, 100)),
     TrackSpec(
-        -14.7, +1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (8, 70)
+        -14.7, +1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (10, 90)
     ),
     TrackSpec(
-        14.7, -1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (8, 70)
+        14.7, -1, (0, 0), {"pedestrian": 0.55, "bicycle": 0.3, "traffic_cone": 0.15}, (10, 90)
     ),
 )
 
@@ -264,7 +264,7 @@ def build_world(
                 name = str(rng.choice(names, p=probs))
                 cluster = 1
                 if name in ("barrier", "traffic_cone"):
-                    cluster = int(rng.integers(2, 6))
+                    cluster = int(rng.integers(2, 5))
                 for _ in range(cluster):
                     lwh = _sample_size(rng, name)
                     along = lwh[1] if name == "barrier" else lwh[0]  # barriers stand across

@@ -1,0 +1,435 @@
+"""Perspective head of BEVFormer v2 (Yang et al., CVPR 2023): FCOS2D + FCOS3D (DD3D).
+
+BEVFormer v2 supervises the image backbone directly with a monocular 3D detector on the FPN
+levels P3-P7 (strides 8-128); its losses are added to the BEV detector's. The official head is
+``NuscenesDD3D`` (BEVFormer ``projects/mmdet3d_plugin/dd3d/modeling/{core.py, fcos2d.py,
+fcos3d.py, nuscenes_dd3d.py}``); this module rebuilds it from plain PyTorch and torchvision:
+
+- FCOS2D: a classification and a box tower, each 4 x (conv3x3, BatchNorm per level, ReLU);
+  class logits, ``ltrb = relu(scale_l * conv)`` (``scale_l`` starts at the stride) and
+  centerness on them; nuScenes attribute logits (3) and speed (ReLU) from the class tower.
+- FCOS3D: one 4-conv tower; class-specific predictors of the allocentric quaternion (4K),
+  projected-centre offset (2K, ``scale_l`` starts at the stride), depth
+  (K, ``mean_l + scale_l * conv`` with ``scale_l = 0.3 * std_l``, no conv bias), size (3K) and
+  3D confidence (K). Channel ``c * K + k`` holds component c of class k.
+
+The official towers use SyncBN; in distributed training convert the head with
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm``.
+
+Shapes: B*N images (B samples x N cameras, camera-major within a sample), C channels,
+K classes, L levels of size H_l x W_l, P = sum_l H_l*W_l locations of one image (level-major).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
+
+from bevformer.models.perspective.coder import (
+    BOX3D_CHANNELS,
+    NO_ATTRIBUTE,
+    NUM_ATTRIBUTES,
+    canonical_box_sizes,
+    decode_boxes3d,
+)
+from bevformer.models.perspective.inference import predict_boxes
+from bevformer.models.perspective.losses import (
+    BOX3D_PARTS,
+    centerness_targets,
+    disentangled_corner_loss,
+    ltrb_giou_loss,
+    smooth_l1,
+)
+from bevformer.models.perspective.targets import SIZE_RANGES, assign_targets, compute_locations
+from bevformer.registry import MODELS
+
+__all__ = ["PerspectiveHead", "Scale", "Offset", "Tower"]
+
+# Depth prior (mean, std) in metres of the boxes each level is responsible for, P3-P7
+# (bevformerv2 configs ``fcos3d_cfg.mean/std_depth_per_level``).
+DEPTH_MEAN = (44.921, 20.252, 11.712, 7.166, 8.548)
+DEPTH_STD = (24.331, 9.833, 6.223, 4.611, 8.275)
+
+
+class Scale(nn.Module):
+    """Multiply by one learnable scalar."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class Offset(nn.Module):
+    """Add one learnable scalar."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
+
+
+class Tower(nn.Module):
+    """``num_convs`` x (conv3x3 without bias, BatchNorm, ReLU), convs shared by the levels and
+    one BatchNorm per level (DD3D ``ModuleListDial``; here the level is passed explicitly)."""
+
+    def __init__(self, channels: int, num_convs: int, num_levels: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs)
+        )
+        self.norms = nn.ModuleList(
+            nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(num_levels))
+            for _ in range(num_convs)
+        )
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        for conv, norms in zip(self.convs, self.norms):
+            x = F.relu(norms[level](conv(x)))
+        return x
+
+
+def _predictor(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _flatten(maps: Sequence[Tensor]) -> Tensor:
+    """Per-level maps (BN, C, H_l, W_l) -> (BN, P, C), levels concatenated."""
+    # (BN, C, H, W) -> (BN, H, W, C) -> (BN, H*W, C)
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
+
+
+def _pick_class(flat: Tensor, labels: Tensor, channels: int) -> Tensor:
+    """Class-specific outputs (P, channels*K) -> the labelled class's (P, channels)."""
+    # (P, channels*K) -> (P, channels, K); channel c*K + k is component c of class k
+    per_class = flat.reshape(flat.shape[0], channels, -1)
+    index = labels.view(-1, 1, 1).expand(-1, channels, 1)  # (P,) -> (P, channels, 1)
+    return per_class.gather(2, index).squeeze(2)
+
+
+def _mean_over_ranks(value: Tensor) -> Tensor:
+    """Average of a scalar over the distributed ranks (itself without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value
+
+
+@MODELS.register_module()
+class PerspectiveHead(nn.Module):
+    """FCOS2D + FCOS3D head on P3-P7 with DD3D's targets, losses and inference.
+
+    Loss weights follow the bevformerv2 configs: classification, 2D box and centerness 1,
+    every disentangled 3D part ``box3d_weight = 2``, 3D confidence 1, attribute and speed 0.2.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 256,
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        num_convs: int = 4,
+        depth_mean: Sequence[float] = DEPTH_MEAN,
+        depth_std: Sequence[float] = DEPTH_STD,
+        depth_scale_init: float = 0.3,
+        canonical_sizes: Sequence[Sequence[float]] | None = None,
+        size_ranges: Sequence[tuple[float, float]] = SIZE_RANGES,
+        pos_radius: float = 1.5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        min_depth: float = 0.1,
+        max_depth: float = 80.0,
+        depth_factor: float = 500.0,
+        box3d_weight: float = 2.0,
+        conf3d_weight: float = 1.0,
+        conf3d_temperature: float = 1.0,
+        smooth_l1_beta: float = 0.05,
+        attr_weight: float = 0.2,
+        speed_weight: float = 0.2,
+        pre_nms_thresh: float = 0.05,
+        pre_nms_topk: int = 1000,
+        post_nms_topk: int = 100,
+        nms_thresh: float = 0.6,
+    ) -> None:
+        super().__init__()
+        num_levels = len(strides)
+        if not len(depth_mean) == len(depth_std) == num_levels <= len(size_ranges):
+            raise ValueError(
+                f"expected a depth mean, a depth std and a size range per level ({num_levels} "
+                f"strides), found {len(depth_mean)}, {len(depth_std)} and {len(size_ranges)}"
+            )
+        self.num_classes = num_classes
+        self.strides = tuple(int(s) for s in strides)
+        self.size_ranges = tuple(tuple(r) for r in size_ranges)
+        self.pos_radius = pos_radius
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.min_depth, self.max_depth, self.depth_factor = min_depth, max_depth, depth_factor
+        self.box3d_weight, self.conf3d_weight = box3d_weight, conf3d_weight
+        self.conf3d_temperature, self.smooth_l1_beta = conf3d_temperature, smooth_l1_beta
+        self.attr_weight, self.speed_weight = attr_weight, speed_weight
+        self.pre_nms_thresh, self.pre_nms_topk = pre_nms_thresh, pre_nms_topk
+        self.post_nms_topk, self.nms_thresh = post_nms_topk, nms_thresh
+
+        canon = canonical_box_sizes() if canonical_sizes is None else torch.tensor(canonical_sizes)
+        if canon.shape != (num_classes, 3):
+            raise ValueError(
+                f"expected canonical (w, l, h) sizes of shape ({num_classes}, 3), found "
+                f"{tuple(canon.shape)}; pass canonical_sizes for a custom class list"
+            )
+        self.register_buffer("canonical_sizes", canon.float(), persistent=False)
+
+        c = in_channels
+        self.cls_tower = Tower(c, num_convs, num_levels)
+        self.box2d_tower = Tower(c, num_convs, num_levels)
+        self.box3d_tower = Tower(c, num_convs, num_levels)
+        self.cls_logits = _predictor(c, num_classes)
+        self.box2d_reg = _predictor(c, 4)
+        self.centerness = _predictor(c, 1)
+        self.attr_logits = _predictor(c, NUM_ATTRIBUTES)
+        self.speed = _predictor(c, 1)
+        self.box3d = nn.ModuleDict(
+            {
+                name: _predictor(c, ch * num_classes, bias=name != "depth")
+                for name, ch in BOX3D_CHANNELS.items()
+            }
+        )
+        self.scales_box2d = nn.ModuleList(Scale(s) for s in self.strides)
+        self.scales_proj_ctr = nn.ModuleList(Scale(s) for s in self.strides)
+        self.scales_size = nn.ModuleList(Scale(1.0) for _ in self.strides)
+        self.scales_conf = nn.ModuleList(Scale(1.0) for _ in self.strides)
+        self.scales_depth = nn.ModuleList(Scale(depth_scale_init * s) for s in depth_std)
+        self.offsets_depth = nn.ModuleList(Offset(m) for m in depth_mean)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, feats: Sequence[Tensor]) -> dict:
+        """FPN maps, one (BN, C, H_l, W_l) per level -> raw outputs, per level lists of maps:
+        ``cls_logits`` (BN, K), ``box2d`` (BN, 4) ltrb pixels, ``centerness`` (BN, 1),
+        ``attr_logits`` (BN, 3), ``speed`` (BN, 1), ``quat`` (BN, 4K), ``proj_ctr`` (BN, 2K),
+        ``depth`` (BN, K), ``size`` (BN, 3K), ``conf3d`` (BN, K), each x H_l x W_l; and
+        ``locations``, per level (H_l*W_l, 2) pixel xy."""
+        if len(feats) != len(self.strides):
+            raise ValueError(
+                f"expected {len(self.strides)} feature maps (strides {self.strides}), "
+                f"found {len(feats)}"
+            )
+        keys = ("cls_logits", "box2d", "centerness", "attr_logits", "speed", *BOX3D_CHANNELS)
+        out: dict[str, list[Tensor]] = {k: [] for k in (*keys, "locations")}
+        for lvl, x in enumerate(feats):
+            cls_feat = self.cls_tower(x, lvl)
+            box_feat = self.box2d_tower(x, lvl)
+            box3d_feat = self.box3d_tower(x, lvl)
+            out["cls_logits"].append(self.cls_logits(cls_feat))
+            out["box2d"].append(F.relu(self.scales_box2d[lvl](self.box2d_reg(box_feat))))
+            out["centerness"].append(self.centerness(box_feat))
+            out["attr_logits"].append(self.attr_logits(cls_feat))
+            out["speed"].append(F.relu(self.speed(cls_feat)))
+            out["quat"].append(self.box3d["quat"](box3d_feat))
+            out["proj_ctr"].append(self.scales_proj_ctr[lvl](self.box3d["proj_ctr"](box3d_feat)))
+            depth = self.scales_depth[lvl](self.box3d["depth"](box3d_feat))
+            out["depth"].append(self.offsets_depth[lvl](depth))
+            out["size"].append(self.scales_size[lvl](self.box3d["size"](box3d_feat)))
+            out["conf3d"].append(self.scales_conf[lvl](self.box3d["conf3d"](box3d_feat)))
+            h, w = x.shape[-2:]
+            out["locations"].append(compute_locations(h, w, self.strides[lvl], device=x.device))
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def _assign(self, locations: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        """Per-image assignment stacked to (BN, P, ...) targets; background label is K."""
+        labels, ltrb, gt_rows = [], [], []
+        device = locations[0].device
+        for tgt in targets:
+            lab = tgt["labels"].to(device=device, dtype=torch.long)
+            depth = tgt["depth"].to(device)
+            # DD3DMapper drops boxes behind the camera; labels < 0 are ignored classes
+            kept = ((lab >= 0) & (lab < self.num_classes) & (depth > 0)).nonzero()
+            kept = kept.squeeze(1)  # (M', 1) -> (M',)
+            gt_index, reg = assign_targets(
+                locations,
+                self.strides,
+                tgt["boxes2d"].to(device)[kept],
+                radius=self.pos_radius,
+                size_ranges=self.size_ranges,
+            )
+            pos = gt_index >= 0
+            row = torch.full_like(gt_index, -1)  # (P,) row of the box in the target dict
+            row[pos] = kept[gt_index[pos]]
+            label = torch.full_like(gt_index, self.num_classes)
+            label[pos] = lab[row[pos]]
+            labels.append(label)
+            ltrb.append(reg)
+            gt_rows.append(row)
+        # per image (P, ...) -> (BN, P, ...)
+        return {
+            "labels": torch.stack(labels),
+            "ltrb": torch.stack(ltrb),
+            "rows": torch.stack(gt_rows),
+        }
+
+    def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """DD3D losses of one batch; ``targets`` holds one dict per image (see the module
+        docstring of :mod:`bevformer.models.perspective`). Keys end with ``_mono``."""
+        num_images = outputs["cls_logits"][0].shape[0]
+        if len(targets) != num_images:
+            raise ValueError(
+                f"expected one target dict per image ({num_images}), found {len(targets)}"
+            )
+        assigned = self._assign(outputs["locations"], targets)
+        # losses in float32 also under autocast (official ``force_fp32``)
+        keys = ("cls_logits", "box2d", "centerness", "attr_logits", "speed", *BOX3D_CHANNELS)
+        flat = {k: _flatten(outputs[k]).float() for k in keys}
+        locations = torch.cat(outputs["locations"])  # (P, 2)
+        labels = assigned["labels"]  # (BN, P)
+        pos_img, pos_loc = (labels < self.num_classes).nonzero(as_tuple=True)  # (Pos,) each
+        ltrb = assigned["ltrb"][pos_img, pos_loc]  # (Pos, 4)
+        ctr = centerness_targets(ltrb)  # (Pos,)
+        speed = self._gather_gt(targets, assigned, pos_img, pos_loc, "speeds").squeeze(1)
+        speed_known = ~torch.isnan(speed)  # (Pos,)
+        # normalisers averaged over the ranks, reduced on every rank (also without positives)
+        stats = torch.stack(
+            [ctr.new_tensor(float(pos_img.numel())), ctr.sum(), ctr[speed_known].sum()]
+        )
+        num_pos, ctr_sum, speed_ctr_sum = _mean_over_ranks(stats.detach()).tolist()
+        num_pos, denom = max(num_pos, 1.0), max(ctr_sum, 1e-6)
+        speed_denom = max(speed_ctr_sum, 1e-6)
+
+        logits = flat["cls_logits"]  # (BN, P, K)
+        cls_target = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(logits)
+        loss_cls = sigmoid_focal_loss(
+            logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
+        losses = {"loss_cls_mono": loss_cls / num_pos}
+        if pos_img.numel() == 0:
+            zero = sum(v.sum() for v in flat.values()) * 0.0
+            names = ("box2d", "centerness", *BOX3D_PARTS, "conf3d", "attr", "speed")
+            losses.update({f"loss_{n}_mono": zero for n in names})
+            return losses
+
+        giou = ltrb_giou_loss(flat["box2d"][pos_img, pos_loc], ltrb)
+        losses["loss_box2d_mono"] = (giou * ctr).sum() / denom
+        ctr_logit = flat["centerness"][pos_img, pos_loc, 0]
+        bce = F.binary_cross_entropy_with_logits(ctr_logit, ctr, reduction="sum")
+        losses["loss_centerness_mono"] = bce / num_pos
+
+        flat["locations"] = locations
+        losses.update(self._loss_3d(flat, targets, assigned, pos_img, pos_loc, ctr, denom))
+        nusc = self._loss_nuscenes(flat, targets, assigned, pos_img, pos_loc, ctr, speed_denom)
+        losses.update(nusc)
+        return losses
+
+    @staticmethod
+    def _gather_gt(targets: list[dict], assigned: dict, pos_img: Tensor, pos_loc: Tensor, key: str):
+        """Target ``key`` of the box assigned to each positive location, (Pos, D)."""
+        counts = torch.tensor([len(t["labels"]) for t in targets], device=pos_img.device)
+        offsets = torch.cumsum(counts, 0) - counts  # first row of each image in the concat
+        rows = offsets[pos_img] + assigned["rows"][pos_img, pos_loc]
+        # per image (M_i, ...) -> (sum M_i, D)
+        width = max(t[key][0].numel() if len(t[key]) else 1 for t in targets)
+        values = torch.cat([t[key].reshape(len(t["labels"]), width).float() for t in targets])
+        return values.to(pos_img.device)[rows]
+
+    def _loss_3d(self, flat, targets, assigned, pos_img, pos_loc, ctr, denom) -> dict:
+        lab = assigned["labels"][pos_img, pos_loc]  # (Pos,)
+        pred = {
+            k: _pick_class(flat[k][pos_img, pos_loc], lab, ch) for k, ch in BOX3D_CHANNELS.items()
+        }
+        inv_k = torch.stack([torch.linalg.inv(t["intrinsics"].to(ctr)) for t in targets])
+        inv_k = inv_k[pos_img]  # (Pos, 3, 3)
+        locations = flat["locations"][pos_loc]  # (Pos, 2)
+        decoded = decode_boxes3d(
+            pred["quat"],
+            pred["proj_ctr"],
+            pred["depth"].squeeze(1),
+            pred["size"],
+            locations,
+            inv_k,
+            self.canonical_sizes[lab],
+            min_depth=self.min_depth,
+            max_depth=self.max_depth,
+            depth_factor=self.depth_factor,
+        )
+        gt = {
+            "quat": self._gather_gt(targets, assigned, pos_img, pos_loc, "rotation_cam"),
+            "proj_ctr": self._gather_gt(targets, assigned, pos_img, pos_loc, "center2d"),
+            "depth": self._gather_gt(targets, assigned, pos_img, pos_loc, "depth").squeeze(1),
+            "size": self._gather_gt(targets, assigned, pos_img, pos_loc, "size_wlh"),
+        }
+        gt = {k: v.to(ctr) for k, v in gt.items()}
+        parts, l1 = disentangled_corner_loss(decoded, gt, inv_k, self.smooth_l1_beta)
+        out = {
+            f"loss_{k}_mono": self.box3d_weight * (v * ctr).sum() / denom for k, v in parts.items()
+        }
+        conf_target = torch.exp(-l1 / self.conf3d_temperature)
+        bce = F.binary_cross_entropy_with_logits(
+            pred["conf3d"].squeeze(1), conf_target, reduction="none"
+        )
+        out["loss_conf3d_mono"] = self.conf3d_weight * (bce * ctr).sum() / denom
+        return out
+
+    def _loss_nuscenes(
+        self, flat, targets, assigned, pos_img, pos_loc, ctr, speed_denom: float
+    ) -> dict:
+        attr = self._gather_gt(targets, assigned, pos_img, pos_loc, "attributes").squeeze(1)
+        speed = self._gather_gt(targets, assigned, pos_img, pos_loc, "speeds").squeeze(1)
+        attr_logits = flat["attr_logits"][pos_img, pos_loc]  # (Pos, 3)
+        pred_speed = flat["speed"][pos_img, pos_loc, 0]  # (Pos,)
+        out = {}
+        valid = attr.long() != NO_ATTRIBUTE
+        if valid.any():
+            # Official: ``(cross_entropy(...) * w).sum() / w.sum()`` with a *mean*-reduced
+            # cross entropy, i.e. the plain mean over the valid locations.
+            ce = F.cross_entropy(attr_logits[valid], attr[valid].long())
+            out["loss_attr_mono"] = self.attr_weight * ce
+        else:
+            out["loss_attr_mono"] = attr_logits.sum() * 0.0
+        valid = ~torch.isnan(speed.float())
+        if valid.any():
+            w = ctr[valid]
+            err = smooth_l1(pred_speed[valid], speed[valid].to(pred_speed), self.smooth_l1_beta)
+            out["loss_speed_mono"] = self.speed_weight * (err * w).sum() / speed_denom
+        else:
+            out["loss_speed_mono"] = pred_speed.sum() * 0.0
+        return out
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(
+        self, outputs: dict, intrinsics: Tensor, image_size: tuple[int, int]
+    ) -> list[dict[str, Tensor]]:
+        """Per-image 3D boxes in the camera frame after per-class 2D NMS.
+
+        ``intrinsics`` (BN, 3, 3) of the augmented images, ``image_size`` (H, W). Returns per
+        image ``boxes3d`` (D, 10): centre xyz, wlh, quaternion wxyz; ``scores`` (D,) 3D scores
+        (2D score x 3D confidence); ``scores_2d``; ``labels`` (D,); ``boxes2d`` (D, 4) x1 y1 x2 y2;
+        ``attributes`` (D,) DD3D attribute ids; ``speeds`` (D,).
+        """
+        return predict_boxes(
+            outputs,
+            intrinsics,
+            image_size,
+            self.canonical_sizes,
+            pre_nms_thresh=self.pre_nms_thresh,
+            pre_nms_topk=self.pre_nms_topk,
+            post_nms_topk=self.post_nms_topk,
+            nms_thresh=self.nms_thresh,
+            min_depth=self.min_depth,
+            max_depth=self.max_depth,
+            depth_factor=self.depth_factor,
+        )
