@@ -51,6 +51,18 @@ struct Store {
 
 constexpr int64_t kBlock = 16;  // output pixels per DCNv3 work block
 
+// (batch, row, column) of the output pixels [i0, i1) of a block, computed once per block.
+struct BlockCoords {
+  int64_t n[kBlock], ho[kBlock], wo[kBlock];
+  BlockCoords(int64_t i0, int64_t i1, int64_t HW, int64_t W) {
+    for (int64_t i = i0; i < i1; ++i) {
+      n[i - i0] = i / HW;
+      ho[i - i0] = (i % HW) / W;
+      wo[i - i0] = i % W;
+    }
+  }
+};
+
 // Calls fn(std::integral_constant<int, kC>) with kC = channels for the common channel counts
 // (the channel loops then unroll completely) and kC = 0 (runtime count) otherwise.
 template <typename Fn>
@@ -118,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cpu(
   check_inputs({value, shapes, starts, loc, attn, grad_out});
   const int64_t B = value.size(0), S = value.size(1), M = value.size(2), C = value.size(3);
   const int64_t Q = loc.size(1), L = loc.size(3), P = loc.size(4);
-  auto grad_value = at::zeros_like(value);
+  auto grad_value = at::empty_like(value);  // zeroed by the owning (batch, head) task below
   auto grad_loc = at::empty_like(loc);
   auto grad_attn = at::empty_like(attn);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "msda_backward_cpu", [&] {
@@ -136,6 +148,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cpu(
       at::parallel_for(0, B * M, 1, [&](int64_t begin, int64_t end) {
         for (int64_t bm = begin; bm < end; ++bm) {
           const int64_t b = bm / M, m = bm % M;
+          for (int64_t i = 0; i < S; ++i) {
+            scalar_t* row = gv + ((b * S + i) * M + m) * C;
+            std::fill(row, row + C, scalar_t(0));
+          }
           for (int64_t q = 0; q < Q; ++q) {
             msda_backward_one<kC, scalar_t, scalar_t, scalar_t>(
                 v, sh, st, lc, at, b, q, m, S, Q, M, C, L, P, 0, static_cast<int>(C),
@@ -171,9 +187,10 @@ at::Tensor dcnv3_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
       at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
         for (int64_t blk = begin; blk < end; ++blk) {
           const int64_t i0 = blk * kBlock, i1 = std::min(total, i0 + kBlock);
+          const BlockCoords bc(i0, i1, HW, gm.width_out);
           for (int64_t g = 0; g < G; ++g) {
             for (int64_t i = i0; i < i1; ++i) {
-              const int64_t n = i / HW, ho = (i % HW) / gm.width_out, wo = i % gm.width_out;
+              const int64_t n = bc.n[i - i0], ho = bc.ho[i - i0], wo = bc.wo[i - i0];
               scalar_t* dst = o + (i * G + g) * Cg;
               if constexpr (kC > 0) {
                 scalar_t acc[kC > 0 ? kC : 1] = {};  // accumulate in registers, store once
@@ -228,9 +245,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
           const int64_t first = total * t / chunks, last = total * (t + 1) / chunks;
           for (int64_t i0 = first; i0 < last; i0 += kBlock) {  // blocks as in the forward
             const int64_t i1 = std::min(last, i0 + kBlock);
+            const BlockCoords bc(i0, i1, HW, gm.width_out);
             for (int64_t g = 0; g < G; ++g) {
               for (int64_t i = i0; i < i1; ++i) {
-                const int64_t n = i / HW, ho = (i % HW) / gm.width_out, wo = i % gm.width_out;
+                const int64_t n = bc.n[i - i0], ho = bc.ho[i - i0], wo = bc.wo[i - i0];
                 dcnv3_backward_one<kC, scalar_t, scalar_t, scalar_t>(
                     x, of, mk, gm, n, ho, wo, g, 0, static_cast<int>(Cg),
                     go + (i * G + g) * Cg, target, PlainAdd<scalar_t>{}, put_off, put_mask);

@@ -284,6 +284,7 @@ def _two_rank_worker(rank: int, init_file: str, result_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes, ~25 s on 2 loaded cores
 def test_distributed_normalisers_with_a_rank_without_boxes(tmp_path):
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -293,7 +294,8 @@ def test_distributed_normalisers_with_a_rank_without_boxes(tmp_path):
     result = str(tmp_path / "losses")
     mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), result), nprocs=2, join=True)
     rank0, rank1 = torch.load(f"{result}.0"), torch.load(f"{result}.1")
-    single = _head().loss(_head()(_feats(n=1)), [_targets()])
+    head = _head()
+    single = head.loss(head(_feats(n=1)), [_targets()])
     # positives and centerness sums are averaged over the 2 ranks: rank 0 divides by half
     assert rank0["loss_box2d_mono"] == pytest.approx(2 * single["loss_box2d_mono"].item(), rel=1e-4)
     assert rank0["loss_cls_mono"] == pytest.approx(2 * single["loss_cls_mono"].item(), rel=1e-4)
