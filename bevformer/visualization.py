@@ -212,18 +212,26 @@ def render_results(
     Returns the written PNG paths; with ``video`` ("mp4" or "gif") also one clip per scene.
     """
     _, infos = load_infos(info_file)
+    infos = infos[:max_samples] if max_samples else infos
     results = _results_by_token(results_file) if results_file else None
     if results is not None:
         missing = [i["token"] for i in infos if i["token"] not in results]
         if len(missing) == len(infos):
             raise ValueError(
                 f"{results_file} has no results for any sample of {info_file}: were they "
-                "produced on this split?"
+                "produced on this split? Pass the info file of the split that was evaluated"
+            )
+        if missing:
+            raise ValueError(
+                f"{results_file} lacks {len(missing)} of the {len(infos)} samples to draw "
+                f"(e.g. {missing[:3]}); a sample without boxes must still have an empty list. "
+                "Regenerate the results with tools/test.py on this split, or draw fewer "
+                "samples (--max-samples)"
             )
     os.makedirs(out_dir, exist_ok=True)
     written: list[str] = []
     by_scene: dict[str, list[str]] = defaultdict(list)
-    for info in infos[:max_samples] if max_samples else infos:
+    for info in infos:
         pred, names = None, []
         if results is not None:
             entries = [

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
+import shutil
+
+from mmengine.dist import is_main_process
 
 from bevformer.engine.launch import DictAction, build_runner, load_config
 
@@ -34,6 +37,8 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
     work_dir = args.work_dir or osp.join(osp.dirname(osp.abspath(args.checkpoint)), "test")
+    # the submission, metrics_summary.json, metrics_summary_flat.json and metrics_table.txt
+    # go next to --out, else to WORK_DIR/eval
     out_dir = osp.dirname(osp.abspath(args.out)) if args.out else osp.join(work_dir, "eval")
     runner = build_runner(
         cfg,
@@ -44,19 +49,21 @@ def main() -> None:
         metric_overrides=dict(out_dir=out_dir, run_eval=args.eval),
     )
     metrics = runner.test()
-    if args.out:
-        produced = osp.join(out_dir, "results_nusc.json")
-        if osp.abspath(produced) != osp.abspath(args.out):
-            import shutil
-
-            shutil.move(produced, args.out)
-        print(f"submission: {args.out}")
+    if not is_main_process():
+        return
+    submission = osp.join(out_dir, "results_nusc.json")
+    if args.out and osp.abspath(submission) != osp.abspath(args.out):
+        shutil.move(submission, args.out)
+        submission = args.out
+    print(f"submission: {submission}")
+    if args.eval:
+        print(f"metrics:    {osp.join(out_dir, 'metrics_summary_flat.json')} (devkit summary: "
+              f"{osp.join(out_dir, 'metrics_summary.json')})")  # fmt: skip
     print({k: round(v, 4) for k, v in metrics.items()})
     if args.show_dir:
         from bevformer.visualization import render_results
 
         ev = cfg.test_evaluator
-        submission = args.out or osp.join(out_dir, "results_nusc.json")
         paths = render_results(ev.ann_file, ev.dataroot, args.show_dir, results_file=submission)
         print(f"{len(paths)} pictures in {args.show_dir}")
 

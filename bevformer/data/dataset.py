@@ -352,13 +352,42 @@ class NuScenesTemporalDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, Any]:
         return self.get_item(idx)
 
+    # ---- augmentation randomness ---------------------------------------------------------
+    # Each item draws its augmentation from ``np.random.default_rng([seed, epoch, idx])``: a
+    # pure function of the run's seed, the epoch and the index, independent of the global RNGs,
+    # of the DataLoader workers and of what was loaded before, so a resumed run sees the same
+    # augmentations as an uninterrupted one. Seed and epoch live in a shared-memory tensor:
+    # persistent DataLoader workers see ``set_epoch`` calls made in the main process.
+
+    def _aug_state(self) -> torch.Tensor:
+        state = self.__dict__.get("_aug_seed_epoch")
+        if state is None:
+            state = torch.zeros(2, dtype=torch.int64)
+            self._aug_seed_epoch = state
+        if not state.is_shared():
+            state.share_memory_()
+        return state
+
+    def set_seed(self, seed: int) -> None:
+        """Seed of the augmentation randomness (the run's ``randomness.seed``)."""
+        self._aug_state()[0] = int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the augmentation randomness; call before the epoch's iterator is made."""
+        self._aug_state()[1] = int(epoch)
+
+    def aug_rng(self, idx: int) -> np.random.Generator:
+        """The generator item ``idx`` draws its augmentation from in the current epoch."""
+        seed, epoch = (int(v) for v in self._aug_state().tolist())
+        return np.random.default_rng([seed, epoch, int(idx)])
+
     def get_item(self, idx: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        """Item ``idx``. Random transforms draw from ``rng``; by default from a generator seeded
-        by torch's RNG, which DataLoader workers seed per worker and epoch."""
+        """Item ``idx``. Random transforms draw from ``rng``, by default from
+        :meth:`aug_rng` (seed, epoch, index)."""
         if not 0 <= idx < len(self.indices):
             raise IndexError(f"index {idx} out of range for a dataset of {len(self)} samples")
         if rng is None:
-            rng = np.random.default_rng(torch.randint(0, 2**31 - 1, (2,)).tolist())
+            rng = self.aug_rng(idx)
         info_index = self.indices[idx]
         results = self.pipeline(self._results(info_index, rng))
         return self._finalize(info_index, results)

@@ -14,6 +14,7 @@ import copy
 import math
 import os
 import os.path as osp
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,10 +23,25 @@ from mmengine.evaluator import Evaluator
 
 from bevformer.builder import build_dataset, build_model
 from bevformer.data.collate import collate
+from bevformer.engine.loops import SceneSequentialSampler, StreamingTestLoop, StreamingValLoop
 from bevformer.engine.metric import NuScenesMetric
-from bevformer.engine.runner import BEVRunner, CheckpointStateHook, register_checkpoint_globals
+from bevformer.engine.runner import (
+    BEVRunner,
+    CheckpointStateHook,
+    ReproducibleHook,
+    register_checkpoint_globals,
+    seed_everything,
+)
 
-__all__ = ["DictAction", "build_metric", "build_runner", "load_config", "load_model_weights"]
+__all__ = [
+    "DictAction",
+    "build_metric",
+    "build_runner",
+    "check_info_files",
+    "is_streaming",
+    "load_config",
+    "load_model_weights",
+]
 
 
 def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
@@ -125,13 +141,43 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _dataloader(cfg: Config | None, dataset_override: Any = None) -> dict | None:
+def check_info_files(cfg: Config, keys: Sequence[str]) -> None:
+    """Every ``info_file`` the given dataloaders read must exist; else say how to make it."""
+    for key in keys:
+        loader = cfg.get(key)
+        info_file = (loader or {}).get("dataset", {}).get("info_file")
+        if info_file and not osp.isfile(info_file):
+            dataroot = loader["dataset"].get("dataroot") or osp.dirname(info_file) or "."
+            version = cfg.get("version", "v1.0-trainval")
+            raise FileNotFoundError(
+                f"{key} reads the info file {info_file}, which does not exist. Create the info "
+                f"files with: python tools/create_data.py --dataroot {dataroot.rstrip('/')} "
+                f"--version {version} (or point the config at another dataroot with "
+                "--data-root)"
+            )
+
+
+def _dataloader(cfg: Config | None) -> dict | None:
     if cfg is None:
         return None
     loader = copy.deepcopy(dict(cfg))
-    loader["dataset"] = dataset_override or build_dataset(loader["dataset"])
+    loader["dataset"] = build_dataset(loader["dataset"])
     loader["collate_fn"] = collate
     return loader
+
+
+def is_streaming(cfg: Config) -> bool:
+    """Whether the config's detector carries a temporal state between samples."""
+    return cfg.model.get("temporal", "fusion") == "streaming"
+
+
+def _streaming_eval(loader: dict, loop_cfg: dict | None, loop_type: type) -> tuple[dict, dict]:
+    """Batch size 1, whole scenes in order per rank, the state-carrying loop."""
+    loader = dict(loader, batch_size=1, sampler=dict(type=SceneSequentialSampler))
+    loader.pop("batch_sampler", None)
+    loop = dict(loop_cfg or {})
+    loop["type"] = loop_type
+    return loader, loop
 
 
 def build_metric(cfg: dict, **overrides: Any) -> Evaluator:
@@ -144,6 +190,12 @@ def build_metric(cfg: dict, **overrides: Any) -> Evaluator:
     return Evaluator([NuScenesMetric(**args)])
 
 
+def _own(evaluator_cfg: Any) -> dict:
+    """The evaluator's own ``out_dir`` when the config sets one."""
+    out_dir = dict(evaluator_cfg).get("out_dir")
+    return {"out_dir": out_dir} if out_dir else {}
+
+
 def _env_cfg(cfg: Config) -> dict:
     """NCCL on GPUs, gloo on CPU-only machines, whatever the config says otherwise."""
     env = copy.deepcopy(dict(cfg.get("env_cfg", {}) or {}))
@@ -153,6 +205,20 @@ def _env_cfg(cfg: Config) -> dict:
     dist_cfg.setdefault("backend", "nccl")
     env["dist_cfg"] = dist_cfg
     return env
+
+
+def _cpu_distributed(cfg: Config) -> dict:
+    """DDP without GPUs: mmengine's ``init_dist`` and default wrapper assume CUDA devices
+    (``torch.cuda.set_device(LOCAL_RANK)``, ``device_ids=[LOCAL_RANK]``). Start the gloo
+    process group here (mmengine then skips its own) and wrap without device ids."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="gloo")
+    return dict(
+        type="MMDistributedDataParallel",
+        device_ids=None,
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False),
+    )
 
 
 def _world_size(launcher: str) -> int:
@@ -179,21 +245,37 @@ def build_runner(
         or osp.join("work_dirs", osp.splitext(osp.basename(cfg.filename or "config"))[0])
     )
     cfg.work_dir = work_dir
+    streaming = is_streaming(cfg)
+    check_info_files(
+        cfg, ["train_dataloader", "val_dataloader"] if for_training else ["test_dataloader"]
+    )
+    randomness = dict(cfg.get("randomness", dict(seed=0)))
+    if randomness.get("seed") is not None:
+        # the model is built here, before the Runner seeds: seed first so that two runs of
+        # one config start from the same weights
+        seed_everything(int(randomness["seed"]))
     model = build_model(cfg.model)
     if load_from:
         load_model_weights(model, load_from)
+    # the metric writes its submission and summary under the work dir unless told otherwise
+    eval_dir = dict(out_dir=osp.join(work_dir, "nuscenes_eval"))
+
+    model_wrapper_cfg = cfg.get("model_wrapper_cfg")
+    if launcher != "none" and not torch.cuda.is_available():
+        model_wrapper_cfg = _cpu_distributed(cfg)
 
     kwargs: dict[str, Any] = dict(
         model=model,
+        model_wrapper_cfg=model_wrapper_cfg,
         work_dir=work_dir,
         launcher=launcher,
         env_cfg=_env_cfg(cfg),
         default_hooks=cfg.get("default_hooks"),
-        custom_hooks=[*cfg.get("custom_hooks", []), CheckpointStateHook()],
+        custom_hooks=[*cfg.get("custom_hooks", []), CheckpointStateHook(), ReproducibleHook()],
         visualizer=cfg.get("visualizer"),
         log_processor=cfg.get("log_processor"),
         log_level=cfg.get("log_level", "INFO"),
-        randomness=cfg.get("randomness", dict(seed=0)),
+        randomness=randomness,
         default_scope=None,
         cfg=cfg,
     )
@@ -215,17 +297,25 @@ def build_runner(
             load_from=resume if isinstance(resume, str) else None,
         )
         if cfg.get("val_dataloader") is not None and cfg.get("val_cfg") is not None:
+            val_loader, val_cfg = _dataloader(cfg.val_dataloader), dict(cfg.val_cfg)
+            if streaming:
+                val_loader, val_cfg = _streaming_eval(val_loader, val_cfg, StreamingValLoop)
+            val_overrides = {**eval_dir, **_own(cfg.val_evaluator)}
             kwargs.update(
-                val_dataloader=_dataloader(cfg.val_dataloader),
-                val_cfg=cfg.val_cfg,
-                val_evaluator=build_metric(cfg.val_evaluator),
+                val_dataloader=val_loader,
+                val_cfg=val_cfg,
+                val_evaluator=build_metric(cfg.val_evaluator, **val_overrides),
             )
         cfg.setdefault("global_batch_size", global_batch)
         cfg.setdefault("lr_scale_factor", factor)
     else:
+        test_loader, test_cfg = _dataloader(cfg.test_dataloader), dict(cfg.get("test_cfg", {}))
+        if streaming:
+            test_loader, test_cfg = _streaming_eval(test_loader, test_cfg, StreamingTestLoop)
+        overrides = {**eval_dir, **_own(cfg.test_evaluator), **(metric_overrides or {})}
         kwargs.update(
-            test_dataloader=_dataloader(cfg.test_dataloader),
-            test_cfg=cfg.get("test_cfg", dict()),
-            test_evaluator=build_metric(cfg.test_evaluator, **(metric_overrides or {})),
+            test_dataloader=test_loader,
+            test_cfg=test_cfg,
+            test_evaluator=build_metric(cfg.test_evaluator, **overrides),
         )
     return BEVRunner(**kwargs)

@@ -4,13 +4,17 @@ Each rank turns the detector's lidar-frame boxes into nuScenes submission entrie
 (:mod:`bevformer.evaluation.results`); mmengine's ``collect_results`` gathers them in sampler
 order and drops the padding that makes ranks equal in length. Rank 0 then de-duplicates by
 sample token, checks that every sample of the split is present, writes the submission JSON and
-scores it with the official ``DetectionEval`` (:mod:`bevformer.evaluation.nds`).
+scores it with the official ``DetectionEval`` (:mod:`bevformer.evaluation.nds`). Files in
+``out_dir``: ``results_nusc.json`` (submission), and with ``run_eval`` the devkit's
+``metrics_summary.json``, ``metrics_summary_flat.json`` (NDS, mAP, TP errors, per-class AP) and
+``metrics_table.txt`` (the printed table).
 """
 
 from __future__ import annotations
 
 import json
 import os.path as osp
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +22,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from bevformer.data.infos import load_infos
-from bevformer.evaluation.nds import evaluate_nds
+from bevformer.evaluation.nds import evaluate_nds, format_metrics
 from bevformer.evaluation.results import to_nusc_boxes, write_submission
 
 __all__ = ["NuScenesMetric", "merge_results"]
@@ -45,8 +49,8 @@ class NuScenesMetric(BaseMetric):
         version: ``v1.0-mini`` / ``v1.0-trainval``.
         eval_set: devkit split name (``mini_val``, ``val``).
         classes: class names indexed by label.
-        out_dir: where the submission JSON and the metric summary go
-            (``work_dirs/nuscenes_eval`` when None).
+        out_dir: where the submission JSON and the metric summary go (``tools/train.py`` and
+            ``tools/test.py`` put it under the work dir; a new temporary directory when None).
         run_eval: score with ``DetectionEval``; when False only the submission is written.
     """
 
@@ -94,7 +98,9 @@ class NuScenesMetric(BaseMetric):
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         by_token = merge_results(results)
-        out_dir = self.out_dir or osp.join("work_dirs", "nuscenes_eval")
+        if self.out_dir is None:
+            self.out_dir = tempfile.mkdtemp(prefix="nuscenes_eval_")
+        out_dir = self.out_dir
         result_path = osp.join(out_dir, "results_nusc.json")
         write_submission(by_token, result_path, expected_tokens=list(self._infos))
         print_log(f"nuScenes submission written to {result_path}", logger="current")
@@ -111,4 +117,6 @@ class NuScenesMetric(BaseMetric):
         print_log(f"nuScenes metrics written to {out_dir}", logger="current")
         with open(osp.join(out_dir, "metrics_summary_flat.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        with open(osp.join(out_dir, "metrics_table.txt"), "w") as f:
+            f.write(format_metrics(summary) + "\n")
         return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}

@@ -1,15 +1,19 @@
 """mmengine Runner glue: atomic checkpoints, exact resume, safe checkpoint loading.
 
 - Checkpoints are written to a temporary name and renamed into place, so an interrupted run
-  never leaves a truncated file under the name ``last_checkpoint`` points to.
-- :class:`CheckpointStateHook` stores the Python, NumPy and torch RNG states in every
-  checkpoint and restores them on resume, so a resumed run draws the same dropout masks as an
-  uninterrupted one (data augmentation draws from per-sample generators, see
-  ``bevformer/data/dataset.py``).
+  never leaves a truncated file under the name ``last_checkpoint`` points to (mmengine's
+  ``CheckpointHook`` writes ``last_checkpoint`` only after the save returned).
+- Exact resume (:class:`ReproducibleHook`): randomness never depends on how far a process got.
+  Data augmentation draws from ``default_rng([seed, epoch, index])`` per sample (the dataset's
+  ``set_seed`` / ``set_epoch``, called here before each epoch's iterator is created), and the
+  model's randomness (dropout, GridMask: the torch RNG) is re-seeded before every iteration
+  from ``(seed, rank, iteration)``. A run resumed at iteration k therefore draws exactly what
+  the uninterrupted run drew from iteration k + 1 on, whatever happened in between
+  (validation, DataLoader restarts, workers).
 - torch >= 2.6 loads with ``weights_only=True`` by default; mmengine checkpoints hold a few
-  non-tensor objects. :func:`register_checkpoint_globals` allows the NumPy types, and the
-  hook stores the message hub's ``HistoryBuffer`` as plain arrays, instead of turning the
-  safety check off.
+  non-tensor objects. :func:`register_checkpoint_globals` allows the NumPy types, and
+  :class:`CheckpointStateHook` stores the message hub's ``HistoryBuffer`` as plain arrays,
+  instead of turning the safety check off.
 """
 
 from __future__ import annotations
@@ -24,9 +28,16 @@ import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
-from mmengine.runner import Runner
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 
-__all__ = ["BEVRunner", "CheckpointStateHook", "register_checkpoint_globals"]
+__all__ = [
+    "BEVRunner",
+    "CheckpointStateHook",
+    "ReproducibleHook",
+    "iteration_seed",
+    "register_checkpoint_globals",
+    "seed_everything",
+]
 
 
 def register_checkpoint_globals() -> None:
@@ -67,50 +78,88 @@ _BUFFER_TAG = "__history_buffer__"
 
 
 class CheckpointStateHook(Hook):
-    """Makes checkpoints loadable with ``weights_only=True`` and resumes RNG states exactly.
-
-    - the message hub's ``HistoryBuffer`` objects are stored as plain arrays and rebuilt on
-      load (before mmengine hands them to the message hub);
-    - the Python, NumPy and torch RNG states are stored, and restored just before the first
-      iteration after a resume, i.e. after the train loop has created its dataloader iterator
-      and skipped the batches already trained on (both of which draw random numbers).
-    """
+    """Makes checkpoints loadable with ``weights_only=True``: the message hub's
+    ``HistoryBuffer`` objects are stored as plain arrays and rebuilt on load (before mmengine
+    hands them to the message hub)."""
 
     priority = "VERY_LOW"
-
-    def __init__(self) -> None:
-        self._pending: dict | None = None
 
     def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         hub = checkpoint.get("message_hub")
         if isinstance(hub, dict) and "log_scalars" in hub:
             hub["log_scalars"] = _buffers_to_plain(hub["log_scalars"])
-        version, py_state, gauss = random.getstate()
-        _, keys, pos, has_gauss, cached = np.random.get_state()
-        checkpoint["rng_state"] = {
-            "python": (version, list(py_state), gauss),
-            "numpy": (keys, int(pos), int(has_gauss), float(cached)),
-            "torch": torch.get_rng_state(),
-        }
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         hub = checkpoint.get("message_hub")
         if isinstance(hub, dict) and "log_scalars" in hub:
             hub["log_scalars"] = _plain_to_buffers(hub["log_scalars"])
-        self._pending = checkpoint.get("rng_state")
 
-    def restore_rng(self) -> None:
-        """Apply the RNG states of the loaded checkpoint (once)."""
-        if self._pending is None:
-            return
-        version, py_state, gauss = self._pending["python"]
-        random.setstate((version, tuple(py_state), gauss))
-        np.random.set_state(("MT19937", *self._pending["numpy"]))
-        torch.set_rng_state(self._pending["torch"])
-        self._pending = None
+
+def iteration_seed(seed: int, rank: int, iteration: int) -> int:
+    """A well-mixed 63-bit seed for one iteration of one rank."""
+    words = np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(2)
+    return (int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sampler(loader: Any) -> Any:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        return sampler
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    return getattr(batch_sampler, "sampler", None)
+
+
+class ReproducibleHook(Hook):
+    """Makes training randomness a function of (seed, epoch, iteration) only.
+
+    - ``before_train``: the train dataset gets the run's seed (``runner.seed``, the one
+      mmengine stores in and resumes from checkpoints) and the epoch; the train DataLoader gets
+      a private ``torch.Generator``, so creating its iterator no longer draws from the global
+      torch RNG.
+    - ``before_train_epoch`` (``EpochBasedTrainLoop`` calls it right before it creates the
+      epoch's iterator): ``dataset.set_epoch(runner.epoch)``. ``IterBasedTrainLoop`` creates
+      its iterator when the loop is built and restarts it itself when a finite sampler runs
+      out, after calling ``sampler.set_epoch``; that call is forwarded to the dataset. (With
+      ``InfiniteSampler`` the whole run is epoch 0: every pass over the data repeats the
+      augmentations; use ``DefaultSampler`` with iteration-based schedules.)
+    - ``before_train_iter``: the global generators are seeded from
+      ``(seed, rank, iteration)``.
+    """
+
+    priority = "VERY_LOW"
+
+    def before_train(self, runner: Runner) -> None:
+        loader = runner.train_loop.dataloader
+        dataset = loader.dataset
+        if hasattr(dataset, "set_seed"):
+            dataset.set_seed(runner.seed)
+            dataset.set_epoch(runner.epoch)
+        loader.generator = torch.Generator().manual_seed(int(runner.seed))
+        sampler = _sampler(loader)
+        if isinstance(runner.train_loop, IterBasedTrainLoop) and sampler is not None:
+            original = sampler.set_epoch
+
+            def set_epoch(epoch: int) -> None:
+                original(epoch)
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+
+            sampler.set_epoch = set_epoch
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        dataset = runner.train_loop.dataloader.dataset
+        if isinstance(runner.train_loop, EpochBasedTrainLoop) and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(runner.epoch)
 
     def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None) -> None:
-        self.restore_rng()
+        seed_everything(iteration_seed(runner.seed, runner.rank, runner.iter))
 
 
 class BEVRunner(Runner):
@@ -119,5 +168,11 @@ class BEVRunner(Runner):
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
         tmp_name = f".{filename}.tmp"
-        super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
-        os.replace(osp.join(out_dir, tmp_name), osp.join(out_dir, filename))
+        tmp_path = osp.join(out_dir, tmp_name)
+        try:
+            super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
+        except BaseException:
+            if osp.exists(tmp_path):
+                os.remove(tmp_path)
+            raise
+        os.replace(tmp_path, osp.join(out_dir, filename))

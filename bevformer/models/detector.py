@@ -10,8 +10,16 @@ Data flow (official ``detectors/bevformerV2.py`` + ``modules/transformerV2.py``)
    flipped get every FPN map flipped back; the first ``num_levels`` maps feed the encoder.
 3. Every BEV is resampled for the BEV data augmentation (``bda``), the T BEVs are fused by
    :class:`~bevformer.models.temporal.ResNetFusion`, and the detection head decodes boxes.
-4. An optional perspective head (``mono_head``) gets the first ``num_mono_levels`` maps of the
-   current frame in training; its losses get a ``_mono`` suffix.
+4. An optional perspective head (``mono_head``,
+   :class:`~bevformer.models.perspective.PerspectiveHead`) gets the first ``num_mono_levels``
+   maps of the current frame (flips undone, so they match the dataset's mono targets, which
+   describe the unflipped image). In training its losses, with targets from the batch's
+   ``mono`` and the current frame's ``intrinsics``, are multiplied by ``mono_loss_weight``
+   and join the loss dict (keys ending in ``_mono``). It does not run at test time unless
+   hybrid queries need it.
+5. Optional hybrid object queries (``hybrid_queries``, :mod:`bevformer.models.hybrid`): the
+   perspective head's top-k detections, lifted to the current lidar frame with
+   ``cam2lidar`` and ``bda``, become k extra decoder queries, in training and at test time.
 
 ``temporal="streaming"`` selects BEVFormer v1-style temporal self-attention instead: the
 encoder attends to the previous BEV, carried between calls in a
@@ -36,6 +44,8 @@ from torch import Tensor, nn
 from bevformer.models.bda import resample_bev
 from bevformer.models.encoder import BEVEncoder
 from bevformer.models.grid_mask import GridMask
+from bevformer.models.hybrid import HybridQueries
+from bevformer.models.perspective import targets_from_batch
 from bevformer.models.temporal import TemporalState, fill_missing_frames
 from bevformer.registry import MODELS
 
@@ -84,6 +94,7 @@ class BEVFormerV2(BaseModel):
         use_grid_mask: bool = True,
         grid_mask: GridMask | None = None,
         mono_loss_weight: float = 1.0,
+        hybrid_queries: HybridQueries | None = None,
         data_preprocessor: dict | nn.Module | None = None,
         init_cfg: dict | None = None,
     ) -> None:
@@ -112,6 +123,15 @@ class BEVFormerV2(BaseModel):
         self.use_grid_mask = use_grid_mask
         self.grid_mask = grid_mask if grid_mask is not None else GridMask()
         self.mono_loss_weight = mono_loss_weight
+        self.hybrid_queries = hybrid_queries
+        if hybrid_queries is not None:
+            head_k = getattr(pts_bbox_head, "num_hybrid_queries", 0)
+            if mono_head is None or head_k != hybrid_queries.num_queries:
+                raise ValueError(
+                    "hybrid queries need a mono_head and pts_bbox_head.num_hybrid_queries equal "
+                    f"to hybrid_queries.num_queries; found mono_head={type(mono_head).__name__}, "
+                    f"num_hybrid_queries={head_k}, num_queries={hybrid_queries.num_queries}"
+                )
 
     @property
     def current_slot(self) -> int:
@@ -285,6 +305,8 @@ class BEVFormerV2(BaseModel):
         gt_boxes: Sequence[Tensor] | None = None,
         gt_labels: Sequence[Tensor] | None = None,
         mono: Sequence[Any] | None = None,
+        intrinsics: Tensor | None = None,
+        cam2lidar: Tensor | None = None,
         flip: Tensor | None = None,
         meta: Sequence[Any] | None = None,
         prev_state: TemporalState | None = None,
@@ -295,8 +317,9 @@ class BEVFormerV2(BaseModel):
 
         ``flip [B]`` (or ``meta[b].flip``) marks samples whose images are mirrored while their
         ``lidar2img`` describes the unflipped image: their feature maps are flipped back.
-        Other batch keys (``img_shape``, ``intrinsics``, ``cam2lidar``) are accepted and unused:
-        the padded size is ``img.shape[-2:]``.
+        ``intrinsics`` and ``cam2lidar`` ``[B, T, N, ...]`` are needed by the perspective head
+        (loss mode) and the hybrid queries (every mode); other keys (``img_shape``) are accepted
+        and unused: the padded size is ``img.shape[-2:]``.
 
         ``mode="loss"``: dict of scalar loss terms (every term finite, else FloatingPointError).
         ``mode="predict"``: per sample ``{"boxes" (K, 9) lidar box vectors, "scores" (K,),
@@ -318,14 +341,30 @@ class BEVFormerV2(BaseModel):
             if gt_boxes is None or gt_labels is None:
                 raise ValueError("mode='loss' needs gt_boxes and gt_labels in the batch")
             return self.loss(
-                img, lidar2img, frame_valid, bda, gt_boxes, gt_labels, mono, flip, meta
+                img,
+                lidar2img,
+                frame_valid,
+                bda,
+                gt_boxes,
+                gt_labels,
+                mono,
+                flip,
+                meta,
+                intrinsics=intrinsics,
+                cam2lidar=cam2lidar,
             )
         if mode not in ("predict", "tensor"):
             raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
-        bev, _, state = self.bev_features(
+        bev, feats, state = self.bev_features(
             img, lidar2img, frame_valid, bda, flip, prev_state, meta, want_state=return_state
         )
-        outputs = dict(self.pts_bbox_head(bev))
+        if self.hybrid_queries is None:
+            outputs = dict(self.pts_bbox_head(bev))
+        else:
+            mono_outputs = self.mono_head(self._mono_feats(feats))
+            hybrid, proposals = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
+            outputs = dict(self.pts_bbox_head(bev, hybrid))
+            outputs["proposals"] = proposals
         outputs["bev_embed"] = bev
         if mode == "tensor":
             result: Any = outputs
@@ -335,6 +374,56 @@ class BEVFormerV2(BaseModel):
                 result[b] = dict(result[b])
                 result[b]["token"] = _meta_attr(meta[b], "token") if meta is not None else None
         return (result, state) if return_state else result
+
+    # ---------------------------------------------------------------- perspective head
+    def _mono_feats(self, feats: list[Tensor]) -> list[Tensor]:
+        """Current-frame maps L x [B, N, C, h, w] -> the mono head's L' x [B*N, C, h, w]."""
+        n = self.num_mono_levels
+        return [f.flatten(0, 1) for f in (feats if n is None else feats[:n])]
+
+    def _current(self, value: Tensor | None, name: str, img: Tensor) -> Tensor:
+        """The current frame's slice ``[B, N, ...]`` of a ``[B, T, N, ...]`` batch entry."""
+        if value is None:
+            raise ValueError(
+                f"the perspective head / hybrid queries need the batch's {name!r} "
+                "[B, T, N, ...] (docs/CONVENTIONS.md); the dataset provides it"
+            )
+        return torch.as_tensor(value, device=img.device)[:, self.current_slot]
+
+    def _hybrid(
+        self,
+        mono_outputs: dict,
+        feats: list[Tensor],
+        intrinsics: Tensor | None,
+        cam2lidar: Tensor | None,
+        bda: Tensor | None,
+        img: Tensor,
+    ) -> tuple[dict[str, Tensor], Any]:
+        """Hybrid decoder queries from the perspective head's detections (detached)."""
+        image_size = (int(img.shape[-2]), int(img.shape[-1]))
+        K = self._current(intrinsics, "intrinsics", img).flatten(0, 1)  # [B*N, 3, 3]
+        detections = self.mono_head.predict(mono_outputs, K, image_size)
+        c2l = self._current(cam2lidar, "cam2lidar", img)
+        proposals = self.hybrid_queries.propose(detections, c2l, bda)
+        n = self.num_mono_levels
+        levels = feats if n is None else feats[:n]
+        return self.hybrid_queries(proposals, levels, image_size), proposals
+
+    def mono_loss(
+        self, mono_outputs: dict, mono: Sequence[Any] | None, intrinsics: Tensor | None, img: Tensor
+    ) -> dict[str, Tensor]:
+        """Perspective losses of the current frame, each times ``mono_loss_weight``."""
+        if mono is None:
+            raise ValueError(
+                "the model has a mono_head: the batch needs 'mono' targets; build the dataset "
+                "with with_mono=True or set model.mono_head=None"
+            )
+        targets = targets_from_batch(mono, self._current(intrinsics, "intrinsics", img))
+        losses = {}
+        for name, value in self.mono_head.loss(mono_outputs, targets).items():
+            key = name if name.endswith("_mono") else f"{name}_mono"
+            losses[key] = value * self.mono_loss_weight
+        return losses
 
     def loss(
         self,
@@ -347,19 +436,23 @@ class BEVFormerV2(BaseModel):
         mono: Sequence[Any] | None = None,
         flip: Tensor | None = None,
         meta: Sequence[Any] | None = None,
+        *,
+        intrinsics: Tensor | None = None,
+        cam2lidar: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Detection losses (+ ``*_mono`` perspective losses) as a dict of scalars."""
         bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
-        outputs = self.pts_bbox_head(bev)
-        losses = dict(self.pts_bbox_head.loss(outputs, list(gt_boxes), list(gt_labels)))
+        mono_outputs = None
         if self.mono_head is not None:
-            if mono is None:
-                raise ValueError("the model has a mono_head: the batch needs 'mono' targets")
-            n = self.num_mono_levels
-            mono_feats = feats if n is None else feats[:n]
-            mono_losses = self.mono_head.loss(mono_feats, mono)
-            for name, value in mono_losses.items():
-                losses[f"{name}_mono"] = value * self.mono_loss_weight
+            mono_outputs = self.mono_head(self._mono_feats(feats))
+        if self.hybrid_queries is None:
+            outputs = self.pts_bbox_head(bev)
+        else:
+            hybrid, _ = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
+            outputs = self.pts_bbox_head(bev, hybrid)
+        losses = dict(self.pts_bbox_head.loss(outputs, list(gt_boxes), list(gt_labels)))
+        if mono_outputs is not None:
+            losses.update(self.mono_loss(mono_outputs, mono, intrinsics, img))
         check_finite_losses(losses)
         return losses
 

@@ -17,6 +17,11 @@ arXiv:2211.10439), official ``dense_heads/bevformer_head.py`` (``BEVFormerHead``
 - Group-DETR: in training all ``group_detr`` groups of ``num_query`` queries run (self-attention
   within each group) and each group is matched to the full GT set; the losses are averaged
   over the groups. In eval only the first group runs.
+- Hybrid object queries (``num_hybrid_queries = k > 0``, :mod:`bevformer.models.hybrid`):
+  ``forward`` also takes k per-sample queries (content, positional embedding, reference point)
+  built from the perspective head's detections. They are appended to the learned queries of
+  *every* group, so a group holds ``num_query + k`` queries (learned first) and is matched and
+  supervised as a whole; in eval the single group holds them too.
 - Losses per decoder layer (:mod:`bevformer.models.losses` after the Hungarian matching of
   :mod:`bevformer.models.assigner`): the last layer's ``loss_cls`` / ``loss_bbox`` and the
   auxiliary ``d{l}.loss_cls`` / ``d{l}.loss_bbox`` of layers 0 .. Ldec-2.
@@ -127,20 +132,23 @@ class BEVFormerHead(nn.Module):
         post_center_range: Sequence[float] | None = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
         score_threshold: float | None = None,
         with_box_refine: bool = True,
+        num_hybrid_queries: int = 0,
     ) -> None:
         super().__init__()
         if len(pc_range) != 6:
             raise ValueError(f"pc_range must have 6 numbers (mins then maxs), got {pc_range}")
         if len(code_weights) != CODE_SIZE:
             raise ValueError(f"code_weights must have {CODE_SIZE} entries, got {code_weights}")
-        if group_detr < 1 or num_query < 1:
+        if group_detr < 1 or num_query < 1 or num_hybrid_queries < 0:
             raise ValueError(
-                f"need num_query >= 1 and group_detr >= 1, got {num_query}, {group_detr}"
+                "need num_query >= 1, group_detr >= 1 and num_hybrid_queries >= 0, got "
+                f"{num_query}, {group_detr}, {num_hybrid_queries}"
             )
         self.num_classes = num_classes
         self.embed_dims = embed_dims
         self.num_query = num_query
         self.group_detr = group_detr
+        self.num_hybrid_queries = num_hybrid_queries
         self.bev_h, self.bev_w = bev_h, bev_w
         self.pc_range = tuple(float(v) for v in pc_range)
         self.with_box_refine = with_box_refine
@@ -191,9 +199,53 @@ class BEVFormerHead(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, bev_embed: Tensor) -> dict[str, Tensor]:
+    @property
+    def queries_per_group(self) -> int:
+        """Queries of one group: the learned ones, then the hybrid ones."""
+        return self.num_query + self.num_hybrid_queries
+
+    def _learned_queries(self, bev_embed: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+        """query, query_pos [G, num_query, C] and references [G, num_query, 3] in [0, 1]."""
+        embeds = self.query_embedding.weight[: self.num_query * groups].to(bev_embed.dtype)
+        query_pos, query = embeds.split(self.embed_dims, dim=1)  # [G*Qg, C] each
+        reference = self.reference_points(query_pos).sigmoid()  # [G*Qg, 3]
+        # [G*Qg, ...] -> [G, Qg, ...]: groups are contiguous blocks of queries
+        return (
+            query.view(groups, self.num_query, -1),
+            query_pos.view(groups, self.num_query, -1),
+            reference.view(groups, self.num_query, 3),
+        )
+
+    def _check_hybrid(self, hybrid: Mapping[str, Tensor] | None, B: int) -> None:
+        k, C = self.num_hybrid_queries, self.embed_dims
+        if k == 0:
+            if hybrid is not None:
+                raise ValueError(
+                    "hybrid queries were given but the head has num_hybrid_queries=0; set "
+                    "num_hybrid_queries in the head config or do not pass them"
+                )
+            return
+        if hybrid is None:
+            raise ValueError(
+                f"the head has num_hybrid_queries={k} but forward got no hybrid queries; build "
+                "them with bevformer.models.hybrid.HybridQueries (the detector does)"
+            )
+        expected = {"query": (B, k, C), "query_pos": (B, k, C), "reference": (B, k, 3)}
+        for key, shape in expected.items():
+            found = tuple(hybrid[key].shape) if key in hybrid else None
+            if found != shape:
+                raise ValueError(f"hybrid[{key!r}] must have shape {shape}, found {found}")
+
+    def forward(
+        self, bev_embed: Tensor, hybrid: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """``bev_embed`` [B, S, C] -> ``cls_scores`` [Ldec, B, Q, K], ``bbox_preds`` [Ldec, B, Q,
-        10] (class docstring)."""
+        10] (class docstring).
+
+        ``hybrid`` (required iff ``num_hybrid_queries = k > 0``): ``query``, ``query_pos``
+        [B, k, C] and ``reference`` [B, k, 3] in [0, 1] of ``pc_range``, appended to the
+        learned queries of every group; then Q = G * (num_query + k).
+        """
         expected = (self.bev_h * self.bev_w, self.embed_dims)
         if bev_embed.dim() != 3 or tuple(bev_embed.shape[1:]) != expected:
             raise ValueError(
@@ -202,12 +254,17 @@ class BEVFormerHead(nn.Module):
                 "embed_dims of the head against the encoder"
             )
         B = bev_embed.shape[0]
+        self._check_hybrid(hybrid, B)
         groups = self.group_detr if self.training else 1
-        embeds = self.query_embedding.weight[: self.num_query * groups].to(bev_embed.dtype)
-        query_pos, query = embeds.split(self.embed_dims, dim=1)  # [Q, C] each
-        query_pos = query_pos.unsqueeze(0).expand(B, -1, -1)  # [B, Q, C]
-        query = query.unsqueeze(0).expand(B, -1, -1)
-        reference = self.reference_points(query_pos).sigmoid()  # [B, Q, 3]
+        parts = self._learned_queries(bev_embed, groups)  # 3 x [G, Qg, .]
+        parts = [p.unsqueeze(0).expand(B, -1, -1, -1) for p in parts]  # 3 x [B, G, Qg, .]
+        if hybrid is not None:
+            extra = [hybrid[k].to(bev_embed.dtype) for k in ("query", "query_pos", "reference")]
+            # [B, k, .] -> [B, G, k, .]: every group gets the same hybrid queries
+            extra = [e.unsqueeze(1).expand(-1, groups, -1, -1) for e in extra]
+            parts = [torch.cat([p, e], dim=2) for p, e in zip(parts, extra)]
+        # [B, G, Qg + k, .] -> [B, Q, .]
+        query, query_pos, reference = (p.flatten(1, 2) for p in parts)
 
         states, references, deltas = self.decoder(
             query,
@@ -243,25 +300,27 @@ class BEVFormerHead(nn.Module):
     # ------------------------------------------------------------------ training
 
     def _num_groups(self, num_queries: int) -> int:
-        if num_queries % self.num_query != 0:
+        per_group = self.queries_per_group
+        if num_queries % per_group != 0:
             raise ValueError(
-                f"outputs have {num_queries} queries, not a multiple of num_query = "
-                f"{self.num_query}; pass the outputs of this head's forward"
+                f"outputs have {num_queries} queries, not a multiple of num_query + "
+                f"num_hybrid_queries = {per_group}; pass the outputs of this head's forward"
             )
-        return num_queries // self.num_query
+        return num_queries // per_group
 
     def _match(
         self, cls_scores: Tensor, bbox_preds: Tensor, gt_boxes: Tensor, gt_labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Matches each group of one sample's queries ([Q, K], [Q, 10]) to all its GT boxes."""
         Q = cls_scores.shape[0]
-        G = Q // self.num_query
+        per_group = self.queries_per_group
+        G = Q // per_group
         cost = self.assigner.cost(bbox_preds, cls_scores, gt_boxes, gt_labels)  # [Q, M]
-        cost = cost.cpu().reshape(G, self.num_query, gt_boxes.shape[0])  # [G, Q/G, M]
+        cost = cost.cpu().reshape(G, per_group, gt_boxes.shape[0])  # [G, Q/G, M]
         query_idx, gt_idx = [], []
         for g in range(G):
             rows, cols = hungarian_match(cost[g])
-            query_idx.append(rows + g * self.num_query)
+            query_idx.append(rows + g * per_group)
             gt_idx.append(cols)
         device = cls_scores.device
         return torch.cat(query_idx).to(device), torch.cat(gt_idx).to(device)
@@ -301,7 +360,7 @@ class BEVFormerHead(nn.Module):
             labels.append(label)
             codes.append(normalize_bbox(box))
         # matched queries per group and sample: min(num_query, M_b)
-        num_matched = sum(min(self.num_query, int(label.numel())) for label in labels)
+        num_matched = sum(min(self.queries_per_group, int(label.numel())) for label in labels)
 
         losses: dict[str, Tensor] = {}
         per_layer = []
@@ -337,10 +396,11 @@ class BEVFormerHead(nn.Module):
     # ------------------------------------------------------------------ inference
 
     def predict(self, outputs: dict) -> list[dict[str, Tensor]]:
-        """Boxes of the last decoder layer (first query group), per sample ``{"boxes" (K, 9),
-        "scores" (K,), "labels" (K,)}`` in the lidar frame with centre z."""
-        cls_scores = outputs["cls_scores"][-1, :, : self.num_query].detach()
-        bbox_preds = outputs["bbox_preds"][-1, :, : self.num_query].detach()
+        """Boxes of the last decoder layer (first query group, hybrid queries included), per
+        sample ``{"boxes" (K, 9), "scores" (K,), "labels" (K,)}`` in the lidar frame with
+        centre z."""
+        cls_scores = outputs["cls_scores"][-1, :, : self.queries_per_group].detach()
+        bbox_preds = outputs["bbox_preds"][-1, :, : self.queries_per_group].detach()
         return self.coder.decode(cls_scores, bbox_preds)
 
 

@@ -197,8 +197,8 @@ SAMPLING_HD void msda_forward_one(const scalar_t* __restrict__ value,
       const acc_t y = static_cast<acc_t>(loc[2 * i + 1]) * h - acc_t(0.5);
       Sample<acc_t> sm;
       if (!bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) continue;
-      sample_accumulate<kC, scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(attn[i]),
-                                         c0, c1, out);
+      sample_accumulate<kC, scalar_t, acc_t>(img, sm, h, w, pix_stride,
+                                             static_cast<acc_t>(attn[i]), c0, c1, out);
     }
   }
 }
@@ -290,8 +290,8 @@ SAMPLING_HD void dcnv3_forward_one(const scalar_t* __restrict__ input,
   dcnv3_for_each_tap<scalar_t, acc_t>(gm, off, ho, wo, [&](int p, acc_t x, acc_t y) {
     Sample<acc_t> sm;
     if (!bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) return;
-    sample_accumulate<kC, scalar_t, acc_t>(img, sm, h, w, pix_stride, static_cast<acc_t>(msk[p]), c0,
-                                       c1, out);
+    sample_accumulate<kC, scalar_t, acc_t>(img, sm, h, w, pix_stride,
+                                           static_cast<acc_t>(msk[p]), c0, c1, out);
   });
 }
 
@@ -319,9 +319,9 @@ SAMPLING_HD void dcnv3_backward_one(const scalar_t* __restrict__ input,
     Sample<acc_t> sm;
     acc_t d_mask = 0, d_x = 0, d_y = 0;
     if (bilinear_setup<acc_t>(x, y, h, w, pix_stride, sm)) {
-      sample_backward<kC, scalar_t, acc_t, grad_t, AddOp>(input + base, sm, h, w, pix_stride,
-                                                      static_cast<acc_t>(msk[p]), c0, c1, gout,
-                                                      grad_input + base, add, d_mask, d_x, d_y);
+      sample_backward<kC, scalar_t, acc_t, grad_t, AddOp>(
+          input + base, sm, h, w, pix_stride, static_cast<acc_t>(msk[p]), c0, c1, gout,
+          grad_input + base, add, d_mask, d_x, d_y);
     }
     put_mask(off0 + p, d_mask);
     put_off(2 * (off0 + p), d_x * s);  // d x_pix / d offset_x = offset_scale

@@ -223,6 +223,21 @@ def _road(rng: np.random.Generator, s_min: float, s_max: float):
     return s, xy, heading
 
 
+# Classes by the nuScenes detection evaluation range (30 m, 40 m, then 50 m).
+_EVAL_ORDER = (
+    "traffic_cone",
+    "barrier",
+    "pedestrian",
+    "bicycle",
+    "motorcycle",
+    "car",
+    "truck",
+    "bus",
+    "construction_vehicle",
+    "trailer",
+)
+
+
 def _sample_size(rng: np.random.Generator, name: str) -> np.ndarray:
     w, length, h = CLASS_INFO[name].wlh
     scale = np.clip(1.0 + 0.07 * rng.standard_normal(3), 0.85, 1.15)
@@ -242,6 +257,8 @@ def build_world(
     road_s, road_xy, road_heading = _road(rng, s_lo, s_hi)
 
     rows: dict[str, list] = {k: [] for k in ("cls", "lwh", "off", "dir", "s0", "v", "fol", "park")}
+    window = (float(ego_s[0]) + 5.0, float(ego_s[0]) + 25.0)
+    missing = set(CLASSES)
     yaw_offsets, seeds = [], []
     for track in TRACKS:
         names = list(track.mix)
@@ -260,8 +277,22 @@ def build_world(
             spans = [(lo, hi, +1)]
         for start, stop, sign in spans:
             cursor = start + sign * rng.uniform(gap_lo, gap_hi)
+            last_end = start
+            pending: list[str] = []
             while (stop - cursor) * sign > 0:
                 name = str(rng.choice(names, p=probs))
+                # Every class stands 5-25 m ahead of the ego at the first keyframe at least
+                # once (inside every class's evaluation range), so any scene, and any split,
+                # has ground truth of all ten classes. The classes still missing when a track
+                # first reaches that window are placed there, one after another.
+                if not track.follow_ego and missing and cursor >= window[0] > last_end:
+                    # nearest first: cones and barriers are scored within 30 m only
+                    pending = sorted((n for n in names if n in missing), key=_EVAL_ORDER.index)
+                    if pending:
+                        cursor = max(last_end + 0.5, window[0])
+                if pending:
+                    name = pending.pop(0)
+                    missing.discard(name)
                 cluster = 1
                 if name in ("barrier", "traffic_cone"):
                     cluster = int(rng.integers(2, 5))
@@ -280,7 +311,8 @@ def build_world(
                     yaw_offsets.append(np.pi / 2 if name == "barrier" else 0.0)
                     seeds.append(rng.random())
                     cursor = centre + sign * (along / 2 + (0.4 if cluster > 1 else 0.0))
-                cursor += sign * rng.uniform(gap_lo, gap_hi)
+                last_end = cursor
+                cursor += sign * rng.uniform(gap_lo, gap_lo + 2.0 if pending else gap_hi)
 
     return SceneWorld(
         road_s=road_s,

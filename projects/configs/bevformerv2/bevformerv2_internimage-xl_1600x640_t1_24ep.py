@@ -18,7 +18,7 @@ test_pipeline = [
     normalize_step if step["type"] == "NormalizeMultiViewImage" else step
     for step in _base_.test_pipeline
 ]
-train_dataloader = dict(dataset=dict(transforms=train_pipeline))
+train_dataloader = dict(dataset=dict(transforms=train_pipeline, with_mono=True))
 val_dataloader = dict(dataset=dict(transforms=test_pipeline))
 test_dataloader = dict(dataset=dict(transforms=test_pipeline))
 
@@ -43,6 +43,7 @@ model = dict(
         out_indices=backbone_out_indices,
     ),
     img_neck=dict(in_channels=[backbone_channels * 2**i for i in backbone_out_indices]),
+    mono_head={"_delete_": True, **_base_.perspective_head},  # official: on in every config
 )
 optim_wrapper = dict(
     _delete_=True,

@@ -16,5 +16,8 @@ train_pipeline = [
     dict(type="NormalizeMultiViewImage", **_base_.img_norm_cfg),
     _base_.pad_step,
 ]
-train_dataloader = dict(dataset=dict(transforms=train_pipeline))
-model = dict(pts_bbox_head=dict(group_detr=1))
+train_dataloader = dict(dataset=dict(transforms=train_pipeline, with_mono=True))
+model = dict(
+    pts_bbox_head=dict(group_detr=1),
+    mono_head={"_delete_": True, **_base_.perspective_head},  # official: on in every config
+)

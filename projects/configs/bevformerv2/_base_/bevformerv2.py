@@ -80,3 +80,15 @@ model = dict(
     ),
     mono_head=None,
 )
+
+# Perspective head (BEVFormer v2's DD3D ``fcos3d_bbox_head``, on in every official config):
+# FCOS2D + FCOS3D on P3-P7 with the official settings, which are PerspectiveHead's defaults
+# (4-conv towers, depth prior per level, canonical sizes, radius 1.5, loss weights 2/1/0.2).
+# Configs switch it on with ``model = dict(mono_head=perspective_head)`` and the training
+# dataset's ``with_mono=True``; its losses are multiplied by ``model.mono_loss_weight`` (1.0).
+perspective_head = dict(
+    type="PerspectiveHead",
+    num_classes=len(_base_.class_names),
+    in_channels=embed_dims,
+    strides=(8, 16, 32, 64, 128),
+)

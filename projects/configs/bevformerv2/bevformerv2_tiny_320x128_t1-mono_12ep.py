@@ -1,0 +1,11 @@
+# The tiny BEVFormer v2 (bevformerv2_tiny_320x128_t1_12ep.py) with the perspective head on, as
+# every official BEVFormer v2 config: FCOS2D + FCOS3D (DD3D) on P3-P7 of the current frame,
+# trained on the dataset's per-camera mono targets; losses logged with a ``_mono`` suffix.
+# For tests and quick checks; not a benchmark model. Result: not measured.
+_base_ = ["./bevformerv2_tiny_320x128_t1_12ep.py"]
+
+model = dict(
+    mono_head={"_delete_": True, **_base_.perspective_head, "in_channels": _base_.embed_dims},
+    mono_loss_weight=1.0,
+)
+train_dataloader = dict(dataset=dict(with_mono=True))

@@ -1,0 +1,75 @@
+"""Shared fixtures of the engine and tools tests.
+
+``tiny_dataroot``: a synthetic nuScenes dataroot (2 scenes x 4 keyframes, 160x90 images; the
+first scene is in ``mini_train``, the second in ``mini_val``) with its info files, made once
+per session. ``tiny_cfg(config, **options)``: the tiny config shrunk further through
+``--cfg-options``-style keys (1 encoder + 1 decoder layer, 25x25 BEV, 64x160 images, 20 queries,
+no workers) so that a training iteration takes a fraction of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mmengine.config import Config
+
+from bevformer.engine.launch import load_config
+
+TINY_CONFIG = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
+REPO = Path(__file__).resolve().parents[2]
+
+TINY_OPTIONS: dict[str, Any] = {
+    "model.img_backbone.depths": (1, 1, 1, 1),
+    "model.encoder.num_layers": 1,
+    "model.encoder.bev_h": 25,
+    "model.encoder.bev_w": 25,
+    "model.pts_bbox_head.bev_h": 25,
+    "model.pts_bbox_head.bev_w": 25,
+    "model.pts_bbox_head.num_query": 20,
+    "model.pts_bbox_head.num_decoder_layers": 1,
+    "model.pts_bbox_head.max_num": 20,
+    "train_dataloader.batch_size": 1,
+    "train_dataloader.num_workers": 0,
+    "train_dataloader.dataset.transforms.3.final_size": (64, 160),
+    "val_dataloader.batch_size": 1,
+    "val_dataloader.num_workers": 0,
+    "val_dataloader.dataset.transforms.1.final_size": (64, 160),
+    "test_dataloader.batch_size": 1,
+    "test_dataloader.num_workers": 0,
+    "test_dataloader.dataset.transforms.1.final_size": (64, 160),
+    "base_batch_size": 1,
+    "default_hooks.logger.interval": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bevformer.data.infos import create_infos
+    from bevformer.data.synthetic import generate
+
+    root = generate(
+        tmp_path_factory.mktemp("tiny") / "nuscenes",
+        scenes=2,
+        samples_per_scene=4,
+        image_size=(160, 90),
+        progress=False,
+    )
+    create_infos(str(root), "v1.0-mini", progress=False)
+    return root
+
+
+def make_tiny_cfg(dataroot: Path, config: str = TINY_CONFIG, **options: Any) -> Config:
+    """``config`` on ``dataroot`` with :data:`TINY_OPTIONS` and ``options`` applied."""
+    return load_config(str(REPO / config), {**TINY_OPTIONS, **options}, data_root=str(dataroot))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_dataroot: Path):
+    """``tiny_cfg(config=TINY_CONFIG, **options)`` -> the shrunk config on ``tiny_dataroot``."""
+
+    def make(config: str = TINY_CONFIG, **options: Any) -> Config:
+        return make_tiny_cfg(tiny_dataroot, config, **options)
+
+    return make
