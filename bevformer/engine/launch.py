@@ -260,13 +260,11 @@ def build_runner(
     # the metric writes its submission and summary under the work dir unless told otherwise
     eval_dir = dict(out_dir=osp.join(work_dir, "nuscenes_eval"))
 
-    model_wrapper_cfg = cfg.get("model_wrapper_cfg")
     if launcher != "none" and not torch.cuda.is_available():
-        model_wrapper_cfg = _cpu_distributed(cfg)
+        cfg.model_wrapper_cfg = _cpu_distributed(cfg)  # the Runner reads it from the config
 
     kwargs: dict[str, Any] = dict(
         model=model,
-        model_wrapper_cfg=model_wrapper_cfg,
         work_dir=work_dir,
         launcher=launcher,
         env_cfg=_env_cfg(cfg),

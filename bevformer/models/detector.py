@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from bevformer.models.bda import resample_bev
 from bevformer.models.encoder import BEVEncoder
 from bevformer.models.grid_mask import GridMask
-from bevformer.models.hybrid import HybridQueries
+from bevformer.models.hybrid import HybridQueries, Proposals
 from bevformer.models.perspective import targets_from_batch
 from bevformer.models.temporal import TemporalState, fill_missing_frames
 from bevformer.registry import MODELS
@@ -72,6 +72,14 @@ def _meta_attr(meta: Any, name: str, default: Any = None) -> Any:
     if isinstance(meta, dict):
         return meta.get(name, default)
     return getattr(meta, name, default)
+
+
+def _require_mono(mono: Sequence[Any] | None) -> None:
+    if mono is None:
+        raise ValueError(
+            "the model has a mono_head: the batch needs 'mono' targets; build the dataset "
+            "with with_mono=True or set model.mono_head=None"
+        )
 
 
 @MODELS.register_module()
@@ -323,7 +331,9 @@ class BEVFormerV2(BaseModel):
 
         ``mode="loss"``: dict of scalar loss terms (every term finite, else FloatingPointError).
         ``mode="predict"``: per sample ``{"boxes" (K, 9) lidar box vectors, "scores" (K,),
-        "labels" (K,), "token"}``. ``mode="tensor"``: the head outputs plus ``"bev_embed"``.
+        "labels" (K,), "token"}``. ``mode="tensor"``: the head outputs plus ``"bev_embed"``
+        (and, with hybrid queries, ``"proposals"``: the
+        :class:`~bevformer.models.hybrid.Proposals` they were built from).
         Streaming inference (``temporal="streaming"``): with ``return_state=True`` predict and
         tensor modes return ``(result, state)``; pass ``state`` back as ``prev_state`` with the
         next frame of the same scenes (a sample whose scene changed starts without history).
@@ -398,7 +408,7 @@ class BEVFormerV2(BaseModel):
         cam2lidar: Tensor | None,
         bda: Tensor | None,
         img: Tensor,
-    ) -> tuple[dict[str, Tensor], Any]:
+    ) -> tuple[dict[str, Tensor], Proposals]:
         """Hybrid decoder queries from the perspective head's detections (detached)."""
         image_size = (int(img.shape[-2]), int(img.shape[-1]))
         K = self._current(intrinsics, "intrinsics", img).flatten(0, 1)  # [B*N, 3, 3]
@@ -413,11 +423,7 @@ class BEVFormerV2(BaseModel):
         self, mono_outputs: dict, mono: Sequence[Any] | None, intrinsics: Tensor | None, img: Tensor
     ) -> dict[str, Tensor]:
         """Perspective losses of the current frame, each times ``mono_loss_weight``."""
-        if mono is None:
-            raise ValueError(
-                "the model has a mono_head: the batch needs 'mono' targets; build the dataset "
-                "with with_mono=True or set model.mono_head=None"
-            )
+        _require_mono(mono)
         targets = targets_from_batch(mono, self._current(intrinsics, "intrinsics", img))
         losses = {}
         for name, value in self.mono_head.loss(mono_outputs, targets).items():
@@ -441,6 +447,9 @@ class BEVFormerV2(BaseModel):
         cam2lidar: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Detection losses (+ ``*_mono`` perspective losses) as a dict of scalars."""
+        if self.mono_head is not None:  # fail before the expensive part
+            _require_mono(mono)
+            self._current(intrinsics, "intrinsics", img)
         bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
         mono_outputs = None
         if self.mono_head is not None:

@@ -81,3 +81,32 @@ def test_resume_reproduces_the_loss_curve(tiny_cfg, tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"loss", "loss_cls", "loss_bbox", "lr"} <= tags, tags
     assert [e.step for e in acc.Scalars("loss_cls")] == [1, 2, 3, 4, 5]
+
+
+def _train_epochs(tiny_cfg, work_dir: Path, max_epochs: int, resume: bool = False):
+    cfg = tiny_cfg(**{"train_cfg.max_epochs": max_epochs, "train_cfg.val_interval": 1})
+    runner = build_runner(cfg, work_dir=str(work_dir), resume=resume)
+    recorder = LossRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    return recorder
+
+
+@pytest.mark.slow
+def test_epoch_resume_after_validation(tiny_cfg, tmp_path):
+    """Epoch-based: stopped after epoch 1 (checkpoint, then validation with NDS) and resumed
+    for epoch 2, the losses of epoch 2 (iterations 5-8) equal the uninterrupted run's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        full = _train_epochs(tiny_cfg, tmp_path / "full", max_epochs=2)
+        _train_epochs(tiny_cfg, tmp_path / "cut", max_epochs=1)
+        resumed = _train_epochs(tiny_cfg, tmp_path / "cut", max_epochs=2, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(full.losses) == list(range(1, 9))
+    assert sorted(resumed.losses) == [5, 6, 7, 8]
+    for it in (5, 6, 7, 8):
+        assert resumed.losses[it] == full.losses[it], f"iteration {it} differs"
+    # validation ran after each epoch and wrote its files under the work dir
+    assert (tmp_path / "cut" / "nuscenes_eval" / "metrics_summary_flat.json").is_file()

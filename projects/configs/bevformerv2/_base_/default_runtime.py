@@ -18,3 +18,6 @@ visualizer = dict(
 log_processor = dict(type="LogProcessor", window_size=50, by_epoch=True)
 log_level = "INFO"
 randomness = dict(seed=0)
+# DDP: some parameters get no gradient in some configs (e.g. the FPN's last extra level when
+# no perspective head reads it); DDP must then look for them every step.
+find_unused_parameters = True
