@@ -4,6 +4,11 @@ Ground truth is drawn in green, predictions in their class colour (score above a
 A line from each box centre to its front face shows the heading; an arrow shows the velocity
 (BEV, metres travelled in one second). Range rings are every 10 m. The BEV is the lidar frame
 of the sample seen from above: x (right) to the right, y (forward) up.
+
+Optionally a third panel shows the detector's BEV features of the sample, ``mean_c |bev|``
+over the channels of the encoder output ``[H, W, C]`` (row h at lidar y = y0 + (h + 0.5) dy,
+column w at x = x0 + (w + 0.5) dx, as ``bevformer.models.encoder`` lays out its queries), on
+the same scale and orientation as the BEV plot, with the GT boxes on top.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import json
 import os
 import os.path as osp
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,7 +36,15 @@ from bevformer.structures.boxes import (
 )
 from bevformer.structures.frames import lidar2img, project_points
 
-__all__ = ["draw_camera", "draw_bev", "render_sample", "render_results", "CAMERA_GRID"]
+__all__ = [
+    "CAMERA_GRID",
+    "detector_bev_heatmap",
+    "draw_bev",
+    "draw_bev_heatmap",
+    "draw_camera",
+    "render_results",
+    "render_sample",
+]
 
 # Camera layout of the picture: front row, then back row (as nuScenes renders it).
 CAMERA_GRID = (
@@ -98,9 +112,11 @@ def draw_bev(
     pred_names: Sequence[str],
     size: int = 600,
     extent: float = 55.0,
+    background: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A ``size x size`` BGR picture of the BEV within ``±extent`` metres."""
-    canvas = np.full((size, size, 3), 255, np.uint8)
+    """A ``size x size`` BGR picture of the BEV within ``±extent`` metres (drawn over
+    ``background`` when given)."""
+    canvas = np.full((size, size, 3), 255, np.uint8) if background is None else background.copy()
     scale = size / (2 * extent)
 
     def to_px(xy: np.ndarray) -> np.ndarray:
@@ -143,6 +159,36 @@ def draw_bev(
     return canvas
 
 
+def draw_bev_heatmap(
+    heat: np.ndarray,
+    pc_range: Sequence[float],
+    gt: np.ndarray,
+    size: int = 600,
+    extent: float = 55.0,
+) -> np.ndarray:
+    """``heat [H, W]`` (BEV grid rows along lidar y, columns along x) as a colour map on the
+    BEV plot's canvas (``±extent`` metres, y up), with the GT boxes drawn over it."""
+    heat = np.asarray(heat, dtype=np.float64)
+    lo, hi = np.percentile(heat, 1), np.percentile(heat, 99)
+    norm = np.clip((heat - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    # row h is lidar y increasing; the picture has y up: flip the rows
+    colored = cv2.applyColorMap(np.round(norm[::-1] * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    scale = size / (2 * extent)
+    x0, y0, _, x1, y1, _ = (float(v) for v in pc_range)
+    left, right = int(round(size / 2 + x0 * scale)), int(round(size / 2 + x1 * scale))
+    top, bottom = int(round(size / 2 - y1 * scale)), int(round(size / 2 - y0 * scale))
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    canvas[top:bottom, left:right] = cv2.resize(
+        colored, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST
+    )
+    picture = draw_bev(gt, np.zeros((0, 9)), [], size=size, extent=extent, background=canvas)
+    cv2.putText(
+        picture, "BEV features: mean |bev| over channels", (10, size - 12),
+        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA,
+    )  # fmt: skip
+    return picture
+
+
 def _pt(xy: np.ndarray) -> tuple[int, int]:
     return int(round(float(xy[0]))), int(round(float(xy[1])))
 
@@ -154,8 +200,11 @@ def render_sample(
     pred_names: Sequence[str] = (),
     tile_width: int = 533,
     show_gt: bool = True,
+    bev_heat: np.ndarray | None = None,
+    pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
 ) -> np.ndarray:
-    """The picture of one sample: 2x3 camera grid with boxes, the BEV on the right."""
+    """The picture of one sample: 2x3 camera grid with boxes, the BEV on the right, and the
+    BEV feature heat map (``bev_heat [H, W]`` over ``pc_range``) right of it when given."""
     gt = np.asarray(info.get("gt_boxes", []), dtype=np.float64).reshape(-1, 9)
     gt = gt[[n != "ignore" for n in info.get("gt_names", [])]] if len(gt) else gt
     pred = np.zeros((0, 9)) if pred_boxes is None else np.asarray(pred_boxes, np.float64)
@@ -185,8 +234,42 @@ def render_sample(
             tiles.append(image)
         rows.append(np.concatenate(tiles, 1))
     cams = np.concatenate(rows, 0)
-    bev = draw_bev(gt if show_gt else np.zeros((0, 9)), pred, pred_names, size=cams.shape[0])
-    return np.concatenate([cams, bev], 1)
+    shown_gt = gt if show_gt else np.zeros((0, 9))
+    panels = [cams, draw_bev(shown_gt, pred, pred_names, size=cams.shape[0])]
+    if bev_heat is not None:
+        panels.append(draw_bev_heatmap(bev_heat, pc_range, shown_gt, size=cams.shape[0]))
+    return np.concatenate(panels, 1)
+
+
+def detector_bev_heatmap(
+    cfg: Any, checkpoint: str, dataroot: str, info_file: str
+) -> Callable[[str], tuple[np.ndarray, Sequence[float]]]:
+    """token -> (``mean_c |bev|`` as ``[H, W]``, pc_range) of the detector of config ``cfg``
+    (an mmengine ``Config``) with the weights of ``checkpoint``, on the samples of
+    ``info_file`` through the config's test pipeline."""
+    import torch
+
+    from bevformer.builder import build_dataset, build_model
+    from bevformer.data.collate import collate
+    from bevformer.engine.launch import load_model_weights
+
+    model = build_model(cfg.model)
+    load_model_weights(model, checkpoint)
+    model.eval()
+    dataset_cfg = dict(cfg.test_dataloader.dataset, info_file=info_file, dataroot=dataroot)
+    dataset = build_dataset(dataset_cfg)
+    index = {dataset.infos[i]["token"]: n for n, i in enumerate(dataset.indices)}
+    enc = model.encoder
+
+    def heat(token: str) -> tuple[np.ndarray, Sequence[float]]:
+        if token not in index:
+            raise KeyError(f"sample {token} is not in {info_file}")
+        with torch.no_grad():
+            out = model(**collate([dataset[index[token]]]), mode="tensor")
+        bev = out["bev_embed"][0]  # [Q, C], Q = H * W row-major
+        return bev.abs().mean(-1).reshape(enc.bev_h, enc.bev_w).numpy(), enc.pc_range
+
+    return heat
 
 
 def _results_by_token(path: str) -> dict[str, list[dict]]:
@@ -206,9 +289,11 @@ def render_results(
     max_samples: int | None = None,
     video: str | None = None,
     fps: float = 2.0,
+    bev_heatmap: Callable[[str], tuple[np.ndarray, Sequence[float]]] | None = None,
 ) -> list[str]:
     """Render samples of an info file (with predictions from a submission JSON when given).
 
+    ``bev_heatmap(token) -> (heat [H, W], pc_range)`` adds the BEV feature panel.
     Returns the written PNG paths; with ``video`` ("mp4" or "gif") also one clip per scene.
     """
     _, infos = load_infos(info_file)
@@ -245,7 +330,9 @@ def render_results(
             names = [e["detection_name"] for e in entries]
             l2e, e2g = np.asarray(info["lidar2ego"]), np.asarray(info["ego2global"])
             pred = boxes_from_global(boxes, l2e, e2g) if boxes else np.zeros((0, 9))
-        picture = render_sample(info, dataroot, pred, names)
+        heat, pc_range = bev_heatmap(info["token"]) if bev_heatmap else (None, None)
+        extra = {"bev_heat": heat, "pc_range": pc_range} if heat is not None else {}
+        picture = render_sample(info, dataroot, pred, names, **extra)
         path = osp.join(out_dir, f"{info['scene_name']}_{info['frame_idx']:03d}.png")
         cv2.imwrite(path, picture)
         written.append(path)

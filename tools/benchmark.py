@@ -2,6 +2,9 @@
 
 Subcommands:
     ops     deformable sampling kernels vs the pure-PyTorch references (``ops.benchmark``)
+    model   tiny / XL model on CPU: latency, training step, peak memory, kernels vs references
+            (``bevformer.benchmark``)
+    data    samples/s of the training data pipeline with N DataLoader workers vs 0 workers
 
 Each subcommand is registered by a ``add_<name>_parser(subparsers)`` function that adds its
 parser and sets ``func`` (called with the parsed arguments); add new areas the same way.
@@ -32,7 +35,69 @@ def add_ops_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_ops)
 
 
-SUBCOMMANDS = [add_ops_parser]
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 128x320, got {text!r}") from None
+    return h, w
+
+
+def add_model_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bevformer.benchmark import CONFIGS, DEFAULT_IMAGE_SIZES
+
+    sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in DEFAULT_IMAGE_SIZES.items())
+    p = subparsers.add_parser(
+        "model", help="whole model on CPU: kernels vs reference ops (latency, train step, memory)"
+    )
+    p.add_argument("--configs", nargs="+", default=["tiny", "xl"], help=f"{sorted(CONFIGS)}")
+    p.add_argument(
+        "--image-size", type=_image_size, default=None, help=f"HxW for every config ({sizes})"
+    )
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up")
+    p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    p.add_argument("--dataroot", default=None, help="synthetic dataroot (default: a small new one)")
+
+    def run_model(args: argparse.Namespace) -> int:
+        from bevformer.benchmark import bench_model, format_model_table
+
+        sizes = None if args.image_size is None else {c: args.image_size for c in args.configs}
+        rows = bench_model(
+            args.configs, sizes, args.threads, args.repeats, args.dataroot, args.modes
+        )
+        print(f"\nCPU, {args.threads} threads, batch 1, median of {args.repeats} after a warm-up.")
+        print("forward: eval mode, predict; train: forward + loss + backward + clip + AdamW step.")
+        print("peak memory: growth of the peak resident set (VmHWM) over one steady-state call,")
+        print("each measurement in a fresh subprocess. Baseline: the compiled op kernels;")
+        print("ref = pure-PyTorch reference ops (BEVFORMER_OPS_REFERENCE=1).\n")
+        print(format_model_table(rows))
+        return 0
+
+    p.set_defaults(func=run_model)
+
+
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="samples/s of the training data pipeline vs workers")
+    p.add_argument("--dataroot", required=True, help="dataroot with the temporal info files")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts")
+    p.add_argument("--config", default="tiny", help="tiny, xl or a config path (pipeline)")
+    p.add_argument("--samples", type=int, default=32, help="samples per worker count")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+
+    def run_data(args: argparse.Namespace) -> int:
+        from bevformer.benchmark import bench_data, format_data_table
+
+        rows = bench_data(args.dataroot, args.workers, args.config, args.samples, args.batch_size)
+        print(f"\n{args.config} training pipeline + collate, DataLoader; first batch not timed.")
+        print("Baseline: 0 workers (loading in the main process).\n")
+        print(format_data_table(rows))
+        return 0
+
+    p.set_defaults(func=run_data)
+
+
+SUBCOMMANDS = [add_ops_parser, add_model_parser, add_data_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

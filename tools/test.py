@@ -15,7 +15,7 @@ import shutil
 
 from mmengine.dist import is_main_process
 
-from bevformer.engine.launch import DictAction, build_runner, load_config
+from bevformer.engine.launch import DictAction, build_runner, finish_distributed, load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,8 +49,13 @@ def main() -> None:
         metric_overrides=dict(out_dir=out_dir, run_eval=args.eval),
     )
     metrics = runner.test()
-    if not is_main_process():
-        return
+    if is_main_process():
+        report(args, cfg, out_dir, metrics)
+    finish_distributed()
+
+
+def report(args: argparse.Namespace, cfg, out_dir: str, metrics: dict) -> None:
+    """Move the submission to ``--out``, print where everything is, render pictures."""
     submission = osp.join(out_dir, "results_nusc.json")
     if args.out and osp.abspath(submission) != osp.abspath(args.out):
         shutil.move(submission, args.out)

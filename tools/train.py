@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bevformer.engine.launch import DictAction, build_runner, load_config
+from bevformer.engine.launch import DictAction, build_runner, finish_distributed, load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,6 +40,7 @@ def main() -> None:
         cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher
     )
     runner.train()
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -3,13 +3,18 @@
 python tools/visualize.py --infos DATAROOT/nuscenes_infos_temporal_val.json
     --dataroot DATAROOT [--results results_nusc.json] [--score-thr 0.3]
     [--out-dir work_dirs/vis] [--max-samples N] [--video mp4|gif]
+    [--config CONFIG --checkpoint CKPT]   # adds the BEV feature heat map of the detector
+
+With ``--config`` and ``--checkpoint`` the detector runs on every drawn sample (the config's
+test pipeline on DATAROOT) and a third panel shows ``mean_c |bev|`` of its BEV features.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bevformer.visualization import render_results
+from bevformer.engine.launch import load_config
+from bevformer.visualization import detector_bev_heatmap, render_results
 
 
 def main() -> None:
@@ -21,7 +26,15 @@ def main() -> None:
     parser.add_argument("--out-dir", default="work_dirs/vis")
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("--video", choices=["mp4", "gif"])
+    parser.add_argument("--config", help="detector config (with --checkpoint: BEV heat map)")
+    parser.add_argument("--checkpoint", help="detector checkpoint (with --config)")
     args = parser.parse_args()
+    if bool(args.config) != bool(args.checkpoint):
+        parser.error("the BEV heat map needs both --config and --checkpoint")
+    heat = None
+    if args.config:
+        cfg = load_config(args.config, data_root=args.dataroot)
+        heat = detector_bev_heatmap(cfg, args.checkpoint, args.dataroot, args.infos)
     paths = render_results(
         args.infos,
         args.dataroot,
@@ -30,6 +43,7 @@ def main() -> None:
         score_thr=args.score_thr,
         max_samples=args.max_samples,
         video=args.video,
+        bev_heatmap=heat,
     )
     print(f"wrote {len(paths)} pictures to {args.out_dir}")
 

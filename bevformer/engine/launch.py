@@ -38,6 +38,7 @@ __all__ = [
     "build_metric",
     "build_runner",
     "check_info_files",
+    "finish_distributed",
     "is_streaming",
     "load_config",
     "load_model_weights",
@@ -219,6 +220,14 @@ def _cpu_distributed(cfg: Config) -> dict:
         broadcast_buffers=False,
         find_unused_parameters=cfg.get("find_unused_parameters", False),
     )
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then tear the process group down (no-op in one process): a rank
+    that exits while others still evaluate must not take the group down under them."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _world_size(launcher: str) -> int:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY_CONFIG, TINY_OPTIONS  # noqa: I001  (tests/engine is on sys.path)
 
 
@@ -62,9 +61,10 @@ def test_two_process_train_and_eval_match_one_process(tiny_dataroot, tmp_path):
     )  # fmt: skip
     proc = _run(
         [sys.executable, "tools/test.py", TINY_CONFIG, ckpt, *root, "--eval", "--out", str(one),
-         "--work-dir", str(tmp_path / "one"), *_options()]
+         "--work-dir", str(tmp_path / "one"), "--show-dir", str(tmp_path / "vis"), *_options()]
     )  # fmt: skip
-    assert "NDS" in proc.stdout  # the metric table was printed
+    assert "NDS" in proc.stdout and "mAOE" in proc.stdout  # the metric table was printed
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 4
 
     a, b = json.loads(two.read_text()), json.loads(one.read_text())
     assert len(a["results"]) == 4

@@ -12,7 +12,12 @@ from mmengine.logging.history_buffer import HistoryBuffer
 
 from bevformer.engine.launch import load_config, load_model_weights, scale_schedule
 from bevformer.engine.metric import merge_results
-from bevformer.engine.runner import CheckpointStateHook, register_checkpoint_globals
+from bevformer.engine.runner import (
+    CheckpointStateHook,
+    iteration_seed,
+    register_checkpoint_globals,
+    seed_everything,
+)
 
 
 def _cfg() -> Config:
@@ -85,24 +90,29 @@ def test_checkpoint_objects_load_with_weights_only(tmp_path):
     np.testing.assert_array_equal(loaded["arr"], np.arange(3.0))
 
 
-def test_rng_state_round_trip():
-    hook = CheckpointStateHook()
-    ckpt: dict = {}
-    random.seed(1)
-    np.random.seed(1)
-    torch.manual_seed(1)
-    hook.before_save_checkpoint(None, ckpt)
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    random.seed(2)
-    np.random.seed(2)
-    torch.manual_seed(2)
-    hook.after_load_checkpoint(None, ckpt)
-    torch.rand(5)  # draws between loading and the first iteration do not matter
-    hook.before_train_iter(None, 0)
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
-    # applied once only: a later iteration does not rewind the generators
-    hook.before_train_iter(None, 1)
-    assert torch.rand(1).item() != expected[2]
+def test_iteration_seed_is_a_function_of_seed_rank_iteration():
+    a = iteration_seed(0, 0, 5)
+    assert a == iteration_seed(0, 0, 5)
+    assert len({a, iteration_seed(1, 0, 5), iteration_seed(0, 1, 5), iteration_seed(0, 0, 6)}) == 4
+    assert 0 <= a < 2**63
+    seed_everything(a)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    torch.rand(7)  # whatever ran in between
+    seed_everything(a)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_dataset_augmentation_rng_follows_seed_epoch_index(tmp_path):
+    from bevformer.data.dataset import NuScenesTemporalDataset
+
+    ds = NuScenesTemporalDataset.__new__(NuScenesTemporalDataset)  # only the RNG part
+    ds.set_seed(3)
+    ds.set_epoch(2)
+    expected = np.random.default_rng([3, 2, 7]).random()
+    assert ds.aug_rng(7).random() == expected
+    ds.set_epoch(3)
+    assert ds.aug_rng(7).random() != expected
+    assert ds._aug_state().is_shared()  # persistent workers see set_epoch
 
 
 def test_load_model_weights_lists_mismatches(tmp_path):

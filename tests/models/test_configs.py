@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -124,11 +125,31 @@ def test_config_builds(path, head_module):
     assert model.frames == tuple(cfg.model.frames)
 
 
+def _empty_mono(num_cams: int) -> dict:
+    """Perspective-head targets without boxes (the head's own tests cover boxes)."""
+    empty = {
+        "boxes2d": (0, 4),
+        "centers2d": (0, 2),
+        "depths": (0,),
+        "sizes_wlh": (0, 3),
+        "rotations_cam": (0, 4),
+        "speeds": (0,),
+    }
+    mono = {k: [torch.zeros(shape) for _ in range(num_cams)] for k, shape in empty.items()}
+    mono["labels"] = [torch.zeros(0, dtype=torch.long) for _ in range(num_cams)]
+    mono["attr_labels"] = [torch.zeros(0, dtype=torch.long) for _ in range(num_cams)]
+    return mono
+
+
 def _random_batch(model, batch: int, img_hw: tuple[int, int], rig) -> dict:
     T = len(model.frames)
     l2i = torch.from_numpy(rig.lidar2img()).float()
+    K = torch.as_tensor(np.asarray(rig.K), dtype=torch.float32)
     return {
         "img": torch.randn(batch, T, 6, 3, *img_hw),
+        "intrinsics": K.expand(batch, T, 6, 3, 3).clone(),
+        "mono": [_empty_mono(6) for _ in range(batch)],
+        "flip": torch.zeros(batch, dtype=torch.bool),
         "lidar2img": l2i.expand(batch, T, 6, 4, 4).clone(),
         "frame_valid": torch.ones(batch, T, dtype=torch.bool),
         "bda": torch.eye(4).repeat(batch, 1, 1),
