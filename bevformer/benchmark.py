@@ -274,11 +274,19 @@ def bench_model(
             for mode in modes:
                 row: dict[str, Any] = {"config": config, "mode": mode, "image_size": size}
                 for ops_name, reference in (("kernel", False), ("reference", True)):
-                    if progress:
-                        print(f"  measuring {config} {mode} ({ops_name} ops) ...", flush=True)
-                    result = measure_model(config, mode, reference, size, root, threads, repeats)
+                    try:
+                        result = measure_model(
+                            config, mode, reference, size, root, threads, repeats
+                        )
+                    except RuntimeError as err:  # e.g. killed for memory: keep the others
+                        result = {"error": str(err).splitlines()[0]}
                     row[ops_name] = result
-                    row["params"] = result["params"]
+                    row.setdefault("params", result.get("params"))
+                    if progress:
+                        done = result.get("error") or (
+                            f"{result['seconds']:.3f} s, peak {_mib(result['peak_bytes'])} MiB"
+                        )
+                        print(f"  {config} {mode} ({ops_name} ops): {done}", flush=True)
                 rows.append(row)
     return rows
 
@@ -298,14 +306,27 @@ def format_model_table(rows: Sequence[dict]) -> str:
     for r in rows:
         k, ref = r["kernel"], r["reference"]
         h, w = r["image_size"]
-        lines.append(
-            f"{r['config']:<6} {f'{h}x{w}':>9} {r['params'] / 1e6:>7.1f}M {r['mode']:<8} "
-            f"{k['seconds']:>9.3f} {ref['seconds']:>9.3f} "
-            f"{ref['seconds'] / k['seconds']:>9.2f}x "
-            f"{_mib(k['peak_bytes']):>10} {_mib(ref['peak_bytes']):>8} "
-            f"{ref['peak_bytes'] / max(k['peak_bytes'], 1):>13.2f}x"
-        )
+        params = f"{r['params'] / 1e6:>7.1f}M" if r.get("params") else f"{'n/a':>8}"
+        cells = [f"{r['config']:<6} {f'{h}x{w}':>9} {params} {r['mode']:<8}"]
+        if "error" in k or "error" in ref:  # a failed measurement (its message is printed)
+            cells += [f"{_value(k, 'seconds', '.3f'):>9}", f"{_value(ref, 'seconds', '.3f'):>9}"]
+            cells += [f"{'n/a':>10}", f"{_value(k, 'peak_bytes', 'mib'):>10}"]
+            cells += [f"{_value(ref, 'peak_bytes', 'mib'):>8}", f"{'n/a':>14}"]
+        else:
+            cells += [
+                f"{k['seconds']:>9.3f} {ref['seconds']:>9.3f}",
+                f"{ref['seconds'] / k['seconds']:>9.2f}x",
+                f"{_mib(k['peak_bytes']):>10} {_mib(ref['peak_bytes']):>8}",
+                f"{ref['peak_bytes'] / max(k['peak_bytes'], 1):>13.2f}x",
+            ]
+        lines.append(" ".join(cells))
     return "\n".join(lines)
+
+
+def _value(result: dict, key: str, fmt: str) -> str:
+    if key not in result:
+        return "failed"
+    return _mib(result[key]) if fmt == "mib" else format(result[key], fmt)
 
 
 # ------------------------------------------------------------------------------------- data

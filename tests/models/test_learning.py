@@ -114,3 +114,16 @@ def test_model_table_prints_reference_over_kernel_ratios():
     cells = line.split()
     assert cells[:4] == ["tiny", "128x320", "2.3M", "forward"]
     assert cells[4:] == ["0.500", "1.500", "3.00x", "100", "250", "2.50x"]
+
+
+def test_model_table_marks_a_failed_measurement():
+    row = {
+        "config": "xl",
+        "mode": "train",
+        "image_size": (128, 320),
+        "params": 370e6,
+        "kernel": {"seconds": 80.0, "peak_bytes": 2**30},
+        "reference": {"error": "killed"},
+    }
+    cells = format_model_table([row]).splitlines()[-1].split()
+    assert cells[4:] == ["80.000", "failed", "n/a", "1024", "failed", "n/a"]
