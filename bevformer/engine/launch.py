@@ -2,7 +2,7 @@
 
 The schedule is defined for the config's ``base_batch_size`` (global batch: GPUs x samples per
 GPU, 8 x 1 in the official BEVFormer v2 recipes). When the real global batch differs:
-- the learning rate is scaled linearly (mmengine's ``auto_scale_lr``);
+- the learning rate is scaled linearly with it (the linear scaling rule);
 - iteration-based scheduler boundaries (the warm-up) are rescaled so they cover the same
   number of samples, and epoch-based ones stay in epochs;
 so changing the number of GPUs does not silently change the schedule.
