@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORK_DIR ?= work_dirs/demo
 
-.PHONY: venv test lint demo ops clean
+.PHONY: venv test lint demo recipe ops clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ ops: venv
 
 demo: venv
 	WORK_DIR=$(WORK_DIR) PYTHON=$(BIN)/python bash tools/demo.sh
+
+# The learning recipe (README "Results"): the default synthetic dataset (10 scenes x 40
+# keyframes, 1600x900), RECIPE_CONFIG's full schedule, NDS on the held-out scenes, pictures.
+RECIPE_CONFIG ?= projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py
+recipe: venv
+	CONFIG=$(RECIPE_CONFIG) DATAROOT=data/nuscenes/synthetic_default IMAGE_SIZE=1600x900 \
+	SAMPLES_PER_SCENE=40 EPOCHS= WORK_DIR=work_dirs/$(basename $(notdir $(RECIPE_CONFIG))) \
+	PYTHON=$(BIN)/python bash tools/demo.sh
 
 clean:
 	rm -rf $(VENV) build work_dirs

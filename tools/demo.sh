@@ -3,7 +3,8 @@
 #   generate synthetic nuScenes -> build the info files -> train the tiny config briefly ->
 #   evaluate with the official nuScenes metric (NDS) -> render pictures.
 # Environment: PYTHON, WORK_DIR, CONFIG, EPOCHS, IMAGE_SIZE, SAMPLES_PER_SCENE, DATAROOT
-# override the defaults. The dataset has the 10 v1.0-mini scenes with SAMPLES_PER_SCENE
+# override the defaults; EPOCHS= (empty) trains for the config's own number of epochs.
+# The dataset has the 10 v1.0-mini scenes with SAMPLES_PER_SCENE
 # keyframes each (default 10: 80 training, 20 validation samples); the tiny config trains for
 # 12 epochs, the demo stops after EPOCHS (default 2). On two CPU cores that is a few minutes,
 # so the NDS shows that the pipeline works end to end, not what the model can reach.
@@ -13,7 +14,7 @@ PYTHON=${PYTHON:-python}
 DATAROOT=${DATAROOT:-data/nuscenes/synthetic}
 WORK_DIR=${WORK_DIR:-work_dirs/demo}
 CONFIG=${CONFIG:-projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py}
-EPOCHS=${EPOCHS:-2}
+EPOCHS=${EPOCHS-2}
 IMAGE_SIZE=${IMAGE_SIZE:-800x450}
 SAMPLES_PER_SCENE=${SAMPLES_PER_SCENE:-10}
 SECONDS=0
@@ -33,9 +34,13 @@ else
 fi
 echo "   ($SECONDS s so far)"
 
-echo "== 3/5 training $CONFIG for $EPOCHS epochs (work dir $WORK_DIR)"
+OPTIONS=(default_hooks.logger.interval=10)
+if [ -n "$EPOCHS" ]; then
+    OPTIONS+=(train_cfg.max_epochs="$EPOCHS")
+fi
+echo "== 3/5 training $CONFIG for ${EPOCHS:-all} epochs (work dir $WORK_DIR)"
 "$PYTHON" tools/train.py "$CONFIG" --data-root "$DATAROOT" --work-dir "$WORK_DIR" \
-    --cfg-options train_cfg.max_epochs="$EPOCHS" default_hooks.logger.interval=10
+    --cfg-options "${OPTIONS[@]}"
 CKPT=$(cat "$WORK_DIR/last_checkpoint")
 echo "   ($SECONDS s so far)"
 

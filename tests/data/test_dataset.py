@@ -454,3 +454,77 @@ def test_synthetic_dataroot_item(request, tmp_path):
             np.testing.assert_allclose(got, expected, atol=0.05)
             checked += 1
     assert checked > 0
+
+
+def _centres_on_class_colour(item, undo_bda: bool = True) -> tuple[int, int]:
+    """(hits, tried): GT centres 3-30 m in front of a camera, mapped back through ``bda`` and
+    projected with the item's ``lidar2img`` into the unflipped image, whose 3x3 pixel patch
+    has the hue of the box's class (the synthetic renderer's class colours)."""
+    from bevformer.data.synthetic import CLASS_HUE_DEG
+
+    cur = item["meta"].frame_offsets.index(0)
+    boxes, labels = item["gt_boxes"].double().numpy(), item["gt_labels"].numpy()
+    centres = np.c_[boxes[:, :3], np.ones(len(boxes))]
+    if undo_bda:
+        centres = centres @ np.linalg.inv(item["bda"].double().numpy()).T
+    hits = tried = 0
+    for img, l2i in zip(item["img"][cur].numpy(), item["lidar2img"][cur].double().numpy()):
+        bgr = img.transpose(1, 2, 0)  # the pipeline below keeps BGR and does not scale
+        if item["flip"]:
+            bgr = bgr[:, ::-1]
+        h, w = item["meta"].img_shape
+        hsv = cv2.cvtColor(np.ascontiguousarray(bgr[:h, :w]).astype(np.float32), cv2.COLOR_BGR2HSV)
+        pix = centres @ l2i.T
+        for (u, v, depth, _), label in zip(pix, labels):
+            if not 3.0 < depth < 30.0:
+                continue
+            u, v = u / depth, v / depth
+            if not (2 <= u < w - 2 and 2 <= v < h - 2):
+                continue
+            patch = hsv[int(v) - 1 : int(v) + 2, int(u) - 1 : int(u) + 2].reshape(-1, 3)
+            dist = np.abs(patch[:, 0] - CLASS_HUE_DEG[label]) % 360.0
+            coloured = (np.minimum(dist, 360.0 - dist) < 20.0) & (patch[:, 1] > 0.15)
+            tried += 1
+            hits += int(coloured.mean() > 0.3)
+    return hits, tried
+
+
+def test_augmented_ground_truth_still_lands_on_its_object(request, tmp_path):
+    """End to end through the training augmentation (BEV rotation/scale/flips, image
+    crop/resize/flip): the GT centres, mapped back with ``bda`` and projected with
+    ``lidar2img`` into the unflipped image, fall on pixels of their class colour as often as
+    without augmentation; ignoring ``bda`` loses them."""
+    dataroot = request.getfixturevalue("synthetic_dataroot")
+    written = create_infos(str(dataroot), "v1.0-mini", out_dir=str(tmp_path), progress=False)
+    info_file = max(written.values(), key=lambda p: len(load_infos(p)[1]))
+
+    def pipeline(train: bool, flip: float) -> list:
+        steps = [LoadMultiViewImages()]
+        if train:
+            steps.append(
+                GlobalRotScaleTransBEV(
+                    rot_range=(-40.0, 40.0),
+                    scale_range=(0.9, 1.1),
+                    flip_dx_prob=0.5,
+                    flip_dy_prob=0.5,
+                )
+            )
+        steps.append(
+            CropResizeFlipImage(
+                final_size=(160, 400), scale_choices=(0.9, 1.1), flip_prob=flip, test_scale=1.0
+            )
+        )
+        return steps + [PadMultiViewImage(size_divisor=32)]
+
+    plain = NuScenesTemporalDataset(info_file, str(dataroot), transforms=pipeline(False, 0.0))
+    base_hits, base_tried = map(sum, zip(*(_centres_on_class_colour(plain[i]) for i in range(4))))
+    assert base_tried >= 10 and base_hits / base_tried > 0.75, (base_hits, base_tried)
+    for flip in (0.0, 1.0):
+        ds = NuScenesTemporalDataset(info_file, str(dataroot), transforms=pipeline(True, flip))
+        items = [ds.get_item(i, rng=np.random.default_rng(i)) for i in range(4)]
+        assert all(item["flip"] is bool(flip) for item in items)
+        assert all(not torch.allclose(item["bda"], torch.eye(4)) for item in items)
+        hits, tried = map(sum, zip(*(_centres_on_class_colour(item) for item in items)))
+        assert tried >= 10 and hits / tried > base_hits / base_tried - 0.1, (flip, hits, tried)
+        wrong, tried = map(sum, zip(*(_centres_on_class_colour(it, False) for it in items)))
+        assert wrong / max(tried, 1) < 0.5 * hits / max(tried, 1), (flip, wrong, hits, tried)
