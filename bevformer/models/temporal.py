@@ -110,17 +110,24 @@ class ResNetFusion(nn.Module):
         return self.norm(self.proj(x))
 
 
-def fill_missing_frames(bevs: Sequence[Tensor], frame_valid: Tensor, current: int) -> list[Tensor]:
+def fill_missing_frames(
+    bevs: Sequence[Tensor | None], frame_valid: Tensor, current: int
+) -> list[Tensor]:
     """Replaces each sample's missing slots by the next-newer BEV, detached.
 
-    ``bevs``: T x ``[B, ...]`` in slot order; ``frame_valid``: ``[B, T]`` bool; ``current``:
-    the current frame's slot. Slots before ``current`` take their right neighbour's BEV,
-    slots after it their left neighbour's (the official ``PerceptionTransformerV2`` order).
+    ``bevs``: T x ``[B, ...]`` in slot order, ``None`` for a slot that no sample of the batch
+    has (it was not encoded); ``frame_valid``: ``[B, T]`` bool; ``current``: the current
+    frame's slot. Slots before ``current`` take their right neighbour's BEV, slots after it
+    their left neighbour's (the official ``PerceptionTransformerV2`` order).
     """
     out = list(bevs)
+    if out[current] is None:
+        raise ValueError("the current frame's BEV is missing; only past/future slots may be None")
     valid = frame_valid.to(torch.bool)
 
     def pick(t: int, src: int) -> Tensor:
+        if out[t] is None:
+            return out[src].detach()
         keep = valid[:, t].view(-1, *([1] * (out[t].dim() - 1)))
         return torch.where(keep, out[t], out[src].detach())
 

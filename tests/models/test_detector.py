@@ -226,6 +226,18 @@ def test_history_has_no_gradient_and_missing_frames_ignore_their_images(rig):
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
     assert not torch.allclose(a[1], b[1])
 
+    # no sample of the batch has a past frame (e.g. two scene starts): the slot is never
+    # encoded and both samples fuse their current BEV twice, in training and eval
+    batch["frame_valid"][:, 0] = False
+    with torch.no_grad():
+        c = model(**batch, mode="tensor")["bev_embed"]
+    model.train()
+    losses = model(
+        **(rig_batch(rig, 2, frames=2) | {"frame_valid": batch["frame_valid"]}), mode="loss"
+    )
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    assert torch.isfinite(c).all()
+
 
 def test_streaming_state_is_returned_and_used(rig, pose):
     model = tiny_detector(temporal="streaming").eval()

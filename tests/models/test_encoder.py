@@ -297,6 +297,14 @@ def test_fill_missing_frames_takes_next_newer_detached():
     assert out[0][:, 0].tolist() == [0.0, 2.0] and out[1][:, 0].tolist() == [1.0, 2.0]
     out[0].sum().backward()
     assert bevs[2].grad is None  # the copied BEV is detached
+    # a slot that no sample of the batch has was never encoded (None): it takes its neighbour's
+    none_first = torch.tensor([[False, True, True], [False, False, True]])
+    out = fill_missing_frames([None, bevs[1], bevs[2]], none_first, current=2)
+    assert out[0][:, 0].tolist() == [1.0, 2.0] and not out[0].requires_grad
+    out = fill_missing_frames([None, None, bevs[2]], torch.tensor([[False, False, True]]), 2)
+    assert [o[0, 0].item() for o in out] == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="current"):
+        fill_missing_frames([bevs[0], bevs[1], None], valid, current=2)
 
 
 def test_resnet_fusion_shapes_and_downsample_branch():
