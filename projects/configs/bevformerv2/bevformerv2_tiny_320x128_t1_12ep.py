@@ -2,7 +2,8 @@
 # 320x128 images, 50x50 BEV (2.048 m cells), 2 encoder + 2 decoder layers, 100 queries, on the
 # synthetic nuScenes-format data (python tools/create_synthetic.py --out data/nuscenes/synthetic,
 # then tools/create_data.py --dataroot data/nuscenes/synthetic --version v1.0-mini).
-# For tests, the demo and quick learning checks; not a benchmark model.
+# The CPU learning recipe (`make recipe`; README "Results": NDS 0.093 on the held-out synthetic
+# scenes after 12 epochs, ~20 minutes on 2 cores) and the model of the tests and the demo.
 _base_ = ["./_base_/bevformerv2.py", "./_base_/schedule_24ep.py", "./_base_/default_runtime.py"]
 
 data_root = "data/nuscenes/synthetic/"
