@@ -32,7 +32,8 @@ TINY_OPTIONS: dict[str, Any] = {
     "model.pts_bbox_head.max_num": 20,
     "train_dataloader.batch_size": 1,
     "train_dataloader.num_workers": 0,
-    "train_dataloader.dataset.transforms.3.final_size": (64, 160),
+    # index of CropResizeFlipImage in the tiny train pipeline (load, BDA, crop/resize/flip, ...)
+    "train_dataloader.dataset.transforms.2.final_size": (64, 160),
     "val_dataloader.batch_size": 1,
     "val_dataloader.num_workers": 0,
     "val_dataloader.dataset.transforms.1.final_size": (64, 160),
