@@ -481,6 +481,7 @@ def _centres_on_class_colour(item, undo_bda: bool = True) -> tuple[int, int]:
             u, v = u / depth, v / depth
             if not (2 <= u < w - 2 and 2 <= v < h - 2):
                 continue
+            # 3x3 pixels around the centre: [3, 3, 3] -> [9, 3] (H, S, V)
             patch = hsv[int(v) - 1 : int(v) + 2, int(u) - 1 : int(u) + 2].reshape(-1, 3)
             dist = np.abs(patch[:, 0] - CLASS_HUE_DEG[label]) % 360.0
             coloured = (np.minimum(dist, 360.0 - dist) < 20.0) & (patch[:, 1] > 0.15)
