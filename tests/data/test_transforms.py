@@ -288,3 +288,32 @@ def test_transforms_build_from_config_dicts():
     assert out["img"][0][0].shape == (32, 96, 3)
     assert out["img_shape"] == (32, 80) and out["pad_shape"] == (32, 96)
     assert "GlobalRotScaleTransBEV" in TRANSFORMS.module_dict
+
+
+def test_reduced_decoding_picks_the_smallest_scale_that_covers_the_output(tmp_path):
+    load = LoadMultiViewImages(decode_min_size=(141, 352))  # 128x320 at scale 1.1
+    assert load.reduction("a.jpg", (1600, 900)) == 4  # 400x225 covers 352x141; 200x113 not
+    assert load.reduction("a.JPEG", (800, 450)) == 2
+    assert load.reduction("a.jpg", (400, 225)) == 1  # never below the output size
+    assert load.reduction("a.png", (1600, 900)) == 1  # libjpeg scaling only
+    assert load.reduction("a.jpg", None) == 1  # size unknown
+    assert LoadMultiViewImages().reduction("a.jpg", (1600, 900)) == 1
+    with pytest.raises(ValueError, match="decode_min_size"):
+        LoadMultiViewImages(decode_min_size=(0, 10))
+    # an odd file size decodes to the rounded-up size and is checked against it
+    path = tmp_path / "odd.jpg"
+    cv2.imwrite(str(path), np.full((45, 81, 3), 90, np.uint8))
+    res = {
+        "img_paths": [[str(path)]],
+        "img_sizes": np.array([[[81, 45]]]),
+        "intrinsics": np.eye(3)[None, None].copy(),
+        "lidar2img": np.eye(4)[None, None].copy(),
+    }
+    out = LoadMultiViewImages(decode_min_size=(10, 20))(res)
+    assert out["img"][0][0].shape == (12, 21, 3) and out["ori_shapes"] == [[(12, 21)]]
+    # pixel centre u -> (u + 0.5) / 4 - 0.5
+    np.testing.assert_allclose(out["ida"], [[0.25, 0, -0.375], [0, 0.25, -0.375], [0, 0, 1]])
+    np.testing.assert_allclose(out["lidar2img"][0, 0, :3, :3], out["ida"])
+    bad = dict(res, img_sizes=np.array([[[160, 90]]]))
+    with pytest.raises(ValueError, match="when decoded at 1/8 .* records 160x90"):
+        LoadMultiViewImages(decode_min_size=(10, 20))(bad)
