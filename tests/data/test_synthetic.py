@@ -255,6 +255,55 @@ def test_rendered_pixels_inside_projected_boxes_have_class_colour(nusc, syntheti
     )
 
 
+def _render_one_box(cls: str, yaw: float) -> tuple[np.ndarray, np.ndarray]:
+    """One box 10 m ahead of a camera 1.5 m above the ground looking along global +x, lit
+    from straight above (every vertical face gets the same light). Returns the HSV value
+    channel (H, W) in [0, 1] and the box's pixel mask."""
+    from bevformer.data.synthetic.catalog import CLASS_INFO
+    from bevformer.data.synthetic.raster import render_camera
+
+    K = np.array([[100.0, 0.0, 100.0], [0.0, 100.0, 60.0], [0.0, 0.0, 1.0]])
+    cam2global = np.eye(4)
+    # camera x (right) = global -y, camera y (down) = global -z, camera z (ahead) = global +x
+    cam2global[:3, :3] = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
+    cam2global[:3, 3] = [0.0, 0.0, 1.5]
+    mips = tuple(np.full((64 >> k, 64 >> k, 3), 90, np.uint8) for k in range(4))
+    info = CLASS_INFO[cls]
+    lwh = np.array([[info.wlh[1], info.wlh[0], info.wlh[2]]])
+    img, ids, _ = render_camera(
+        120, 200, K, cam2global, mips, 2.0, np.array([-64.0, -64.0]),
+        np.array([[10.0, 0.0, lwh[0, 2] / 2]]), np.array([yaw]), lwh,
+        np.array([CLASSES.index(cls)]), np.array(CLASS_HUE_DEG), np.array([0.5]),
+        np.array([0.0, 0.0, 1.0]),
+    )  # fmt: skip
+    return img.max(axis=2) / 255.0, ids == 0
+
+
+@pytest.mark.parametrize(
+    "cls", ["car", "truck", "bus", "trailer", "motorcycle", "bicycle", "pedestrian"]
+)
+def test_front_and_back_look_different(cls):
+    """A camera must be able to tell which way an object points, as on real vehicles: the
+    face seen head-on (yaw pi, pointing at the camera) is lighter than the tail (yaw 0), and
+    seen from the side, the end the object points to is the lighter one."""
+    front, front_mask = _render_one_box(cls, np.pi)
+    back, back_mask = _render_one_box(cls, 0.0)
+    assert front_mask.sum() > 100 and back_mask.sum() > 100
+    assert front[front_mask].mean() > 1.3 * back[back_mask].mean(), cls
+    for yaw, lighter in ((np.pi / 2, "left"), (-np.pi / 2, "right")):  # +y is image left
+        value, mask = _render_one_box(cls, yaw)
+        cols = np.flatnonzero(mask.any(axis=0))
+        span = max(1, len(cols) // 10)
+        left = value[:, cols[:span]][mask[:, cols[:span]]].mean()
+        right = value[:, cols[-span:]][mask[:, cols[-span:]]].mean()
+        assert (left > 1.2 * right) if lighter == "left" else (right > 1.2 * left), (
+            cls,
+            yaw,
+            left,
+            right,
+        )
+
+
 def _overlap(a, b) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 

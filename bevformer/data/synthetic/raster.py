@@ -86,14 +86,18 @@ def _object_albedo(
     """Class texture (BGR albedo) at box-local point (lx along length, ly left, lz up from the
     centre) on ``face`` (0 front, 1 back, 2 left, 3 right, 4 top).
 
-    Each class keeps its hue everywhere; shape-specific patterns vary saturation and value."""
+    Each class keeps its hue everywhere; shape-specific patterns vary saturation and value.
+    Every class with a heading that matters (all but barriers and cones) is lighter at the
+    front (lamps, windscreen, a face) and darker at the back, and the light front wraps
+    round the side faces' front end, so a camera sees which way an object points, as it
+    does on real vehicles and people."""
     hue = hue + (seed - 0.5) * 10.0
     sat = 0.78 + 0.15 * seed
     val = 0.80
     zt = (lz + height / 2) / height  # 0 bottom .. 1 top
     xt = (lx + length / 2) / length  # 0 back .. 1 front
-    if cls == 0 or cls == 3:  # car, bus: darker window band on the upper body
-        if face != 4 and 0.58 < zt < 0.88 and 0.08 < xt < 0.92:
+    if cls == 0 or cls == 3:  # car, bus: darker window band, a bonnet ahead of it
+        if face != 4 and 0.58 < zt < 0.88 and 0.08 < xt < (0.7 if cls == 0 else 0.92):
             val = 0.42
             sat = 0.55
         if zt < 0.12:
@@ -127,6 +131,19 @@ def _object_albedo(
         if 0.45 < zt < 0.6 or 0.75 < zt < 0.85:
             sat = 0.3
             val = 0.98
+    if cls == 8:  # pedestrian: light face and chest, dark back, both wrapping round the sides
+        if zt > 0.45 and (face == 0 or (face != 4 and xt > 0.6)):
+            sat = 0.35
+            val = 0.98
+        elif zt > 0.45 and (face == 1 or (face != 4 and xt < 0.4)):
+            val = 0.5
+    elif cls != 5 and cls != 9:  # vehicles and cycles: light nose, dark tail, both wrapping
+        side = face == 2 or face == 3
+        if face == 0 or (side and xt > 0.88):
+            sat = 0.4
+            val = 1.0
+        elif face == 1 or (side and xt < 0.06):
+            val = 0.3
     return _hsv_to_bgr(hue, sat, val)
 
 
