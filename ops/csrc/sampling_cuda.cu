@@ -2,7 +2,8 @@
 // shared with the CPU launchers. One thread per output element (query, head/group, channel).
 // fp32/fp16/bf16 (and fp64) inputs; accumulation in at::opmath_type (fp32 for half types).
 // Backward accumulates the value/input, location/offset and weight/mask gradients with
-// atomicAdd into opmath buffers, then casts to the input dtype.
+// atomicAdd into opmath buffers (position and weight gradients summed over a group's channels
+// in registers first, see SegmentPut), then casts to the input dtype.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -26,13 +27,26 @@ struct AtomicAdd {
   __device__ __forceinline__ void operator()(T* p, T v) const { atomicAdd(p, v); }
 };
 
+// Adds a position/weight gradient that all channels of one (query, head) or (pixel, group)
+// contribute to the same address. When the channel count is a power of two up to 32, the
+// channels are `seg` consecutive lanes of one warp (threads are laid out channel-fastest and
+// 32 is a multiple of seg): their values are summed with warp shuffles and one lane adds the
+// sum, instead of seg contended atomics on one address. Otherwise seg = 1 (plain atomics).
 template <typename T>
-struct AtomicPut {
+struct SegmentPut {
   T* ptr;
+  unsigned lanes;  // the warp's lanes with work (every lane calls this the same number of times)
+  int seg;
+  int lane_in_seg;
   __device__ __forceinline__ void operator()(int64_t i, T v) const {
-    if (v != T(0)) atomicAdd(ptr + i, v);
+    for (int o = seg >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(lanes, v, o);
+    if (lane_in_seg == 0 && v != T(0)) atomicAdd(ptr + i, v);
   }
 };
+
+__device__ __forceinline__ int segment_width(int64_t channels) {
+  return (channels <= 32 && (channels & (channels - 1)) == 0) ? static_cast<int>(channels) : 1;
+}
 
 template <typename scalar_t>
 __global__ void msda_forward_kernel(int64_t n, const scalar_t* value, const int64_t* shapes,
@@ -61,14 +75,17 @@ __global__ void msda_backward_kernel(int64_t n, const scalar_t* value, const int
                                      at::opmath_type<scalar_t>* grad_attn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const unsigned lanes = __ballot_sync(0xffffffffu, idx < n);  // before any lane leaves
   if (idx >= n) return;
   const int c = static_cast<int>(idx % C);
   const int64_t m = (idx / C) % M, q = (idx / (C * M)) % Q, b = idx / (C * M * Q);
   const acc_t g = static_cast<acc_t>(grad_out[idx]);
-  msda_backward_one<0, scalar_t, acc_t, acc_t>(value, shapes, starts, loc, attn, b, q, m, S, Q, M,
-                                            C, L, P, c, c + 1, &g, grad_value,
-                                            AtomicAdd<acc_t>{}, AtomicPut<acc_t>{grad_loc},
-                                            AtomicPut<acc_t>{grad_attn});
+  const int seg = segment_width(C);
+  const int lane_in_seg = seg > 1 ? c : 0;
+  msda_backward_one<0, scalar_t, acc_t, acc_t>(
+      value, shapes, starts, loc, attn, b, q, m, S, Q, M, C, L, P, c, c + 1, &g, grad_value,
+      AtomicAdd<acc_t>{}, SegmentPut<acc_t>{grad_loc, lanes, seg, lane_in_seg},
+      SegmentPut<acc_t>{grad_attn, lanes, seg, lane_in_seg});
 }
 
 template <typename scalar_t>
@@ -98,6 +115,7 @@ __global__ void dcnv3_backward_kernel(int64_t n, const scalar_t* input, const sc
                                       at::opmath_type<scalar_t>* grad_mask) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const unsigned lanes = __ballot_sync(0xffffffffu, idx < n);  // before any lane leaves
   if (idx >= n) return;
   const int64_t Cg = gm.group_channels;
   const int c = static_cast<int>(idx % Cg);
@@ -106,10 +124,12 @@ __global__ void dcnv3_backward_kernel(int64_t n, const scalar_t* input, const sc
   const int64_t wo = pix % gm.width_out, ho = (pix / gm.width_out) % gm.height_out;
   const int64_t nb = pix / (gm.width_out * gm.height_out);
   const acc_t gval = static_cast<acc_t>(grad_out[idx]);
-  dcnv3_backward_one<0, scalar_t, acc_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1,
-                                             &gval, grad_input, AtomicAdd<acc_t>{},
-                                             AtomicPut<acc_t>{grad_offset},
-                                             AtomicPut<acc_t>{grad_mask});
+  const int seg = segment_width(Cg);
+  const int lane_in_seg = seg > 1 ? c : 0;
+  dcnv3_backward_one<0, scalar_t, acc_t, acc_t>(
+      input, offset, mask, gm, nb, ho, wo, g, c, c + 1, &gval, grad_input, AtomicAdd<acc_t>{},
+      SegmentPut<acc_t>{grad_offset, lanes, seg, lane_in_seg},
+      SegmentPut<acc_t>{grad_mask, lanes, seg, lane_in_seg});
 }
 
 at::ScalarType opmath_dtype(at::ScalarType t) {
