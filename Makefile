@@ -33,7 +33,7 @@ demo: venv
 
 # The learning recipe (README "Results"): the default synthetic dataset (10 scenes x 40
 # keyframes, 1600x900), RECIPE_CONFIG's full schedule, NDS on the held-out scenes, pictures.
-RECIPE_CONFIG ?= projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py
+RECIPE_CONFIG ?= projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1-hybrid_12ep.py
 recipe: venv
 	CONFIG=$(RECIPE_CONFIG) DATAROOT=data/nuscenes/synthetic_default IMAGE_SIZE=1600x900 \
 	SAMPLES_PER_SCENE=40 EPOCHS= WORK_DIR=work_dirs/$(basename $(notdir $(RECIPE_CONFIG))) \

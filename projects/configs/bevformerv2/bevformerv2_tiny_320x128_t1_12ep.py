@@ -22,14 +22,30 @@ load_step = dict(
     to_float32=True,
     decode_min_size=tuple(round(s * max(train_scales)) for s in image_size),
 )
+# Geometric augmentation keeps the BEV scaling and the image rescaling of the official recipe
+# but neither flips nor rotates. A flip (of the BEV, which moves the cameras' projections, or of
+# the images) mirrors the scene's geometry without mirroring what the cameras saw: the light
+# front face of a car (bevformer/data/synthetic/README.md) then sits on the side that says the
+# opposite heading, and with 2 m BEV cells an object covers one or two cells, so its heading
+# and velocity can only come from what the cell's features carry, not from the shape of the
+# cells it covers. Measured on the held-out synthetic scenes (README "Results", t1-hybrid):
+# with the official flips and +-22.5 deg rotation, mAOE 1.62 and mAVE 4.35 (orientation and
+# velocity regressions collapse to zero); without them, mAOE 0.23, mAVE 2.28.
+tiny_bda_step = dict(
+    type="GlobalRotScaleTransBEV",
+    rot_range=(0.0, 0.0),
+    scale_range=_base_.bda_step["scale_range"],
+    flip_dx_prob=0.0,
+    flip_dy_prob=0.0,
+)
 train_pipeline = [
     load_step,
-    _base_.bda_step,
+    tiny_bda_step,
     dict(
         type="CropResizeFlipImage",
         final_size=image_size,
         scale_choices=train_scales,
-        flip_prob=0.5,
+        flip_prob=0.0,
     ),
     dict(type="NormalizeMultiViewImage", **img_norm_cfg),
     _base_.pad_step,
@@ -113,6 +129,9 @@ model = dict(
     ),
 )
 
+# lr 1e-3 for this batch of 2 (the official schedule's 4e-4 is for 8 x 1): at 4e-4 the 12-epoch
+# t1-hybrid recipe reached NDS 0.156, at 1e-3 0.221 (README "Results", previous renderer).
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
 max_epochs = 12
 lr_step_epoch = max_epochs - 2
 base_batch_size = 2
