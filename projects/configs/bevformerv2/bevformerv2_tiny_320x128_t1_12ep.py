@@ -2,8 +2,8 @@
 # 320x128 images, 50x50 BEV (2.048 m cells), 2 encoder + 2 decoder layers, 100 queries, on the
 # synthetic nuScenes-format data (python tools/create_synthetic.py --out data/nuscenes/synthetic,
 # then tools/create_data.py --dataroot data/nuscenes/synthetic --version v1.0-mini).
-# The CPU learning recipe (`make recipe`; README "Results": NDS 0.093 on the held-out synthetic
-# scenes after 12 epochs, ~20 minutes on 2 cores) and the model of the tests and the demo.
+# The base of the CPU learning recipe (`make recipe` trains its t1-hybrid variant; README
+# "Results") and the model of the tests and the demo.
 _base_ = ["./_base_/bevformerv2.py", "./_base_/schedule_24ep.py", "./_base_/default_runtime.py"]
 
 data_root = "data/nuscenes/synthetic/"
@@ -23,14 +23,17 @@ load_step = dict(
     decode_min_size=tuple(round(s * max(train_scales)) for s in image_size),
 )
 # Geometric augmentation keeps the BEV scaling and the image rescaling of the official recipe
-# but neither flips nor rotates. A flip (of the BEV, which moves the cameras' projections, or of
-# the images) mirrors the scene's geometry without mirroring what the cameras saw: the light
-# front face of a car (bevformer/data/synthetic/README.md) then sits on the side that says the
-# opposite heading, and with 2 m BEV cells an object covers one or two cells, so its heading
-# and velocity can only come from what the cell's features carry, not from the shape of the
-# cells it covers. Measured on the held-out synthetic scenes (README "Results", t1-hybrid):
-# with the official flips and +-22.5 deg rotation, mAOE 1.62 and mAVE 4.35 (orientation and
-# velocity regressions collapse to zero); without them, mAOE 0.23, mAVE 2.28.
+# but neither flips nor rotates. The BEV rotation and flips turn the GT and resample the
+# encoder's BEV map to match (bevformer/models/bda.py): that moves each feature to its new cell
+# but does not turn what its channels encode, so a feature that says "heading 30 deg, moving
+# along it" lands where the target says 30 deg + theta (or mirrored). An image flip shows the
+# backbone a mirror image and flips its maps back: the features of a car facing left then say
+# "facing right". With the official 0.5 m cells an object covers many cells and its heading
+# can be read from the shape it leaves in the BEV map; with these 2 m cells it covers one or
+# two, and heading and velocity can only come from the channels. Measured on the held-out
+# synthetic scenes (README "Results", t1-hybrid): with the official flips and +-22.5 deg
+# rotation, mAOE 1.62 and mAVE 4.35 (orientation and velocity regressions collapse to zero);
+# without them, mAOE 0.23 and mAVE 2.28.
 tiny_bda_step = dict(
     type="GlobalRotScaleTransBEV",
     rot_range=(0.0, 0.0),
