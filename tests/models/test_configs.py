@@ -112,7 +112,8 @@ def test_official_xl_settings():
     assert _norm(base.train_dataloader.dataset.transforms)["to_rgb"] is False
 
 
-def _geometric_steps(cfg: Config) -> dict:
+def _geometric_steps(cfg: Config) -> tuple[dict, dict]:
+    """The train pipeline's BEV augmentation and image crop/resize/flip steps."""
     steps = {s["type"]: s for s in cfg.train_dataloader.dataset.transforms}
     return steps["GlobalRotScaleTransBEV"], steps["CropResizeFlipImage"]
 
