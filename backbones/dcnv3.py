@@ -128,6 +128,15 @@ class DCNv3(nn.Module):
             raise ValueError(f"core_op must be one of {CORE_OPS}, got {core_op!r}.")
         if remove_center and kernel_size % 2 == 0:
             raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}.")
+        if stride != 1 or 2 * pad != dilation * (kernel_size - 1):
+            # offsets and mask are predicted per input pixel, so the core op must keep the size
+            raise ValueError(
+                "DCNv3 predicts offsets and mask at every input position, so its output must "
+                "keep the input size: supported are stride=1 and pad=dilation*(kernel_size-1)/2 "
+                f"(pad={dilation * (kernel_size - 1) / 2:g} here); got stride={stride}, "
+                f"pad={pad}, dilation={dilation}, kernel_size={kernel_size}. Downsample with a "
+                "strided convolution before the block, as InternImage does."
+            )
         dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
         self.core_op = core_op
         self.channels = channels

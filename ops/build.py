@@ -1,7 +1,8 @@
 """Build and load the compiled deformable sampling extension (``ops/csrc``).
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` on first use (JIT) into a
-cache directory keyed by the torch version, the CUDA switch and a hash of the sources, under a
+cache directory keyed by the torch version, the CUDA switch and a hash of the sources (content
+and location), under a
 file lock so that several processes starting at once (DDP) build it only once. ``python -m
 ops.build`` builds it ahead of time. CUDA sources are included when ``torch.cuda.is_available()``
 and ``nvcc`` is found; otherwise the extension is CPU-only. When compilation fails (no
@@ -106,6 +107,9 @@ def _cpu_flags() -> str:
 def _sources_hash(with_cuda: bool) -> str:
     h = hashlib.sha256()
     h.update(_cpu_flags().encode() if _native() else b"generic")
+    # ninja's build file names the sources by absolute path: two checkouts sharing one build
+    # directory would rebuild each other's extension on every switch, so the location counts
+    h.update(str(CSRC.resolve()).encode())
     names = HEADERS + CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
     for name in names:
         h.update(name.encode())
@@ -115,7 +119,8 @@ def _sources_hash(with_cuda: bool) -> str:
 
 
 def cache_dir(with_cuda: bool | None = None) -> Path:
-    """Build directory: ``<root>/<torch version>-<cpu|cuda>-<hash of sources and flags>``."""
+    """Build directory: ``<root>/<torch version>-<cpu|cuda>-<hash>``, the hash over the sources'
+    content and location and the build flags."""
     if with_cuda is None:
         with_cuda = _want_cuda()
     root = Path(os.environ.get("BEVFORMER_OPS_CACHE", Path.home() / ".cache" / "bevformer_ops"))

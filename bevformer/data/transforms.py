@@ -91,14 +91,29 @@ _DECODE_FLAGS = {
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
 
+# A JPEG starts with SOI (FF D8) and ends with EOI (FF D9). Inside the entropy-coded data a
+# 0xFF byte is always followed by 0x00 or a restart marker, so EOI near the end marks a
+# complete file; a little trailing padding after it is tolerated.
+_JPEG_SOI, _JPEG_EOI, _JPEG_TAIL = b"\xff\xd8", b"\xff\xd9", 256
+
+
+def _truncated_jpeg(data: np.ndarray) -> bool:
+    """Whether the bytes ``data`` [n] uint8 are a JPEG without its end-of-image marker.
+
+    OpenCV decodes such a file without an error (it logs "Premature end of JPEG file" and fills
+    the missing rows with grey), so the check is made on the bytes before decoding.
+    """
+    return data[:2].tobytes() == _JPEG_SOI and _JPEG_EOI not in data[-_JPEG_TAIL:].tobytes()
+
 
 @TRANSFORMS.register_module()
 class LoadMultiViewImages:
     """Read every camera image of every frame (BGR, ``float32`` unless ``to_float32=False``).
 
     A file shared by several slots (a missing past frame repeats a newer one) is read once.
-    Errors name the file: missing, not decodable (``cv2.imread`` returns None for a corrupt
-    file), or of another size than the info file records (the intrinsics would not match).
+    Errors name the file: missing, a JPEG without its end-of-image marker (truncated: OpenCV
+    would decode it with grey rows), not decodable (corrupt), or of another size than the info
+    file records (the intrinsics would not match).
 
     ``decode_min_size = (H, W)`` decodes each JPEG at the smallest libjpeg scale ``1/r``
     (``r`` in 1, 2, 4, 8) that still leaves it at least ``H x W``: set it to the largest image
@@ -135,7 +150,14 @@ class LoadMultiViewImages:
                 "the dataroot; check the dataset's dataroot or regenerate the infos "
                 "(tools/create_data.py)."
             )
-        img = cv2.imread(path, _DECODE_FLAGS[r])
+        data = np.fromfile(path, dtype=np.uint8)
+        if _truncated_jpeg(data):
+            raise OSError(
+                f"camera image {path} ({data.size} bytes) is a truncated JPEG: it has no "
+                "end-of-image marker (an interrupted download or copy); re-download or "
+                "regenerate it."
+            )
+        img = cv2.imdecode(data, _DECODE_FLAGS[r])
         if img is None:
             raise OSError(
                 f"cannot decode camera image {path} ({os.path.getsize(path)} bytes): the file "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_ATTRIBUTES",
     "MOVING_SPEED",
     "MAX_BOXES_PER_SAMPLE",
+    "MIN_SIZE",
     "default_attribute",
     "to_nusc_boxes",
     "write_submission",
@@ -48,6 +50,7 @@ DEFAULT_ATTRIBUTES = {
 }
 MOVING_SPEED = 0.2  # m/s
 MAX_BOXES_PER_SAMPLE = 500  # detection_cvpr_2019 ``max_boxes_per_sample``
+MIN_SIZE = 1e-3  # metres; the devkit requires every size > 0
 
 _VEHICLES = ("car", "truck", "construction_vehicle", "bus", "trailer")
 
@@ -104,8 +107,7 @@ def to_nusc_boxes(
         raise ValueError(
             f"labels must index the {len(classes)} classes, found {labels.min()}..{labels.max()}"
         )
-    boxes = boxes.copy()
-    boxes[:, 7:] = np.nan_to_num(boxes[:, 7:])  # unknown velocity -> 0
+    boxes, scores, labels, attributes = _sanitize(boxes, scores, labels, attributes, info)
     lidar2ego = np.asarray(info["lidar2ego"], dtype=np.float64)
     ego2global = np.asarray(info["ego2global"], dtype=np.float64)
     ego_xy = ego2global[:2, 3]
@@ -132,6 +134,53 @@ def to_nusc_boxes(
             }
         )
     return entries
+
+
+def _sanitize(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    attributes: Sequence[str] | None,
+    info: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[str] | None]:
+    """Boxes the nuScenes devkit accepts, with one warning naming the sample and the fields.
+
+    A box with a non-finite centre, size, yaw or score is dropped (the devkit fails on it at the
+    end of the evaluation); a size that is not positive (``exp`` of an underflowed log-size, in
+    fp16 too) is clamped to :data:`MIN_SIZE`; a non-finite velocity becomes 0 (unknown).
+    """
+    boxes = boxes.copy()
+    fields = {"center": boxes[:, 0:3], "size": boxes[:, 3:6], "yaw": boxes[:, 6:7]}
+    bad = {name: ~np.isfinite(v).all(axis=1) for name, v in fields.items()}
+    bad["score"] = ~np.isfinite(scores)
+    drop = np.logical_or.reduce(list(bad.values())) if len(boxes) else np.zeros(0, bool)
+    notes = (
+        [
+            f"dropped {int(drop.sum())} boxes with non-finite "
+            + ", ".join(f"{name} ({int(m.sum())})" for name, m in bad.items() if m.any())
+        ]
+        if drop.any()
+        else []
+    )
+    keep = ~drop
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if attributes is not None:
+        attributes = [a for a, k in zip(attributes, keep, strict=True) if k]
+    small = boxes[:, 3:6] < MIN_SIZE
+    if small.any():
+        notes.append(f"clamped {int(small.any(axis=1).sum())} sizes below {MIN_SIZE} m")
+        boxes[:, 3:6] = np.maximum(boxes[:, 3:6], MIN_SIZE)
+    unknown = ~np.isfinite(boxes[:, 7:])
+    if unknown.any():
+        notes.append(f"set {int(unknown.any(axis=1).sum())} non-finite velocities to 0")
+        boxes[:, 7:] = np.where(unknown, 0.0, boxes[:, 7:])
+    if notes:
+        warnings.warn(
+            f"sample {info.get('token', '?')}: " + "; ".join(notes) + " (the model's outputs "
+            "are not all finite: check for divergence or fp16 overflow)",
+            stacklevel=3,
+        )
+    return boxes, scores, labels, attributes
 
 
 def _preview(tokens: set[str], n: int = 5) -> str:
@@ -167,6 +216,12 @@ def write_submission(
                 f"submission has {len(extra)} samples that are not in the split: "
                 f"{_preview(extra)}; evaluate with the info file of the split you predicted"
             )
+    if results_by_token and not any(results_by_token.values()):
+        raise ValueError(
+            f"the model produced no finite boxes for any of the {len(results_by_token)} "
+            "samples: diverged? (check the training log for NaN losses, or the score "
+            "threshold / post_center_range of the config)"
+        )
     for token, entries in results_by_token.items():
         if len(entries) > MAX_BOXES_PER_SAMPLE:
             raise ValueError(

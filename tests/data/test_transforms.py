@@ -276,6 +276,29 @@ def test_load_images_errors_name_the_file(tmp_path):
         LoadMultiViewImages()({"img_paths": [[str(good)]], "img_sizes": np.array([[[16, 9]]])})
 
 
+@pytest.mark.parametrize("decode_min_size", [None, (40, 64)], ids=["whole", "reduced"])
+def test_truncated_jpeg_is_refused_naming_the_file(tmp_path, decode_min_size):
+    """OpenCV decodes a truncated JPEG with grey rows and no error; the loader must refuse it."""
+    rng = np.random.default_rng(0)
+    full = tmp_path / "full.jpg"
+    cv2.imwrite(str(full), rng.integers(0, 255, (90, 160, 3), dtype=np.uint8))
+    data = full.read_bytes()
+    assert data.endswith(b"\xff\xd9")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert cv2.imread(str(cut)) is not None  # what OpenCV alone would accept
+    load = LoadMultiViewImages(decode_min_size=decode_min_size)
+    sizes = np.array([[[160, 90]]])
+    with pytest.raises(OSError, match=r"cut\.jpg .* is a truncated JPEG"):
+        load({"img_paths": [[str(cut)]], "img_sizes": sizes})
+    padded = tmp_path / "padded.jpg"  # bytes after the end marker are tolerated
+    padded.write_bytes(data + b"\x00" * 16)
+    load = LoadMultiViewImages()
+    out = load({"img_paths": [[str(padded)]], "img_sizes": sizes})
+    expected = load({"img_paths": [[str(full)]], "img_sizes": sizes})
+    np.testing.assert_array_equal(out["img"][0][0], expected["img"][0][0])
+
+
 def test_transforms_build_from_config_dicts():
     pipeline = Compose(
         [

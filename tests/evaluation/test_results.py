@@ -100,3 +100,33 @@ def test_write_submission(tmp_path):
         write_submission(results, str(tmp_path / "x.json"), expected_tokens=["tok0"])
     with pytest.raises(ValueError, match="at most 500"):
         write_submission({"tok0": results["tok0"] * 501}, str(tmp_path / "x.json"))
+
+
+def _car(x: float) -> list[float]:
+    return [x, 10.0, -1.0, 1.9, 4.5, 1.6, -PI, 0.0, 5.0]
+
+
+def test_non_finite_and_degenerate_boxes_are_dropped_or_clamped_with_a_warning():
+    """Every entry must pass the devkit's own checks (DetectionBox), whatever the model gave."""
+    boxes = np.array([_car(0.0), _car(1.0), _car(2.0), _car(3.0), _car(4.0), _car(5.0)])
+    boxes[1, 0] = np.nan  # centre
+    boxes[2, 3] = 0.0  # size 0: exp of an underflowed log-size
+    boxes[3, 6] = np.inf  # yaw
+    boxes[5, 8] = np.nan  # velocity: unknown -> 0
+    scores = np.array([0.9, 0.8, 0.7, 0.6, np.nan, 0.4])
+    with pytest.warns(UserWarning, match=r"sample tok0: dropped 3 boxes with non-finite center "
+                      r"\(1\), yaw \(1\), score \(1\); clamped 1 sizes below 0.001 m; set 1 "
+                      r"non-finite velocities to 0"):  # fmt: skip
+        entries = to_nusc_boxes(boxes, scores, np.zeros(6, int), INFO)
+    assert [e["detection_score"] for e in entries] == [0.9, 0.7, 0.4]
+    assert entries[1]["size"][0] == pytest.approx(1e-3)  # w of the clamped box
+    assert entries[2]["velocity"] == [0.0, 0.0]
+    for entry in entries:  # the devkit's constructor asserts finiteness and sizes > 0
+        DetectionBox.deserialize(entry)
+
+
+def test_a_submission_without_any_box_fails_before_the_evaluation(tmp_path):
+    path = tmp_path / "results.json"
+    with pytest.raises(ValueError, match="the model produced no finite boxes .* diverged"):
+        write_submission({"tok0": [], "tok1": []}, str(path), expected_tokens=["tok0", "tok1"])
+    assert not path.exists()

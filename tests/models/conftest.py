@@ -14,9 +14,10 @@ import pytest
 
 from bevformer.structures.frames import cam2lidar, lidar2img, transform_from
 
-RIG_PATH = Path("/work/shared/nuscenes_rig.json")
-if not RIG_PATH.exists():  # the project copy of the rig
-    RIG_PATH = Path(__file__).resolve().parents[2] / "data" / "nuscenes_rig.json"
+# the project copy of a real nuScenes calibration (the synthetic generator's rig)
+RIG_PATH = (
+    Path(__file__).resolve().parents[2] / "bevformer" / "data" / "synthetic" / "nuscenes_rig.json"
+)
 
 CAMERAS = (
     "CAM_FRONT",
@@ -29,8 +30,6 @@ CAMERAS = (
 
 
 def load_rig() -> dict:
-    if not RIG_PATH.exists():
-        pytest.skip(f"camera rig file not found at {RIG_PATH}")
     return json.loads(RIG_PATH.read_text())
 
 

@@ -8,6 +8,7 @@ Legend: B batch, T frames, N cameras, H W image size.
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 
 import numpy as np
@@ -134,7 +135,7 @@ def test_tiny_recipe_neither_flips_nor_rotates(path):
 # --------------------------------------------------------------------- building (needs the head)
 @pytest.fixture(scope="module")
 def head_module():
-    return pytest.importorskip("bevformer.models.head")
+    return importlib.import_module("bevformer.models.head")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

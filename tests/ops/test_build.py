@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import warnings
 
@@ -14,6 +15,7 @@ from ops import dcnv3_core, dcnv3_core_reference, ms_deform_attn, ms_deform_attn
 
 @pytest.mark.slow  # about 25 s per architecture on 2 cores
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.cuda  # the CUDA toolchain: compiled where nvcc exists
 @pytest.mark.skipif(build.find_nvcc() is None, reason="nvcc not found")
 def test_cuda_sources_compile(arch, tmp_path):
     obj = tmp_path / f"sampling_cuda_{arch}.o"
@@ -29,6 +31,18 @@ def test_cache_dir_is_keyed_by_torch_version_and_sources():
     assert cpu.name.startswith(torch.__version__.replace("+", "_") + "-cpu-")
     assert cuda.name.startswith(torch.__version__.replace("+", "_") + "-cuda-")
     assert cpu.parent == cuda.parent and cpu.name[-16:] != cuda.name[-16:]
+
+
+def test_cache_dir_is_keyed_by_the_sources_location(tmp_path, monkeypatch):
+    """Two checkouts with identical sources get two build directories (no mutual rebuilds)."""
+    here = build.cache_dir(with_cuda=False)
+    copy = tmp_path / "other_checkout" / "csrc"
+    shutil.copytree(build.CSRC, copy)
+    monkeypatch.setattr(build, "CSRC", copy)
+    there = build.cache_dir(with_cuda=False)
+    assert here.parent == there.parent and here.name != there.name
+    monkeypatch.setattr(build, "CSRC", copy)  # same place, same key
+    assert build.cache_dir(with_cuda=False) == there
 
 
 def _small_inputs():
