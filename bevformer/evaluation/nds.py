@@ -2,8 +2,10 @@
 
 A thin wrapper around ``nuscenes.eval.detection.evaluate.DetectionEval`` with the
 ``detection_cvpr_2019`` configuration (the metric of the nuScenes leaderboard and of BEVFormer's
-papers): it runs the evaluation, writes the devkit's ``metrics_summary.json`` to ``output_dir``,
-prints a table and returns the headline numbers as a flat dict:
+papers): it runs ``DetectionEval.main``, which writes ``metrics_summary.json`` and
+``metrics_details.json`` to ``output_dir`` and prints the devkit's per-class table, adds
+``metrics_table.txt`` (the same numbers as plain text) and returns the headline numbers as a
+flat dict:
 
     NDS, mAP, mATE, mASE, mAOE, mAVE, mAAE, and "<class>_AP" for each of the 10 classes.
 
@@ -12,7 +14,6 @@ NDS = (5 mAP + sum over the five TP errors of (1 - min(1, err))) / 10 (nuScenes 
 
 from __future__ import annotations
 
-import json
 import os
 import os.path as osp
 
@@ -32,15 +33,24 @@ _TP_NAMES = {
 }
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A printable table of :func:`evaluate_nds`'s result."""
+def format_metrics(
+    metrics: dict[str, float], class_errors: dict[str, dict[str, float]] | None = None
+) -> str:
+    """A printable table of :func:`evaluate_nds`'s result.
+
+    ``class_errors`` (``metrics_summary.json``'s ``label_tp_errors``: class -> ``trans_err``,
+    ...) adds the devkit's per-class ATE/ASE/AOE/AVE/AAE columns next to each class's AP.
+    """
     lines = [f"{'NDS':<22}{metrics['NDS']:.4f}", f"{'mAP':<22}{metrics['mAP']:.4f}"]
     lines += [f"{name:<22}{metrics[name]:.4f}" for name in _TP_NAMES.values()]
     lines.append("")
-    lines.append(f"{'class':<22}AP")
+    columns = [name[1:] for name in _TP_NAMES.values()] if class_errors else []
+    lines.append(f"{'class':<22}" + "".join(f"{c:<8}" for c in ["AP", *columns]))
     for key, value in metrics.items():
         if key.endswith("_AP"):
-            lines.append(f"{key[:-3]:<22}{value:.4f}")
+            cls = key[:-3]
+            errs = [class_errors[cls][k] for k in _TP_NAMES] if class_errors else []
+            lines.append(f"{cls:<22}" + "".join(f"{v:<8.3f}" for v in [value, *errs]))
     return "\n".join(lines)
 
 
@@ -58,7 +68,7 @@ def evaluate_nds(
         result_path: submission written by :func:`bevformer.evaluation.results.write_submission`.
         dataroot, version: the nuScenes-format dataset (``v1.0-mini`` / ``v1.0-trainval``).
         eval_set: devkit split (``mini_val``, ``val``, ...); default from ``version``.
-        output_dir: where ``metrics_summary.json`` goes (default: next to ``result_path``).
+        output_dir: where the metric files go (default: next to ``result_path``).
         verbose: let the devkit print its progress.
     """
     from nuscenes.eval.common.config import config_factory
@@ -85,16 +95,15 @@ def evaluate_nds(
         output_dir=output_dir,
         verbose=verbose,
     )
-    metrics, _ = evaluator.evaluate()
-    summary = metrics.serialize()
-    summary["meta"] = dict(evaluator.meta)
-    with open(osp.join(output_dir, "metrics_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    # the devkit's own entry point: metrics_summary.json, metrics_details.json and its
+    # standard per-class table (AP, ATE, ASE, AOE, AVE, AAE) on stdout
+    summary = evaluator.main(plot_examples=0, render_curves=False)
 
     flat = {"NDS": float(summary["nd_score"]), "mAP": float(summary["mean_ap"])}
     for key, name in _TP_NAMES.items():
         flat[name] = float(summary["tp_errors"][key])
     for cls, ap in summary["mean_dist_aps"].items():
         flat[f"{cls}_AP"] = float(ap)
-    print(format_metrics(flat))
+    with open(osp.join(output_dir, "metrics_table.txt"), "w") as f:
+        f.write(format_metrics(flat, summary["label_tp_errors"]) + "\n")
     return flat

@@ -2,6 +2,8 @@
 split, read from the info file as box vectors and written by the result writer, scores
 NDS >= 0.99 and mAP >= 0.99 in the official nuScenes ``DetectionEval``."""
 
+import json
+
 import numpy as np
 import pytest
 from nuscenes.eval.common.config import config_factory
@@ -52,7 +54,7 @@ def _classes_in_range(infos):
     return present
 
 
-def test_ground_truth_scores_full_nds(synthetic_val_dataroot, val_infos, tmp_path):
+def test_ground_truth_scores_full_nds(synthetic_val_dataroot, val_infos, tmp_path, capsys):
     missing = sorted(set(CLASSES) - _classes_in_range(val_infos))
     assert not missing, (
         f"the synthetic val split has no evaluable ground truth of {missing}; the devkit scores "
@@ -66,6 +68,14 @@ def test_ground_truth_scores_full_nds(synthetic_val_dataroot, val_infos, tmp_pat
     )
     metrics = evaluate_nds(path, str(synthetic_val_dataroot), VERSION, output_dir=str(tmp_path))
     assert (tmp_path / "metrics_summary.json").is_file()
+    details = json.loads((tmp_path / "metrics_details.json").read_text())
+    assert "car:2.0" in details  # the devkit's per class and distance threshold curves
+    # the devkit's standard per-class table on stdout, and the same numbers in the table file
+    out = capsys.readouterr().out
+    assert "Per-class results:" in out and "AP    \tATE" in out
+    table = (tmp_path / "metrics_table.txt").read_text().splitlines()
+    assert table[-11].split() == ["class", "AP", "ATE", "ASE", "AOE", "AVE", "AAE"]
+    assert table[-10].split()[0] == "car" and len(table[-10].split()) == 7
     assert metrics["mAP"] >= 0.99, metrics
     assert metrics["NDS"] >= 0.99, metrics
     assert metrics["mATE"] < 0.01 and metrics["mAOE"] < 0.01 and metrics["mAVE"] < 0.05, metrics
