@@ -24,7 +24,8 @@ if [ -z "${BEVFORMER_SLURM_NODE:-}" ]; then
 fi
 SCRIPT=$1
 shift
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads the whole list: head would end the pipe early (SIGPIPE fails it under pipefail)
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 exec "${PYTHON:-python}" -m torch.distributed.run \
     --nnodes="$SLURM_NNODES" --node_rank="$SLURM_NODEID" \
     --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}" \
