@@ -163,3 +163,10 @@ class FPN(nn.Module):
                     prev = F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
                     outs.append(self.fpn_convs[i](prev))
         return outs
+
+
+# ---------------------------------------------------------------- official BEVFormer v2 keys
+# Where this neck's tensors sit in an official BEVFormer v2 checkpoint: mmdet ``FPN`` as the
+# detector's ``img_neck``, with this module's names and shapes (``lateral_convs.i.conv``,
+# ``fpn_convs.i.conv``). Rules as in ``backbones.resnet.OFFICIAL_BEVFORMERV2_KEYS``.
+OFFICIAL_BEVFORMERV2_KEYS = ((r"^img_neck\.", ""),)

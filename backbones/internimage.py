@@ -28,16 +28,24 @@ The optional classification head (``num_classes`` not None) is the official one:
 conv1x1 (C_3 -> cls_scale*C_3, no bias) + BN + act + global average pool + linear, or for H
 (``use_clip_projector``) the attention-pooling projector. It exists so that classification
 checkpoints and parameter counts can be checked; detection models leave it out.
+
+Pretrained weights: ``init_cfg=dict(type="Pretrained", checkpoint=PATH, prefix=None)`` is
+applied by ``init_weights()`` (the detector calls it once before training; building the model
+does not read the file). Classification, detection and Hugging Face files are accepted
+(:func:`backbones.checkpoint.internimage_filter_fn`); the classifier head is left out and
+everything loaded, missing or skipped is logged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from backbones.checkpoint import check_init_cfg, init_from_pretrained, internimage_filter_fn
 from backbones.clip_projector import AttentionPoolingBlock
 from backbones.dcnv3 import DCNv3, build_act_layer, build_norm_layer
 from bevformer.registry import MODELS
@@ -299,8 +307,10 @@ class InternImage(nn.Module):
         num_classes: int | None = None,
         cls_scale: float = 1.5,
         use_clip_projector: bool = False,
+        init_cfg: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.init_cfg = check_init_cfg(init_cfg, type(self).__name__)
         if len(depths) != len(groups):
             raise ValueError(f"depths {list(depths)} and groups {list(groups)} differ in length.")
         num_levels = len(depths)
@@ -397,6 +407,13 @@ class InternImage(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s pretrained file (no-op without one; the weights are made at
+        construction). Called once by the detector's ``init_weights`` before training."""
+        if self.init_cfg is not None:
+            init_from_pretrained(self, self.init_cfg, internimage_filter_fn)
+        self.is_init = True
 
     @property
     def out_channels(self) -> tuple[int, ...]:

@@ -6,6 +6,19 @@ norm_cfg=SyncBN, norm_eval=False, style='caffe')``. Parameter names are torchvis
 (``conv1``, ``bn1``, ``layer{1..4}.{j}.conv{1,2,3}``, ``...downsample.{0,1}``), which are also
 mmdet's, so either checkpoint loads without renaming.
 
+Pretrained weights (``init_cfg=dict(type="Pretrained", checkpoint=PATH, prefix=None)``,
+applied by ``init_weights()``; :func:`checkpoint_filter_fn` maps the files):
+
+- torchvision ResNet files: ``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ...,
+  ``fc.*`` (the classifier, dropped);
+- mmdet's caffe-style ResNet (``open-mmlab://detectron2/resnet50_caffe`` =
+  ``resnet50_msra-5891d200.pth``, written by mmdet ``tools/model_converters/
+  detectron2pytorch.py``): ``{"state_dict": ...}`` with the same names, BatchNorm as a frozen
+  affine (``running_mean`` 0, ``running_var`` 1) and no ``num_batches_tracked``;
+- detector files holding the backbone under ``img_backbone.`` (BEVFormer, e.g. the
+  ``fcos_r50_coco_2mmdet.pth`` of the official R50 configs) or ``backbone.`` (mmdet): only
+  those keys are used.
+
 ``style='caffe'`` puts the stride-2 of a downsampling bottleneck on its first 1x1 conv
 (mmdet/Detectron); ``style='pytorch'`` (torchvision's default) puts it on the 3x3 conv.
 
@@ -15,14 +28,19 @@ with s = (4, 8, 16, 32)[i]; ``out_indices=(1, 2, 3)`` gives C3..C5.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torchvision
 from torch import Tensor, nn
 
+from backbones.checkpoint import check_init_cfg, init_from_pretrained, unwrap_state_dict
 from bevformer.registry import MODELS
 
-__all__ = ["ResNetBackbone"]
+__all__ = ["ResNetBackbone", "checkpoint_filter_fn"]
+
+# Prefixes, in the order tried, under which a detector stores its backbone.
+_BACKBONE_PREFIXES = ("img_backbone.", "backbone.")
 
 _BUILDERS = {
     50: torchvision.models.resnet50,
@@ -50,8 +68,10 @@ class ResNetBackbone(nn.Module):
         norm_eval: bool = False,
         style: str = "pytorch",
         norm_layer: str = "BN",
+        init_cfg: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.init_cfg = check_init_cfg(init_cfg, type(self).__name__)
         if depth not in _BUILDERS:
             raise ValueError(f"depth must be one of {sorted(_BUILDERS)}, got {depth}.")
         if style not in ("pytorch", "caffe"):
@@ -93,6 +113,13 @@ class ResNetBackbone(nn.Module):
     def strides(self) -> tuple[int, ...]:
         return tuple(_STRIDES[i] for i in self.out_indices)
 
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s pretrained file (no-op without one; the weights are made at
+        construction). Called once by the detector's ``init_weights`` before training."""
+        if self.init_cfg is not None:
+            init_from_pretrained(self, self.init_cfg, checkpoint_filter_fn)
+        self.is_init = True
+
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return
@@ -119,3 +146,30 @@ class ResNetBackbone(nn.Module):
             if i in self.out_indices:
                 outs.append(x)
         return outs
+
+
+def checkpoint_filter_fn(
+    checkpoint: Mapping[str, Any], model: nn.Module
+) -> tuple[dict[str, Tensor], list[str]]:
+    """torchvision / mmdet (caffe) / detector ResNet files -> ``model``'s keys (module doc).
+
+    Returns the state dict and the keys left out on purpose: the torchvision classifier
+    (``fc.*``), non-tensor entries, and in detector files everything outside the backbone.
+    """
+    tensors, skipped = unwrap_state_dict(checkpoint)
+    for prefix in _BACKBONE_PREFIXES:
+        if any(k.startswith(prefix) for k in tensors):
+            skipped += [k for k in tensors if not k.startswith(prefix)]
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            break
+    skipped += [k for k in tensors if k.startswith("fc.")]
+    return {k: v for k, v in tensors.items() if not k.startswith("fc.")}, skipped
+
+
+# ---------------------------------------------------------------- official BEVFormer v2 keys
+# Where this backbone's tensors sit in an official BEVFormer v2 checkpoint (fundamentalvision/
+# BEVFormer ``bevformerv2-r50-*`` configs: mmdet ``ResNet`` as the detector's ``img_backbone``).
+# mmdet names the stem, bottlenecks and downsample branches as torchvision does, with the same
+# shapes, so only the prefix is removed. Rules are (regex matched at the start of the official
+# key, replacement of the matched part), composed by ``bevformer.models.official``.
+OFFICIAL_BEVFORMERV2_KEYS = ((r"^img_backbone\.", ""),)

@@ -3,8 +3,8 @@
 A config node is a dict with a ``type`` key naming a registered class (registries in
 :mod:`bevformer.registry`); its other keys are constructor arguments. Nodes are built depth
 first, so constructors receive built modules, never dicts (a dict argument without ``type``
-stays a plain dict). A key the constructor does not accept is an error that names the key and
-the class, instead of being silently dropped.
+stays a plain dict; so does an ``init_cfg`` node). A key the constructor does not accept is an
+error that names the key and the class, instead of being silently dropped.
 
     model = build_model(Config.fromfile("projects/configs/bevformerv2/...py").model)
 """
@@ -93,7 +93,13 @@ def build_from_cfg(cfg: Any, registry: Registry, fallbacks: tuple[Registry, ...]
         return type(cfg)(build_from_cfg(c, registry, fallbacks) for c in cfg)
     if not isinstance(cfg, Mapping):
         return cfg
-    kwargs = {k: build_from_cfg(v, registry, fallbacks) for k, v in cfg.items() if k != "type"}
+    # ``init_cfg`` (mmengine's ``dict(type="Pretrained", ...)``) is an initialisation spec
+    # that the module applies in ``init_weights()``, not a node to build
+    kwargs = {
+        k: v if k == "init_cfg" else build_from_cfg(v, registry, fallbacks)
+        for k, v in cfg.items()
+        if k != "type"
+    }
     if "type" not in cfg:
         return kwargs
     kind = cfg["type"]

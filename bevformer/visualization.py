@@ -256,7 +256,14 @@ def detector_bev_heatmap(
     model = build_model(cfg.model)
     load_model_weights(model, checkpoint)
     model.eval()
-    dataset_cfg = dict(cfg.test_dataloader.dataset, info_file=info_file, dataroot=dataroot)
+    # ``info_file`` is a path of its own (not relative to the dataroot), and any split may be
+    # drawn: the split the test dataset expects does not apply
+    dataset_cfg = dict(
+        cfg.test_dataloader.dataset,
+        info_file=osp.abspath(info_file),
+        data_root=dataroot,
+        expected_split=None,
+    )
     dataset = build_dataset(dataset_cfg)
     index = {dataset.infos[i]["token"]: n for n, i in enumerate(dataset.indices)}
     enc = model.encoder

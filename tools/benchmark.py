@@ -2,6 +2,9 @@
 
 Subcommands:
     ops     deformable sampling kernels vs the pure-PyTorch references (``ops.benchmark``)
+    official-ops
+            the CUDA kernels vs the official compiled InternImage DCNv3, Deformable-DETR MSDA
+            and DCNv4 kernels, JIT-built from their sources (``ops.benchmark_official``)
     model   tiny / XL model on CPU: latency, training step, peak memory, kernels vs references
             (``bevformer.benchmark``)
     data    samples/s of the training data pipeline with N DataLoader workers vs 0 workers
@@ -33,6 +36,61 @@ def add_ops_parser(subparsers: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run_ops)
+
+
+def add_official_ops_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ops.benchmark_official import CASES, DTYPES
+
+    p = subparsers.add_parser(
+        "official-ops", help="CUDA kernels vs the official InternImage/Deformable-DETR/DCNv4 ones"
+    )
+    p.add_argument("--internimage-src", help="InternImage ops_dcnv3 folder (or repository root)")
+    p.add_argument("--msda-src", help="Deformable-DETR models/ops folder (or repository root)")
+    p.add_argument("--dcnv4-src", help="DCNv4 DCNv4_op folder (or repository root); optional")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16"], choices=list(DTYPES))
+    p.add_argument("--cases", nargs="+", choices=list(CASES), help="subset of cases")
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--cache", help="build folder (default: $BEVFORMER_OPS_CACHE/official)")
+    p.add_argument("--verbose", action="store_true", help="show the compiler output")
+    p.add_argument(
+        "--build-only", action="store_true", help="build the official extensions and stop"
+    )
+    p.add_argument(
+        "--compile-check",
+        metavar="ARCH",
+        help="only compile the official .cu sources with nvcc for ARCH (e.g. sm_90); no GPU needed",
+    )
+
+    def run_official(args: argparse.Namespace) -> int:
+        from ops import benchmark_official as bo
+
+        given = {"dcnv3": args.internimage_src, "msda": args.msda_src, "dcnv4": args.dcnv4_src}
+        sources = {k: v for k, v in given.items() if v}
+        if not sources:
+            p.error("give at least one of --internimage-src, --msda-src, --dcnv4-src")
+        if args.compile_check:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                report = bo.compile_check(sources, args.compile_check, tmp)
+            for key, r in report.items():
+                status = "compiled" if r["ok"] else "FAILED"
+                print(f"{bo.OFFICIAL_OPS[key].project}: {status} for {args.compile_check}")
+                for line in r["patches"] + r["errors"]:
+                    print(f"  {line}")
+            return 0 if all(r["ok"] for r in report.values()) else 1
+        if args.build_only:
+            for key, src in sources.items():
+                module, patches = bo.build_official(
+                    bo.OFFICIAL_OPS[key], src, args.cache, args.verbose
+                )
+                print(f"built {module.__name__} with {len(patches)} source patch(es)")
+            return 0
+        bo.run(sources, args.dtypes, args.repeats, args.cases, args.out, args.cache, args.verbose)
+        return 0
+
+    p.set_defaults(func=run_official)
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -97,7 +155,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_data)
 
 
-SUBCOMMANDS = [add_ops_parser, add_model_parser, add_data_parser]
+SUBCOMMANDS = [add_ops_parser, add_official_ops_parser, add_model_parser, add_data_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

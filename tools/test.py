@@ -3,8 +3,10 @@
     python tools/test.py CONFIG CKPT [--out results.json] [--eval] [--show-dir DIR]
     bash tools/dist_test.sh CONFIG CKPT NGPUS [same options]
 
-Writes a nuScenes detection submission JSON; with ``--eval`` also NDS, mAP, mATE, mASE,
-mAOE, mAVE, mAAE and per-class AP (printed and saved as JSON next to the submission).
+CKPT is loaded strictly (every key and shape must match): a checkpoint of this project or an
+official BEVFormer v2 one. Writes a nuScenes detection submission JSON; with ``--eval`` also
+NDS, mAP, mATE, mASE, mAOE, mAVE, mAAE and per-class AP (printed and saved as JSON next to the
+submission).
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval", action="store_true", help="score with DetectionEval")
     parser.add_argument("--show-dir", help="also render BEV + camera pictures here")
     parser.add_argument("--work-dir")
-    parser.add_argument("--data-root", help="use this dataroot instead of the config's data_root")
+    parser.add_argument(
+        "--data-root",
+        help="use this dataroot instead of the config's data_root (every info file, image and "
+        "metric path follows; the same as --cfg-options data_root=DIR)",
+    )
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
@@ -66,10 +72,12 @@ def report(args: argparse.Namespace, cfg, out_dir: str, metrics: dict) -> None:
               f"{osp.join(out_dir, 'metrics_summary.json')})")  # fmt: skip
     print({k: round(v, 4) for k, v in metrics.items()})
     if args.show_dir:
+        from bevformer.data.infos import resolve_path
         from bevformer.visualization import render_results
 
         ev = cfg.test_evaluator
-        paths = render_results(ev.ann_file, ev.dataroot, args.show_dir, results_file=submission)
+        ann_file = resolve_path(ev.data_root, ev.ann_file)
+        paths = render_results(ann_file, ev.data_root, args.show_dir, results_file=submission)
         print(f"{len(paths)} pictures in {args.show_dir}")
 
 

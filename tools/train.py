@@ -1,6 +1,6 @@
 """Train a BEVFormer v2 config with mmengine's Runner (one process, or DDP under torchrun).
 
-python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--load-from CKPT] [--amp]
                              [--cfg-options key=value ...]
 bash tools/dist_train.sh CONFIG NGPUS [same options]
 """
@@ -23,7 +23,16 @@ def parse_args() -> argparse.Namespace:
         default=False,
         help="resume from CKPT, or from the latest checkpoint in the work dir when no path",
     )
-    parser.add_argument("--data-root", help="use this dataroot instead of the config's data_root")
+    parser.add_argument(
+        "--load-from",
+        help="start a new run from this checkpoint's weights (overrides the config's load_from; "
+        "matching names and shapes are loaded, the rest is reported; ignored with --resume)",
+    )
+    parser.add_argument(
+        "--data-root",
+        help="use this dataroot instead of the config's data_root (every info file, image and "
+        "metric path follows; the same as --cfg-options data_root=DIR)",
+    )
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 or fp16)")
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value"
@@ -37,7 +46,12 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
     runner = build_runner(
-        cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher
+        cfg,
+        work_dir=args.work_dir,
+        resume=args.resume,
+        amp=args.amp,
+        launcher=args.launcher,
+        load_from=args.load_from,
     )
     runner.train()
     finish_distributed()

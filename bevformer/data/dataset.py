@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bevformer.data.infos import load_infos
+from bevformer.data.infos import check_info_metadata, load_infos, resolve_path
 from bevformer.data.meta import SampleMeta
 from bevformer.data.transforms import Compose, LoadMultiViewImages
 from bevformer.registry import DATASETS
@@ -118,20 +118,27 @@ def _matrix(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
 class NuScenesTemporalDataset(Dataset):
     """Temporal multi-camera samples from a ``{prefix}_infos_temporal_{split}.json`` file.
 
-    ``info_file`` is read with :func:`bevformer.data.infos.load_infos` (format and version
-    checked); relative image paths are joined to ``dataroot`` (default: the dataroot recorded
-    in the info file). ``frames`` are keyframe offsets, strictly increasing, containing 0.
-    ``transforms`` are callables or ``TRANSFORMS`` config dicts (default: only
-    :class:`LoadMultiViewImages`). ``camera_names`` defaults to the info file's cameras; every
-    sample must have all of them. ``test_mode`` makes the random transforms deterministic and
-    keeps every keyframe; ground truth is then optional in the infos.
+    Paths follow mmengine's ``data_root`` convention: ``info_file`` and the image paths of the
+    infos are relative to ``data_root`` and joined to it here (an absolute ``info_file`` stays
+    absolute), so one ``data_root`` moves everything. The info file is read with
+    :func:`bevformer.data.infos.load_infos` (format and version checked); with
+    ``expected_version`` (``v1.0-trainval``) and ``expected_split`` (``train`` / ``val`` /
+    ``test``) an info file made from other data is refused (``ValueError`` naming both values,
+    :func:`bevformer.data.infos.check_info_metadata`). ``frames`` are keyframe offsets,
+    strictly increasing, containing 0. ``transforms`` are callables or ``TRANSFORMS`` config
+    dicts (default: only :class:`LoadMultiViewImages`). ``camera_names`` defaults to the info
+    file's cameras; every sample must have all of them. ``test_mode`` makes the random
+    transforms deterministic and keeps every keyframe; ground truth is then optional in the
+    infos.
     """
 
     def __init__(
         self,
         info_file: str | os.PathLike,
-        dataroot: str | os.PathLike | None = None,
+        data_root: str | os.PathLike,
         *,
+        expected_version: str | None = None,
+        expected_split: str | None = None,
         frames: Sequence[int] = (0,),
         transforms: Sequence[Callable | dict] | None = None,
         classes: Sequence[str] | None = None,
@@ -143,7 +150,13 @@ class NuScenesTemporalDataset(Dataset):
         with_mono: bool = True,
         mono_min_points: int = 3,
     ) -> None:
-        self.info_file = os.fspath(info_file)
+        if data_root is None:
+            raise TypeError(
+                "NuScenesTemporalDataset needs a data_root (the folder the info file and the "
+                "image paths are relative to); set the config's top-level data_root"
+            )
+        self.data_root = os.fspath(data_root)
+        self.info_file = resolve_path(self.data_root, info_file)
         self.frames = tuple(int(f) for f in frames)
         if 0 not in self.frames or any(b <= a for a, b in zip(self.frames, self.frames[1:])):
             raise ValueError(
@@ -151,10 +164,11 @@ class NuScenesTemporalDataset(Dataset):
                 f"current frame), e.g. (-1, 0); got {tuple(frames)}"
             )
         self.metadata, infos = load_infos(self.info_file)
+        check_info_metadata(
+            self.info_file, self.metadata, version=expected_version, split=expected_split
+        )
         if len(infos) == 0:
             raise ValueError(f"{self.info_file}: the info file has no samples")
-        root = dataroot if dataroot is not None else self.metadata.get("dataroot", "")
-        self.dataroot = os.fspath(root)
         self.classes = tuple(classes if classes is not None else CLASSES)
         names = camera_names if camera_names is not None else self.metadata.get("camera_names")
         if names is None:
@@ -184,6 +198,19 @@ class NuScenesTemporalDataset(Dataset):
                     f"{list(self.classes)} inside pc_range {list(self.pc_range)}; check the "
                     "classes and the info file, or pass filter_empty_gt=False"
                 )
+
+    def summary(self) -> str:
+        """One line saying what the dataset reads: dataroot, info file, the nuScenes version
+        and split the infos were made from, and the sample count."""
+        meta = self.metadata
+        devkit = meta.get("devkit_split")
+        split = f"{meta.get('split', '?')}" + (f" ({devkit})" if devkit else "")
+        kept = "" if len(self) == len(self.infos) else f" of {len(self.infos)} keyframes"
+        return (
+            f"data_root {os.path.abspath(self.data_root)}, info file {self.info_file} "
+            f"({meta.get('dataset_version', '?')}, split {split}): {len(self)} samples{kept}, "
+            f"frames {self.frames}, test_mode {self.test_mode}"
+        )
 
     # ---- construction helpers -----------------------------------------------------------
 
@@ -295,8 +322,19 @@ class NuScenesTemporalDataset(Dataset):
                 sources[t] = sources[t - 1]
         return sources, valid
 
+    def image_paths(self, idx: int) -> list[list[str]]:
+        """The image files item ``idx`` reads, ``T x N`` (frame slots x ``camera_names``),
+        joined to ``data_root``; nothing is decoded."""
+        if not 0 <= idx < len(self.indices):
+            raise IndexError(f"index {idx} out of range for a dataset of {len(self)} samples")
+        sources, _ = self.frame_sources(self.indices[idx])
+        return [
+            [self._path(self.infos[j]["cams"][cam]["data_path"]) for cam in self.camera_names]
+            for j in sources
+        ]
+
     def _path(self, rel: str) -> str:
-        return rel if os.path.isabs(rel) else os.path.join(self.dataroot, rel)
+        return resolve_path(self.data_root, rel)
 
     def _results(self, info_index: int, rng: np.random.Generator | None) -> dict[str, Any]:
         """The transform input of one item (see ``bevformer.data.transforms``)."""

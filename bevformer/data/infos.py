@@ -45,6 +45,8 @@ __all__ = [
     "build_infos",
     "save_infos",
     "load_infos",
+    "check_info_metadata",
+    "resolve_path",
     "create_infos",
 ]
 
@@ -402,6 +404,70 @@ def load_infos(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return payload["metadata"], payload["infos"]
 
 
+def resolve_path(data_root: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` joined to ``data_root`` at run time (mmengine's ``data_root`` convention); an
+    absolute ``path`` stays as it is."""
+    path = os.fspath(path)
+    return path if osp.isabs(path) else osp.join(os.fspath(data_root), path)
+
+
+# metadata key -> what the key holds, for the messages of ``check_info_metadata``
+_CHECKED_METADATA = {
+    "dataset_version": "nuScenes version",
+    "split": "split",
+    "devkit_split": "devkit split",
+}
+
+
+def check_info_metadata(
+    path: str,
+    metadata: dict[str, Any],
+    *,
+    version: str | None = None,
+    split: str | None = None,
+    devkit_split: str | None = None,
+) -> None:
+    """Refuse an info file made from another nuScenes version or split than expected.
+
+    ``version`` is compared with ``metadata["dataset_version"]`` (``v1.0-trainval``), ``split``
+    with ``metadata["split"]`` (``train`` / ``val`` / ``test``, the same for every version) and
+    ``devkit_split`` with ``metadata["devkit_split"]`` (the devkit's name of the split,
+    ``mini_val`` / ``val``: what ``DetectionEval``'s ``eval_set`` must be). ``None`` skips a
+    check. Raises ``ValueError`` naming both values and what to change; an info file that
+    lacks a checked field is refused with the advice to re-run ``tools/create_data.py``.
+    """
+    expected = {"dataset_version": version, "split": split, "devkit_split": devkit_split}
+    for key, want in expected.items():
+        if want is None:
+            continue
+        what = _CHECKED_METADATA[key]
+        if key not in metadata:
+            raise ValueError(
+                f"{path} does not record its {what} (metadata key {key!r}); it was written by "
+                "an older tools/create_data.py: re-run tools/create_data.py on its dataroot"
+            )
+        found = metadata[key]
+        if found == want:
+            continue
+        if key == "dataset_version":
+            todo = (
+                f"set the config's top-level version = {found!r} (--cfg-options "
+                f"version={found}) if that is the data you mean, or create the {want} infos "
+                f"with: python tools/create_data.py --dataroot DATAROOT --version {want}"
+            )
+        elif key == "split":
+            todo = (
+                f"point info_file at the {want!r} info file "
+                f"(..._infos_temporal_{want}.json), or change expected_split"
+            )
+        else:
+            todo = (
+                f"point ann_file at the info file of {want!r}, or set the evaluator's "
+                f"eval_set = {found!r}"
+            )
+        raise ValueError(f"{path} holds {what} {found!r} but the config expects {want!r}: {todo}")
+
+
 def create_infos(
     dataroot: str,
     version: str,
@@ -412,8 +478,12 @@ def create_infos(
 ) -> dict[str, str]:
     """Write ``{prefix}_infos_temporal_{split}.json`` for each split of ``version``.
 
-    Splits come from ``nuscenes.utils.splits.create_splits_scenes`` (``SPLITS``). Returns
-    ``{split: path}``.
+    Splits come from ``nuscenes.utils.splits.create_splits_scenes`` (``SPLITS``). The
+    metadata records ``dataset_version`` (``version``), ``split`` (``train`` / ``val`` /
+    ``test``) and ``devkit_split`` (``mini_train``, ``val``, ...), which datasets and the
+    metric check (:func:`check_info_metadata`), and the ``dataroot`` it was made from (for
+    information only: image paths are relative and readers join them to their own
+    ``data_root``). Returns ``{split: path}``.
     """
     from nuscenes.utils.splits import create_splits_scenes
 

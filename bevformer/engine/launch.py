@@ -11,18 +11,24 @@ so changing the number of GPUs does not silently change the schedule.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import os.path as osp
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import Evaluator
+from mmengine.logging import print_log
 
+from backbones.checkpoint import download_hint
 from bevformer.builder import build_dataset, build_model
+from bevformer.checkpoint import LoadReport, StateDictMismatchError, load_weights
 from bevformer.data.collate import collate
+from bevformer.data.infos import resolve_path
 from bevformer.engine.loops import SceneSequentialSampler, StreamingTestLoop, StreamingValLoop
 from bevformer.engine.metric import NuScenesMetric
 from bevformer.engine.runner import (
@@ -32,6 +38,7 @@ from bevformer.engine.runner import (
     register_checkpoint_globals,
     seed_everything,
 )
+from bevformer.engine.sync_bn import apply_sync_bn
 
 __all__ = [
     "DictAction",
@@ -45,9 +52,35 @@ __all__ = [
 ]
 
 
+# Set once at the top level of a config, written into these nodes by ``load_config``:
+# top-level key -> {node: key of the node}.
+_DATASET_NODES = ("train_dataloader.dataset", "val_dataloader.dataset", "test_dataloader.dataset")
+_EVALUATOR_NODES = ("val_evaluator", "test_evaluator")
+_PROPAGATED = {
+    "data_root": {
+        **dict.fromkeys(_DATASET_NODES, "data_root"),
+        **dict.fromkeys(_EVALUATOR_NODES, "data_root"),
+    },
+    "version": {
+        **dict.fromkeys(_DATASET_NODES, "expected_version"),
+        **dict.fromkeys(_EVALUATOR_NODES, "version"),
+    },
+}
+
+
 def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
     """Every ``--cfg-options`` key must name an existing entry of the config."""
+    node_keys = {
+        f"{node}.{key}": top for top, nodes in _PROPAGATED.items() for node, key in nodes.items()
+    }
     for dotted in options:
+        if dotted in node_keys:
+            top = node_keys[dotted]
+            raise KeyError(
+                f"--cfg-options key {dotted!r}: {dotted.rsplit('.', 1)[1]} is taken from the "
+                f"top-level {top!r} of the config; set that instead (--cfg-options "
+                f"{top}=...{' or --data-root DIR' if top == 'data_root' else ''})"
+            )
         node: Any = cfg.to_dict()
         walked = []
         for part in dotted.split("."):
@@ -64,39 +97,85 @@ def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
                 )
 
 
-def _replace_prefix(node: Any, old: str, new: str) -> Any:
-    if isinstance(node, str):
-        return new + node[len(old) :] if node.startswith(old) else node
-    if isinstance(node, dict):
-        return type(node)({k: _replace_prefix(v, old, new) for k, v in node.items()})
-    if isinstance(node, list | tuple):
-        return type(node)(_replace_prefix(v, old, new) for v in node)
+def _node(cfg: Config, dotted: str) -> Any:
+    """The config node at ``dotted`` (``val_dataloader.dataset``), or None where absent."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict | Config) else None
+        if node is None:
+            return None
     return node
+
+
+def _propagate_top_level(cfg: Config, file_values: dict[str, Any], path: str) -> None:
+    """Write the top-level ``data_root`` and ``version`` into the dataset and evaluator nodes.
+
+    The top-level value always wins. A node that names another value than the config file's
+    own top-level one (a hand-written node) is overwritten with a warning; a config dumped by
+    a run, whose nodes carry the values written here, loads without one and follows
+    ``--data-root`` like any other.
+    """
+    for top, nodes in _PROPAGATED.items():
+        value = cfg.get(top)
+        for dotted, key in nodes.items():
+            node = _node(cfg, dotted)
+            if node is None:
+                continue
+            if value is None:
+                if top == "data_root" and node.get(key) is None:
+                    raise KeyError(
+                        f"{path} has no top-level data_root, which {dotted} needs (its paths "
+                        "are relative to it): add data_root = 'data/nuscenes/...' to the "
+                        "config or pass --data-root DIR"
+                    )
+                continue
+            own = node.get(key)
+            if own is not None and own != value and own != file_values.get(top):
+                warnings.warn(
+                    f"{path}: {dotted}.{key} = {own!r} is replaced by the top-level {top} = "
+                    f"{value!r}; the dataroot and version are set once, at the top level of "
+                    "a config",
+                    stacklevel=3,
+                )
+            node[key] = value
 
 
 def load_config(
     path: str, options: dict[str, Any] | None = None, data_root: str | None = None
 ) -> Config:
-    """Load a config file, point it at another dataroot, apply ``--cfg-options``.
+    """Load a config file, apply ``--cfg-options``, point it at ``data_root`` (``--data-root``).
 
-    ``data_root`` replaces the config's ``data_root`` prefix in every path of the config
-    (info files, image root, evaluator), so one flag moves a config to another dataset copy.
-    ``--cfg-options`` keys must name entries that exist.
+    One rule for the dataroot: the config's top-level ``data_root`` (and ``version``, the
+    nuScenes version it holds) is the only one. After ``_base_`` inheritance,
+    ``--cfg-options`` and ``--data-root``, it is written into every dataset node
+    (``{train,val,test}_dataloader.dataset``: ``data_root``, ``expected_version``) and
+    evaluator node (``{val,test}_evaluator``: ``data_root``, ``version``), whose paths
+    (``info_file``, ``ann_file``) are relative to it. So ``--data-root DIR``,
+    ``--cfg-options data_root=DIR`` and a child config ``_base_ = [...]; data_root = "DIR"``
+    all move every path, whatever the config sets; giving ``--data-root`` and a different
+    ``--cfg-options data_root`` at once is an error. ``--cfg-options`` keys must name entries
+    that exist; node keys set from the top level are refused with the key to use instead.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(
             f"config file {path!r} does not exist; configs live in projects/configs/bevformerv2/"
         )
     cfg = Config.fromfile(path)
-    if data_root is not None:
-        old = cfg.get("data_root")
-        if not old:
-            raise KeyError(f"{path} has no top-level data_root to replace with {data_root!r}")
-        new = data_root.rstrip("/") + ("/" if old.endswith("/") else "")
-        cfg = Config(_replace_prefix(cfg.to_dict(), old, new), filename=cfg.filename)
+    file_values = {top: cfg.get(top) for top in _PROPAGATED}
+    options = dict(options or {})
     if options:
         _check_option_keys(cfg, options, path)
+    if data_root is not None:
+        other = options.get("data_root")
+        if other is not None and str(other).rstrip("/") != str(data_root).rstrip("/"):
+            raise ValueError(
+                f"--data-root {data_root!r} and --cfg-options data_root={other!r} disagree; "
+                "give the dataroot once"
+            )
+        options["data_root"] = data_root
+    if options:
         cfg.merge_from_dict(options)
+    _propagate_top_level(cfg, file_values, path)
     return cfg
 
 
@@ -118,51 +197,78 @@ def scale_schedule(cfg: Config, world_size: int) -> tuple[int, float]:
     return global_batch, factor
 
 
-def load_model_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a training checkpoint's weights strictly, with an error listing mismatches."""
+def load_model_weights(
+    model: torch.nn.Module, path: str, logger: logging.Logger | str | None = None
+) -> LoadReport:
+    """Load a checkpoint to evaluate strictly (:func:`bevformer.checkpoint.load_weights`:
+    this project's or official BEVFormer v2 files), with an error listing mismatches."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    register_checkpoint_globals()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: model {tuple(own[k].shape)} vs checkpoint {tuple(state[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if own[k].shape != state[k].shape
-    ]
-    if missing or unexpected or shapes:
+    try:
+        return load_weights(model, path, strict=True, logger=logger)
+    except StateDictMismatchError as err:
+        r = err.report
+        missing, unexpected = sorted(r.missing), sorted(r.unexpected)
+        shapes = [f"{k}: model {a} vs checkpoint {b}" for k, a, b in sorted(r.mismatched)]
         raise ValueError(
-            f"checkpoint {path} does not fit this model (was it trained with another "
-            f"config?): {len(missing)} missing keys {missing[:8]}, {len(unexpected)} "
+            f"checkpoint {path} ({r.format}) does not fit this model (was it trained with "
+            f"another config?): {len(missing)} missing keys {missing[:8]}, {len(unexpected)} "
             f"unexpected keys {unexpected[:8]}, {len(shapes)} shape mismatches {shapes[:8]}"
-        )
-    model.load_state_dict(state, strict=True)
+        ) from err
 
 
 def check_info_files(cfg: Config, keys: Sequence[str]) -> None:
-    """Every ``info_file`` the given dataloaders read must exist; else say how to make it."""
+    """Before anything is built: every ``info_file`` the given dataloaders read must exist
+    (else say how to make it), and the evaluator paired with a dataloader (``val_dataloader``
+    with ``val_evaluator``, ``test_dataloader`` with ``test_evaluator``) must score the info
+    file that dataloader reads. Paths are resolved against the nodes' ``data_root``."""
     for key in keys:
         loader = cfg.get(key)
-        info_file = (loader or {}).get("dataset", {}).get("info_file")
-        if info_file and not osp.isfile(info_file):
-            dataroot = loader["dataset"].get("dataroot") or osp.dirname(info_file) or "."
-            version = cfg.get("version", "v1.0-trainval")
+        dataset = (loader or {}).get("dataset", {})
+        if not dataset.get("info_file"):
+            continue
+        data_root = dataset.get("data_root") or ""
+        info_file = resolve_path(data_root, dataset["info_file"])
+        if not osp.isfile(info_file):
+            version = dataset.get("expected_version") or cfg.get("version", "v1.0-trainval")
+            hint = ""
+            if data_root and str(dataset["info_file"]).startswith(data_root):
+                hint = (
+                    f" (info_file {dataset['info_file']!r} already starts with the data_root: "
+                    "info_file is relative to data_root, drop the prefix)"
+                )
             raise FileNotFoundError(
-                f"{key} reads the info file {info_file}, which does not exist. Create the info "
-                f"files with: python tools/create_data.py --dataroot {dataroot.rstrip('/')} "
-                f"--version {version} (or point the config at another dataroot with "
-                "--data-root)"
+                f"{key} reads the info file {info_file}, which does not exist{hint}. Create the "
+                f"info files with: python tools/create_data.py --dataroot "
+                f"{(data_root or '.').rstrip('/')} --version {version} (or point the config "
+                "at another dataroot with --data-root)"
+            )
+        evaluator = cfg.get(key.replace("_dataloader", "_evaluator"))
+        if key == "train_dataloader" or not evaluator or not evaluator.get("ann_file"):
+            continue
+        ann_file = resolve_path(evaluator.get("data_root") or "", evaluator["ann_file"])
+        if osp.realpath(ann_file) != osp.realpath(info_file):
+            name = key.replace("_dataloader", "_evaluator")
+            raise ValueError(
+                f"{name} scores {ann_file} but {key} reads {info_file}; the metric must score "
+                f"the samples the dataloader reads: set {name}.ann_file to "
+                f"{dataset['info_file']!r}"
             )
 
 
 def _dataloader(cfg: Config | None) -> dict | None:
+    """The dataloader config with its dataset built; logs what the dataset reads."""
     if cfg is None:
         return None
     loader = copy.deepcopy(dict(cfg))
-    loader["dataset"] = build_dataset(loader["dataset"])
+    dataset = build_dataset(loader["dataset"])
+    describe = getattr(dataset, "summary", None)
+    print_log(
+        f"dataset {type(dataset).__name__}: "
+        + (describe() if callable(describe) else f"{len(dataset)} samples"),
+        logger="current",
+    )
+    loader["dataset"] = dataset
     loader["collate_fn"] = collate
     return loader
 
@@ -234,6 +340,33 @@ def _world_size(launcher: str) -> int:
     return int(os.environ.get("WORLD_SIZE", "1")) if launcher != "none" else 1
 
 
+def _new_run_weights(cfg: Config, load_from: str | None, resume: str | bool) -> dict[str, Any]:
+    """The whole-model weights a new training run starts from: ``--load-from`` (``load_from``
+    argument) wins over the config's top-level ``load_from``; ``load_from_strict`` (default
+    False, as mmengine) makes any key or shape difference an error. The file must exist
+    unless the run resumes (then it is ignored, with a log line, when the run starts)."""
+    origin = "--load-from" if load_from is not None else "load_from (config key)"
+    path = load_from if load_from is not None else cfg.get("load_from")
+    if not path:
+        return {}
+    if not resume and not osp.isfile(path):
+        fix = (
+            "pass an existing file to --load-from"
+            if load_from is not None
+            else "set load_from to an existing file, or train without it: "
+            "--cfg-options load_from=None"
+        )
+        raise FileNotFoundError(
+            f"{origin}: checkpoint {path} does not exist.{download_hint(path)} To start "
+            f"elsewhere, {fix}."
+        )
+    return dict(
+        weights_from=str(path),
+        weights_origin=origin,
+        weights_strict=bool(cfg.get("load_from_strict", False)),
+    )
+
+
 def build_runner(
     cfg: Config,
     *,
@@ -245,7 +378,14 @@ def build_runner(
     for_training: bool = True,
     metric_overrides: dict[str, Any] | None = None,
 ) -> BEVRunner:
-    """Build the Runner for training (``for_training``) or testing from a loaded config."""
+    """Build the Runner for training (``for_training``) or testing from a loaded config.
+
+    Weights: for training, ``load_from`` (``--load-from``, else the config's ``load_from``) is
+    loaded by :class:`BEVRunner` after ``init_weights`` (so it wins over a backbone's
+    ``init_cfg``) and before the first iteration of a new run, and ignored when the run
+    resumes; mmengine's own ``load_from`` argument only carries the ``--resume`` checkpoint.
+    For testing, ``load_from`` is the checkpoint to evaluate, loaded strictly here.
+    """
     register_checkpoint_globals()
     cfg = copy.deepcopy(cfg)
     work_dir = (
@@ -264,8 +404,19 @@ def build_runner(
         # one config start from the same weights
         seed_everything(int(randomness["seed"]))
     model = build_model(cfg.model)
-    if load_from:
+    weights: dict[str, Any] = {}
+    if for_training:
+        weights = _new_run_weights(cfg, load_from, resume)
+    elif load_from:
         load_model_weights(model, load_from)
+    # BatchNorm -> SyncBatchNorm for multi-GPU training (config ``sync_bn``), before DDP wraps it
+    model = apply_sync_bn(
+        model,
+        cfg,
+        world_size=_world_size(launcher),
+        distributed=launcher != "none",
+        training=for_training,
+    )
     # the metric writes its submission and summary under the work dir unless told otherwise
     eval_dir = dict(out_dir=osp.join(work_dir, "nuscenes_eval"))
 
@@ -285,6 +436,7 @@ def build_runner(
         randomness=randomness,
         default_scope=None,
         cfg=cfg,
+        **weights,
     )
     if for_training:
         global_batch, factor = scale_schedule(cfg, _world_size(launcher))

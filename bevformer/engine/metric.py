@@ -21,8 +21,8 @@ from typing import Any
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
-from bevformer.data.infos import load_infos
-from bevformer.evaluation.nds import evaluate_nds, format_metrics
+from bevformer.data.infos import check_info_metadata, load_infos, resolve_path
+from bevformer.evaluation.nds import evaluate_nds
 from bevformer.evaluation.results import to_nusc_boxes, write_submission
 
 __all__ = ["NuScenesMetric", "merge_results"]
@@ -44,14 +44,18 @@ class NuScenesMetric(BaseMetric):
     """NDS / mAP of lidar-frame detections with the official nuScenes devkit.
 
     Args:
-        ann_file: info file of the evaluated split (its tokens and poses).
-        dataroot: nuScenes dataroot (the devkit loads the ground truth from its tables).
-        version: ``v1.0-mini`` / ``v1.0-trainval``.
-        eval_set: devkit split name (``mini_val``, ``val``).
+        ann_file: info file of the evaluated split (its tokens and poses), relative to
+            ``data_root`` unless absolute.
+        data_root: nuScenes dataroot (the devkit loads the ground truth from its tables).
+        version: ``v1.0-mini`` / ``v1.0-trainval``; the info file must have been made from it.
+        eval_set: devkit split name (``mini_val``, ``val``); the info file must hold it.
         classes: class names indexed by label.
         out_dir: where the submission JSON and the metric summary go (``tools/train.py`` and
             ``tools/test.py`` put it under the work dir; a new temporary directory when None).
         run_eval: score with ``DetectionEval``; when False only the submission is written.
+
+    Raises ``ValueError`` when the info file was made from another version or split
+    (:func:`bevformer.data.infos.check_info_metadata`).
     """
 
     default_prefix = "nuscenes"
@@ -59,7 +63,7 @@ class NuScenesMetric(BaseMetric):
     def __init__(
         self,
         ann_file: str,
-        dataroot: str,
+        data_root: str,
         version: str,
         eval_set: str,
         classes: Sequence[str],
@@ -69,14 +73,15 @@ class NuScenesMetric(BaseMetric):
         prefix: str | None = None,
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
-        self.ann_file = ann_file
-        self.dataroot = dataroot
+        self.data_root = data_root
+        self.ann_file = resolve_path(data_root, ann_file)
         self.version = version
         self.eval_set = eval_set
         self.classes = list(classes)
         self.out_dir = out_dir
         self.run_eval = run_eval
-        _, infos = load_infos(ann_file)
+        metadata, infos = load_infos(self.ann_file)
+        check_info_metadata(self.ann_file, metadata, version=version, devkit_split=eval_set)
         self._infos = {info["token"]: info for info in infos}
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
@@ -108,7 +113,7 @@ class NuScenesMetric(BaseMetric):
             return {"num_samples": float(len(by_token))}
         summary = evaluate_nds(
             result_path,
-            dataroot=self.dataroot,
+            dataroot=self.data_root,
             version=self.version,
             eval_set=self.eval_set,
             output_dir=out_dir,
@@ -117,6 +122,4 @@ class NuScenesMetric(BaseMetric):
         print_log(f"nuScenes metrics written to {out_dir}", logger="current")
         with open(osp.join(out_dir, "metrics_summary_flat.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        with open(osp.join(out_dir, "metrics_table.txt"), "w") as f:
-            f.write(format_metrics(summary) + "\n")
         return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}

@@ -1,4 +1,4 @@
-"""mmengine Runner glue: atomic checkpoints, exact resume, safe checkpoint loading.
+"""mmengine Runner glue: atomic checkpoints, exact resume, safe checkpoint loading, weights in.
 
 - Checkpoints are written to a temporary name and renamed into place, so an interrupted run
   never leaves a truncated file under the name ``last_checkpoint`` points to (mmengine's
@@ -10,6 +10,10 @@
   from ``(seed, rank, iteration)``. A run resumed at iteration k therefore draws exactly what
   the uninterrupted run drew from iteration k + 1 on, whatever happened in between
   (validation, DataLoader restarts, workers).
+- Weights of a new run (:class:`BEVRunner`): ``model.init_weights()`` (backbone ``init_cfg``
+  ``Pretrained`` files) runs once at the start of training, then the whole-model
+  ``load_from`` file is loaded over it; both log what they loaded. A resumed run skips both:
+  the resumed checkpoint restores every weight.
 - torch >= 2.6 loads with ``weights_only=True`` by default; mmengine checkpoints hold a few
   non-tensor objects. :func:`register_checkpoint_globals` allows the NumPy types, and
   :class:`CheckpointStateHook` stores the message hub's ``HistoryBuffer`` as plain arrays,
@@ -28,7 +32,11 @@ import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.model import is_model_wrapper
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
+from mmengine.runner.checkpoint import find_latest_checkpoint
+
+from bevformer.checkpoint import CheckpointReadError, StateDictMismatchError, load_weights
 
 __all__ = [
     "BEVRunner",
@@ -163,7 +171,64 @@ class ReproducibleHook(Hook):
 
 
 class BEVRunner(Runner):
-    """mmengine ``Runner`` whose checkpoints are written atomically."""
+    """mmengine ``Runner`` whose checkpoints are written atomically and which starts a new run
+    from ``weights_from`` (the ``load_from`` / ``--load-from`` file, named by
+    ``weights_origin`` in errors and logs; ``weights_strict``: every key must match).
+
+    mmengine's own ``load_from`` argument is used for ``--resume CKPT`` only.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        weights_from: str | None = None,
+        weights_origin: str = "load_from",
+        weights_strict: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._weights_from = weights_from
+        self._weights_origin = weights_origin
+        self._weights_strict = weights_strict
+
+    def _resume_source(self) -> str | None:
+        """The checkpoint this run resumes from (None: a new run), as mmengine decides it."""
+        if not self._resume:
+            return None
+        return self._load_from or find_latest_checkpoint(self.work_dir)
+
+    def _init_model_weights(self) -> None:
+        if self._resume_source() is not None:
+            self.logger.info("init_weights skipped: the resumed checkpoint restores every weight")
+            return
+        super()._init_model_weights()
+
+    def load_or_resume(self) -> None:
+        """mmengine's resume; on a new run, then the ``weights_from`` file (after
+        ``init_weights``, which :meth:`train` calls first)."""
+        if self._has_loaded:
+            return
+        resume_from = self._resume_source()
+        super().load_or_resume()
+        if not self._weights_from:
+            return
+        origin, path = self._weights_origin, self._weights_from
+        if resume_from is not None:
+            self.logger.warning(
+                f"{origin} = {path} ignored: the run resumes from {resume_from}, which restores "
+                "the whole model"
+            )
+            return
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        try:
+            load_weights(model, path, strict=self._weights_strict, logger=self.logger)
+        except StateDictMismatchError as err:
+            raise StateDictMismatchError(
+                f"{origin} = {path} (load_from_strict=True): {err}", err.report
+            ) from err
+        except (FileNotFoundError, CheckpointReadError) as err:
+            raise type(err)(f"{origin} = {path}: {err}") from err
+        self._has_loaded = True
 
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:

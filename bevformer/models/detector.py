@@ -15,8 +15,11 @@ Data flow (official ``detectors/bevformerV2.py`` + ``modules/transformerV2.py``)
    maps of the current frame (flips undone, so they match the dataset's mono targets, which
    describe the unflipped image). In training its losses, with targets from the batch's
    ``mono`` and the current frame's ``intrinsics``, are multiplied by ``mono_loss_weight``
-   and join the loss dict (keys ending in ``_mono``). It does not run at test time unless
-   hybrid queries need it.
+   and join the loss dict (keys ending in ``_mono``). With ``mono_cameras="annotated"`` (the
+   official ``forward_mono_train``, which keeps the cameras in ``mono_ann_idx``) the head sees
+   only the cameras with at least one usable box: the others' negatives, and their images in
+   the towers' BatchNorm statistics, do not count. ``"all"`` runs it on every camera. It does
+   not run at test time unless hybrid queries need it.
 5. Optional hybrid object queries (``hybrid_queries``, :mod:`bevformer.models.hybrid`): the
    perspective head's top-k detections, lifted to the current lidar frame with
    ``cam2lidar`` and ``bda``, become k extra decoder queries, in training and at test time.
@@ -46,12 +49,14 @@ from bevformer.models.encoder import BEVEncoder
 from bevformer.models.grid_mask import GridMask
 from bevformer.models.hybrid import HybridQueries, Proposals
 from bevformer.models.perspective import targets_from_batch
+from bevformer.models.perspective.targets import has_usable_boxes
 from bevformer.models.temporal import TemporalState, fill_missing_frames
 from bevformer.registry import MODELS
 
 __all__ = ["BEVFormerV2", "check_finite_losses", "count_parameters"]
 
 TEMPORAL_MODES = ("fusion", "streaming")
+MONO_CAMERAS = ("annotated", "all")
 
 
 def check_finite_losses(losses: dict[str, Tensor]) -> None:
@@ -72,6 +77,12 @@ def _meta_attr(meta: Any, name: str, default: Any = None) -> Any:
     if isinstance(meta, dict):
         return meta.get(name, default)
     return getattr(meta, name, default)
+
+
+def _select_images(outputs: dict, index: Tensor) -> dict:
+    """The perspective head's outputs (per level [BN, ...] maps) of the images ``index`` only;
+    ``locations`` are the same for every image and stay."""
+    return {k: v if k == "locations" else [m[index] for m in v] for k, v in outputs.items()}
 
 
 def _require_mono(mono: Sequence[Any] | None) -> None:
@@ -102,11 +113,18 @@ class BEVFormerV2(BaseModel):
         use_grid_mask: bool = True,
         grid_mask: GridMask | None = None,
         mono_loss_weight: float = 1.0,
+        mono_cameras: str = "annotated",
         hybrid_queries: HybridQueries | None = None,
         data_preprocessor: dict | nn.Module | None = None,
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if mono_cameras not in MONO_CAMERAS:
+            raise ValueError(
+                f"mono_cameras must be one of {MONO_CAMERAS} ('annotated': the perspective head "
+                f"sees only cameras with boxes, as the official detector), got {mono_cameras!r}"
+            )
+        self.mono_cameras = mono_cameras
         self.frames = tuple(int(f) for f in frames)
         if 0 not in self.frames or list(self.frames) != sorted(self.frames):
             raise ValueError(
@@ -386,10 +404,12 @@ class BEVFormerV2(BaseModel):
         return (result, state) if return_state else result
 
     # ---------------------------------------------------------------- perspective head
-    def _mono_feats(self, feats: list[Tensor]) -> list[Tensor]:
-        """Current-frame maps L x [B, N, C, h, w] -> the mono head's L' x [B*N, C, h, w]."""
+    def _mono_feats(self, feats: list[Tensor], index: Tensor | None = None) -> list[Tensor]:
+        """Current-frame maps L x [B, N, C, h, w] -> the mono head's L' x [B*N, C, h, w], or
+        only the images ``index`` (camera-major image numbers b * N + n)."""
         n = self.num_mono_levels
-        return [f.flatten(0, 1) for f in (feats if n is None else feats[:n])]
+        flat = [f.flatten(0, 1) for f in (feats if n is None else feats[:n])]
+        return flat if index is None else [f[index] for f in flat]
 
     def _current(self, value: Tensor | None, name: str, img: Tensor) -> Tensor:
         """The current frame's slice ``[B, N, ...]`` of a ``[B, T, N, ...]`` batch entry."""
@@ -420,15 +440,40 @@ class BEVFormerV2(BaseModel):
         return self.hybrid_queries(proposals, levels, image_size), proposals
 
     def mono_loss(
-        self, mono_outputs: dict, mono: Sequence[Any] | None, intrinsics: Tensor | None, img: Tensor
+        self,
+        feats: list[Tensor],
+        mono: Sequence[Any] | None,
+        intrinsics: Tensor | None,
+        img: Tensor,
+        mono_outputs: dict | None = None,
     ) -> dict[str, Tensor]:
-        """Perspective losses of the current frame, each times ``mono_loss_weight``."""
+        """Perspective losses of the current frame, each times ``mono_loss_weight``.
+
+        ``feats``: the current frame's neck maps L x [B, N, C, h, w]; ``mono_outputs``: the
+        head's outputs on all B*N images when they exist already (hybrid queries), then the
+        cameras are selected from them (the towers' BatchNorm statistics then include every
+        camera). With ``mono_cameras="annotated"`` a batch in which no camera has a usable box
+        (the official dataset re-draws such a sample) gets losses of the head run on every
+        camera times 0: zero, with every head parameter in the graph, so DDP ranks stay in step.
+        """
         _require_mono(mono)
         targets = targets_from_batch(mono, self._current(intrinsics, "intrinsics", img))
+        index, weight = None, self.mono_loss_weight  # index None: every camera
+        if self.mono_cameras == "annotated":
+            index = has_usable_boxes(targets, self.mono_head.num_classes).nonzero().squeeze(1)
+            if index.numel() == 0:
+                index, weight = None, 0.0
+        if index is not None:
+            targets = [targets[i] for i in index.tolist()]
+            index = index.to(img.device)
+        if mono_outputs is None:
+            outputs = self.mono_head(self._mono_feats(feats, index))
+        else:
+            outputs = mono_outputs if index is None else _select_images(mono_outputs, index)
         losses = {}
-        for name, value in self.mono_head.loss(mono_outputs, targets).items():
+        for name, value in self.mono_head.loss(outputs, targets).items():
             key = name if name.endswith("_mono") else f"{name}_mono"
-            losses[key] = value * self.mono_loss_weight
+            losses[key] = value * weight
         return losses
 
     def loss(
@@ -452,16 +497,15 @@ class BEVFormerV2(BaseModel):
             self._current(intrinsics, "intrinsics", img)
         bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
         mono_outputs = None
-        if self.mono_head is not None:
-            mono_outputs = self.mono_head(self._mono_feats(feats))
         if self.hybrid_queries is None:
             outputs = self.pts_bbox_head(bev)
         else:
+            mono_outputs = self.mono_head(self._mono_feats(feats))
             hybrid, _ = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
             outputs = self.pts_bbox_head(bev, hybrid)
         losses = dict(self.pts_bbox_head.loss(outputs, list(gt_boxes), list(gt_labels)))
-        if mono_outputs is not None:
-            losses.update(self.mono_loss(mono_outputs, mono, intrinsics, img))
+        if self.mono_head is not None:
+            losses.update(self.mono_loss(feats, mono, intrinsics, img, mono_outputs))
         check_finite_losses(losses)
         return losses
 

@@ -286,3 +286,26 @@ class BEVEncoder(nn.Module):
                 value_pair,
             )
         return query
+
+
+# ---------------------------------------------------------------- official BEVFormer v2 keys
+# Where this encoder's tensors sit in an official BEVFormer v2 checkpoint (BEVFormer
+# ``dense_heads/bevformer_head.py``: ``bev_embedding``, ``positional_encoding`` = mmdet
+# ``LearnedPositionalEncoding``, concatenating column then row embeddings as here;
+# ``modules/transformerV2.py``: ``level_embeds``, ``cams_embeds``; ``modules/encoder.py``
+# ``BEVFormerLayer`` = mmcv transformer layer with ``attentions.0`` TemporalSelfAttention,
+# ``attentions.1`` SpatialCrossAttention, ``ffns.0.layers.{0.0,1}`` the two FFN Linears and
+# ``norms.0..2`` in operation order). Inside the attentions the names, shapes and layouts
+# (offsets viewed as heads x copies x levels x points x 2) are the official ones. Rules are
+# (regex matched at the start of the official key, replacement of the matched part).
+_OFFICIAL_LAYER = r"^pts_bbox_head\.transformer\.encoder\.layers\.(\d+)\."
+OFFICIAL_BEVFORMERV2_KEYS = (
+    (r"^pts_bbox_head\.bev_embedding\.", "bev_embedding."),
+    (r"^pts_bbox_head\.positional_encoding\.", "positional_encoding."),
+    (r"^pts_bbox_head\.transformer\.(level_embeds|cams_embeds)$", r"\1"),
+    (_OFFICIAL_LAYER + r"attentions\.0\.", r"layers.\1.self_attn."),
+    (_OFFICIAL_LAYER + r"attentions\.1\.", r"layers.\1.cross_attn."),
+    (_OFFICIAL_LAYER + r"ffns\.0\.layers\.0\.0\.", r"layers.\1.ffn.0."),
+    (_OFFICIAL_LAYER + r"ffns\.0\.layers\.1\.", r"layers.\1.ffn.3."),
+    (_OFFICIAL_LAYER + r"norms\.", r"layers.\1.norms."),
+)

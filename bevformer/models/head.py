@@ -436,3 +436,29 @@ def convert_official_head_state_dict(
         if int(key.split(".")[2]) == depth:
             converted[key] = converted[key][order]
     return converted
+
+
+# ---------------------------------------------------------------- official BEVFormer v2 keys
+# Where this head's tensors sit in an official BEVFormer v2 checkpoint: the rules above under
+# the detector's ``pts_bbox_head.`` (decoder layers: mmcv ``attentions.0`` = MultiheadAttention
+# or GroupMultiheadAttention wrapping ``nn.MultiheadAttention`` as ``attn`` -- same
+# ``in_proj_weight`` layout -- ``attentions.1`` = CustomMSDeformableAttention, ``norms.0..2``).
+# ``query_embedding`` rows are (query_pos, query) as here. Rules are (regex matched at the start
+# of the official key, replacement of the matched part).
+OFFICIAL_BEVFORMERV2_KEYS = tuple(
+    (r"^pts_bbox_head\." + pattern.removeprefix("^"), repl) for pattern, repl in _OFFICIAL_KEYS
+)
+# Official tensors without a counterpart: ``code_weights`` is an ``nn.Parameter`` (no grad)
+# there, a non-persistent buffer built from the config here.
+OFFICIAL_BEVFORMERV2_DROPPED = ("pts_bbox_head.code_weights",)
+
+
+def official_class_channels(head: BEVFormerHead) -> dict[str, int]:
+    """Keys (below the head) of the class-indexed tensors -> channels per class: the last
+    Linear of every classification branch (one output row per class)."""
+    out = {}
+    for i, branch in enumerate(head.cls_branches):
+        last = len(branch) - 1
+        out[f"cls_branches.{i}.{last}.weight"] = 1
+        out[f"cls_branches.{i}.{last}.bias"] = 1
+    return out

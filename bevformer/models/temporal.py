@@ -41,6 +41,11 @@ __all__ = [
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
+    """``"BN"``: ``nn.BatchNorm2d``, which the training launcher converts to
+    ``nn.SyncBatchNorm`` in multi-GPU runs (config ``sync_bn``, :mod:`bevformer.engine.sync_bn`;
+    the configs use this). ``"SyncBN"`` builds ``nn.SyncBatchNorm`` directly (official
+    ``norm_cfg=dict(type='SyncBN')``); on CPU the launcher turns it back into BatchNorm, since
+    torch's SyncBatchNorm only trains on GPU tensors once a process group exists."""
     if kind == "BN":
         return nn.BatchNorm2d(channels)
     if kind == "SyncBN":
@@ -193,3 +198,16 @@ class TemporalState:
         prev2cur = torch.where(valid[:, None, None].to(cur.device), prev2cur, torch.eye(4).to(cur))
         aligned = align_prev_bev(self.bev, prev2cur.to(self.bev.device), bev_h, bev_w, pc_range)
         return aligned, valid
+
+
+# ---------------------------------------------------------------- official BEVFormer v2 keys
+# Where :class:`ResNetFusion`'s tensors sit in an official BEVFormer v2 checkpoint
+# (``modules/transformerV2.py``: ``PerceptionTransformerV2.fusion``; its ``layers`` are mmdet
+# ``BasicBlock``s named as here, ``layer_norm`` = Sequential(Linear, LayerNorm)). Rules are
+# (regex matched at the start of the official key, replacement of the matched part).
+_OFFICIAL_FUSION = r"^pts_bbox_head\.transformer\.fusion\."
+OFFICIAL_BEVFORMERV2_KEYS = (
+    (_OFFICIAL_FUSION + r"layers\.", "layers."),
+    (_OFFICIAL_FUSION + r"layer_norm\.0\.", "proj."),
+    (_OFFICIAL_FUSION + r"layer_norm\.1\.", "norm."),
+)

@@ -117,11 +117,18 @@ class TrainingConfig:
     lr = 1e-3
 
 
-def test_pickled_objects_are_refused(tmp_path):
+def test_pickled_objects_are_skipped_not_run(tmp_path):
+    """A raw training checkpoint (weights plus a pickled config object) loads its weights; the
+    object is replaced by an inert placeholder named in a warning, never constructed."""
     path = tmp_path / "ckpt_epoch_10.pth"
-    torch.save({"model": source_state_dict(), "config": TrainingConfig()}, path)
-    with pytest.raises(ValueError, match="Python objects besides tensors"):
-        load_internimage_checkpoint(InternImage(**TINY), path)
+    sd = source_state_dict()
+    torch.save({"model": sd, "config": TrainingConfig()}, path)
+    model = InternImage(**TINY)
+    with pytest.warns(UserWarning, match=r"not loaded.*TrainingConfig"):
+        report = load_internimage_checkpoint(model, path)
+    assert report["missing"] == [] and report["unexpected"] == []
+    key = "levels.1.blocks.0.dcn.offset.weight"
+    assert torch.equal(model.state_dict()[key], sd[key])
 
 
 def test_not_a_state_dict():

@@ -173,13 +173,20 @@ def make_infos(root, scenes=(3, 2), empty=(), cams=CAMS, lidar2ego_tilt=()) -> s
     return path
 
 
+def _dataset(info_file, **kwargs) -> NuScenesTemporalDataset:
+    """The dataset of a :func:`make_infos` file, whose images lie next to it."""
+    return NuScenesTemporalDataset(
+        os.path.basename(info_file), os.path.dirname(info_file), **kwargs
+    )
+
+
 @pytest.fixture
 def info_file(tmp_path):
     return make_infos(tmp_path)
 
 
 def test_temporal_sampling_marks_missing_frames_at_scene_boundaries(info_file):
-    ds = NuScenesTemporalDataset(info_file, frames=(-2, -1, 0), test_mode=True)
+    ds = _dataset(info_file, frames=(-2, -1, 0), test_mode=True)
     assert len(ds) == 5
     expected = [  # (frame tokens per slot, frame_valid)
         (("s0k0", "s0k0", "s0k0"), (False, False, True)),
@@ -203,7 +210,7 @@ def test_temporal_sampling_marks_missing_frames_at_scene_boundaries(info_file):
 
 
 def test_future_offsets_fall_back_towards_the_current_frame(info_file):
-    ds = NuScenesTemporalDataset(info_file, frames=(0, 1), test_mode=True)
+    ds = _dataset(info_file, frames=(0, 1), test_mode=True)
     assert ds[2]["meta"].frame_tokens == ("s0k2", "s0k2")
     assert ds[2]["meta"].frame_valid == (True, False)
     assert ds[1]["meta"].frame_tokens == ("s0k1", "s0k2")
@@ -211,9 +218,9 @@ def test_future_offsets_fall_back_towards_the_current_frame(info_file):
 
 def test_bad_frames_rejected(info_file):
     with pytest.raises(ValueError, match="contain 0"):
-        NuScenesTemporalDataset(info_file, frames=(-2, -1))
+        _dataset(info_file, frames=(-2, -1))
     with pytest.raises(ValueError, match="strictly increasing"):
-        NuScenesTemporalDataset(info_file, frames=(0, -1))
+        _dataset(info_file, frames=(0, -1))
 
 
 def _pix(lidar2img, p) -> np.ndarray:
@@ -224,7 +231,7 @@ def _pix(lidar2img, p) -> np.ndarray:
 def test_past_lidar2img_reexpressed_in_current_lidar_frame(tmp_path):
     # the past frame's lidar is mounted differently: only each frame's own lidar2ego works
     path = make_infos(tmp_path, scenes=(3,), lidar2ego_tilt={(0, 1)})
-    ds = NuScenesTemporalDataset(path, frames=(-1, 0), test_mode=True)
+    ds = _dataset(path, frames=(-1, 0), test_mode=True)
     item = ds[2]  # s0k2 with s0k1 as the past frame
     assert item["meta"].frame_tokens == ("s0k1", "s0k2")
     past, curr = ds.infos[1], ds.infos[2]
@@ -254,7 +261,7 @@ def test_past_lidar2img_reexpressed_in_current_lidar_frame(tmp_path):
 
 
 def test_gt_filtering_labels_and_yaw(info_file):
-    ds = NuScenesTemporalDataset(info_file, test_mode=True)
+    ds = _dataset(info_file, test_mode=True)
     item = ds[0]
     assert item["gt_labels"].tolist() == [CLASSES.index("car"), CLASSES.index("barrier")]
     boxes = item["gt_boxes"]
@@ -262,30 +269,30 @@ def test_gt_filtering_labels_and_yaw(info_file):
     np.testing.assert_allclose(boxes[0, :2], [10.0, 5.0])
     assert boxes[0, 8] == 0.0  # NaN velocity -> 0
     assert math.isclose(float(boxes[1, 6]), 4.0 - 2 * math.pi, abs_tol=1e-6)  # [-pi, pi)
-    everything = NuScenesTemporalDataset(info_file, test_mode=True, use_valid_flag=False)
+    everything = _dataset(info_file, test_mode=True, use_valid_flag=False)
     # valid_flag off: num_lidar_pts > 0 decides, which drops the same pedestrian here
     assert everything[0]["gt_labels"].tolist() == [0, 5]
 
 
 def test_filter_empty_gt_drops_keyframes_but_keeps_them_as_past_frames(tmp_path):
     path = make_infos(tmp_path, scenes=(3, 2), empty={(0, 1)})
-    train = NuScenesTemporalDataset(path, frames=(-1, 0))
+    train = _dataset(path, frames=(-1, 0))
     assert len(train) == 4
     assert [train[i]["meta"].token for i in range(4)] == ["s0k0", "s0k2", "s1k0", "s1k1"]
     assert train[1]["meta"].frame_tokens == ("s0k1", "s0k2")
     assert train[1]["meta"].frame_valid == (True, True)
-    assert len(NuScenesTemporalDataset(path, filter_empty_gt=False)) == 5
-    test = NuScenesTemporalDataset(path, test_mode=True)
+    assert len(_dataset(path, filter_empty_gt=False)) == 5
+    test = _dataset(path, test_mode=True)
     assert len(test) == 5 and len(test[1]["gt_boxes"]) == 0
     all_empty = make_infos(tmp_path / "empty", scenes=(2,), empty={(0, 0), (0, 1)})
     with pytest.raises(ValueError, match="filter_empty_gt=False"):
-        NuScenesTemporalDataset(all_empty)
+        _dataset(all_empty)
 
 
 def test_mono_targets_follow_image_augmentation(info_file):
     # 32x18 -> final (16, 32): crop the bottom 16 rows (y0 = 2), scale 1 -> v' = v - 2
     crf = CropResizeFlipImage(final_size=(16, 32), scale_range=(1.0, 1.0))
-    ds = NuScenesTemporalDataset(info_file, transforms=[LoadMultiViewImages(), crf])
+    ds = _dataset(info_file, transforms=[LoadMultiViewImages(), crf])
     mono = ds.get_item(0, rng=np.random.default_rng(0))["mono"]
     assert len(mono["boxes2d"]) == 6  # one entry per camera
     # only the first annotation survives: few points / not a class / cropped away
@@ -302,11 +309,11 @@ def test_errors_for_bad_inputs(tmp_path, info_file):
     # camera count mismatch: infos with 5 cameras, 6 configured
     five = make_infos(tmp_path / "five", cams=CAMS[:5])
     with pytest.raises(ValueError, match="CAM_BACK_RIGHT"):
-        NuScenesTemporalDataset(five, camera_names=CAMS)
-    assert len(NuScenesTemporalDataset(five, test_mode=True)[0]["meta"].camera_names) == 5
+        _dataset(five, camera_names=CAMS)
+    assert len(_dataset(five, test_mode=True)[0]["meta"].camera_names) == 5
     # missing image
-    ds = NuScenesTemporalDataset(info_file, test_mode=True)
-    victim = os.path.join(ds.dataroot, ds.infos[0]["cams"]["CAM_BACK"]["data_path"])
+    ds = _dataset(info_file, test_mode=True)
+    victim = os.path.join(ds.data_root, ds.infos[0]["cams"]["CAM_BACK"]["data_path"])
     os.remove(victim)
     with pytest.raises(FileNotFoundError, match="CAM_BACK/s0k0.jpg"):
         ds[0]
@@ -319,7 +326,7 @@ def test_errors_for_bad_inputs(tmp_path, info_file):
     bad = tmp_path / "old.json"
     bad.write_text('{"format": "bevformer-nuscenes-infos", "version": 0, "infos": []}')
     with pytest.raises(ValueError, match="version 0"):
-        NuScenesTemporalDataset(bad)
+        _dataset(bad)
 
 
 def _train_pipeline(**crf):
@@ -334,7 +341,7 @@ def _train_pipeline(**crf):
 
 def test_item_and_collate_batch_layout(tmp_path):
     path = make_infos(tmp_path, scenes=(3, 2), empty={(1, 1)})
-    ds = NuScenesTemporalDataset(
+    ds = _dataset(
         path,
         frames=(-1, 0),
         transforms=_train_pipeline(scale_range=(1.0, 1.0)),
@@ -356,7 +363,7 @@ def test_item_and_collate_batch_layout(tmp_path):
     torch.testing.assert_close(a["gt_boxes"][:, :3], moved, atol=1e-4, rtol=0)
     assert not torch.allclose(a["bda"], torch.eye(4))
     # batch of two with different GT counts and image sizes
-    c = NuScenesTemporalDataset(
+    c = _dataset(
         path,
         frames=(-1, 0),
         transforms=_train_pipeline(scale_range=(2.0, 2.0), flip_prob=1.0),
@@ -379,11 +386,11 @@ def test_item_and_collate_batch_layout(tmp_path):
     # the unflipped item is padded at the right; the flipped one already fills 64 columns
     assert (mixed["img"][0, ..., 32:] == 0).all() and (mixed["img"][0, ..., :32] != 0).any()
     with pytest.raises(ValueError, match="same"):
-        collate([a, NuScenesTemporalDataset(path, test_mode=True)[0]])
+        collate([a, _dataset(path, test_mode=True)[0]])
 
 
 def test_test_mode_is_deterministic_and_dataloader_works(info_file):
-    ds = NuScenesTemporalDataset(
+    ds = _dataset(
         info_file,
         frames=(-1, 0),
         transforms=_train_pipeline(scale_choices=(1.0, 2.0), flip_prob=1.0),
@@ -399,11 +406,8 @@ def test_test_mode_is_deterministic_and_dataloader_works(info_file):
     assert "NuScenesTemporalDataset" in DATASETS.module_dict
 
 
-def test_synthetic_dataroot_item(request, tmp_path):
-    try:
-        dataroot = request.getfixturevalue("synthetic_dataroot")
-    except pytest.FixtureLookupError:
-        pytest.skip("the synthetic_dataroot fixture is not available")
+def test_synthetic_dataroot_item(synthetic_dataroot, tmp_path):
+    dataroot = synthetic_dataroot
     written = create_infos(str(dataroot), "v1.0-mini", out_dir=str(tmp_path), progress=False)
     info_file = max(written.values(), key=lambda p: len(load_infos(p)[1]))
     ds = NuScenesTemporalDataset(

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY_CONFIG  # noqa: I001  (tests/engine is on sys.path)
 
 from bevformer.builder import build_model
 from bevformer.engine.launch import build_runner, load_config, load_model_weights
 from bevformer.engine.metric import NuScenesMetric
 from bevformer.visualization import render_results
+from conftest import REPO, TINY_CONFIG  # noqa: I001  (tests/engine is on sys.path)
 
 
 def test_missing_config_and_unknown_key(tiny_cfg):
@@ -62,7 +62,7 @@ def test_train_cli_reports_missing_infos(tmp_path):
 def test_results_missing_samples(tiny_dataroot, tmp_path):
     info_file = str(tiny_dataroot / "nuscenes_infos_temporal_val.json")
     metric = NuScenesMetric(
-        ann_file=info_file, dataroot=str(tiny_dataroot), version="v1.0-mini",
+        ann_file=info_file, data_root=str(tiny_dataroot), version="v1.0-mini",
         eval_set="mini_val", classes=["car"], out_dir=str(tmp_path),
     )  # fmt: skip
     tokens = list(metric._infos)

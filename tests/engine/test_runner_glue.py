@@ -126,18 +126,3 @@ def test_load_model_weights_lists_mismatches(tmp_path):
     good = tmp_path / "good.pth"
     torch.save({"state_dict": model.state_dict()}, good)
     load_model_weights(model, str(good))
-
-
-def test_data_root_moves_every_path(tmp_path):
-    path = tmp_path / "c.py"
-    path.write_text(
-        "data_root = 'data/nuscenes/synthetic/'\n"
-        "train = dict(info=data_root + 'a.json', root=data_root, other='data/x')\n"
-        "evals = [dict(ann=data_root + 'b.json')]\n"
-    )
-    cfg = load_config(str(path), data_root="/tmp/elsewhere")
-    assert cfg.data_root == "/tmp/elsewhere/"
-    assert cfg.train.info == "/tmp/elsewhere/a.json"
-    assert cfg.train.root == "/tmp/elsewhere/"
-    assert cfg.train.other == "data/x"
-    assert cfg.evals[0].ann == "/tmp/elsewhere/b.json"

@@ -224,6 +224,7 @@ def small_detector(mono_loss_weight: float = 1.0) -> BEVFormerV2:
         mono_head=PerspectiveHead(in_channels=C, num_convs=1),
         use_grid_mask=False,
         mono_loss_weight=mono_loss_weight,
+        mono_cameras="all",  # compared with the head run on every camera
     )
 
 
@@ -402,7 +403,7 @@ def test_hybrid_config_trains_on_synthetic_nuscenes(tmp_path):
     )
     written = create_infos(str(root), "v1.0-mini", progress=False)
     cfg = load("bevformerv2_tiny_320x128_t1-hybrid_12ep.py")
-    cfg.train_dataloader.dataset.update(info_file=str(written["train"]), dataroot=str(root))
+    cfg.train_dataloader.dataset.update(info_file=str(written["train"]), data_root=str(root))
     dataset = build_dataset(cfg.train_dataloader.dataset)
     batch = collate([dataset.get_item(0, np.random.default_rng(0))])
     assert sum(len(v) for v in batch["mono"][0]["labels"]) > 0

@@ -13,8 +13,15 @@ fcos3d.py, nuscenes_dd3d.py}``); this module rebuilds it from plain PyTorch and 
   (K, ``mean_l + scale_l * conv`` with ``scale_l = 0.3 * std_l``, no conv bias), size (3K) and
   3D confidence (K). Channel ``c * K + k`` holds component c of class k.
 
-The official towers use SyncBN; in distributed training convert the head with
-``torch.nn.SyncBatchNorm.convert_sync_batchnorm``.
+The official towers use SyncBN. The towers here are built with plain BatchNorm; the training
+launcher converts them to ``torch.nn.SyncBatchNorm`` in multi-GPU runs (config ``sync_bn``,
+:mod:`bevformer.engine.sync_bn`).
+
+Official training details reproduced (docs/ARCHITECTURE.md "Training procedure: official
+behaviour and deliberate deviations"): the disentangled 3D-box loss uses DD3D's own smooth-L1
+(``box3d_smooth_l1_form="official"``: ``0.5 x^2`` below beta, no division by beta), the speed
+loss fvcore's standard one; the detector feeds the head only the cameras with boxes
+(``BEVFormerV2(mono_cameras="annotated")``).
 
 Shapes: B*N images (B samples x N cameras, camera-major within a sample), C channels,
 K classes, L levels of size H_l x W_l, P = sum_l H_l*W_l locations of one image (level-major).
@@ -41,11 +48,17 @@ from bevformer.models.perspective.inference import predict_boxes
 from bevformer.models.perspective.losses import (
     BOX3D_PARTS,
     centerness_targets,
+    check_smooth_l1_form,
     disentangled_corner_loss,
     ltrb_giou_loss,
     smooth_l1,
 )
-from bevformer.models.perspective.targets import SIZE_RANGES, assign_targets, compute_locations
+from bevformer.models.perspective.targets import (
+    SIZE_RANGES,
+    assign_targets,
+    compute_locations,
+    usable_boxes,
+)
 from bevformer.registry import MODELS
 
 __all__ = ["PerspectiveHead", "Scale", "Offset", "Tower"]
@@ -137,6 +150,10 @@ class PerspectiveHead(nn.Module):
 
     Loss weights follow the bevformerv2 configs: classification, 2D box and centerness 1,
     every disentangled 3D part ``box3d_weight = 2``, 3D confidence 1, attribute and speed 0.2.
+    ``box3d_smooth_l1_form`` is the smooth-L1 form of the disentangled corner loss
+    (:func:`~bevformer.models.perspective.losses.smooth_l1`): ``"official"`` (default) as DD3D's
+    ``dd3d/layers/smooth_l1_loss.py``, ``"standard"`` the Fast R-CNN form. The speed loss always
+    uses the standard form, as the official ``NuscenesLoss`` (fvcore's ``smooth_l1_loss``).
     """
 
     def __init__(
@@ -161,6 +178,7 @@ class PerspectiveHead(nn.Module):
         conf3d_weight: float = 1.0,
         conf3d_temperature: float = 1.0,
         smooth_l1_beta: float = 0.05,
+        box3d_smooth_l1_form: str = "official",
         attr_weight: float = 0.2,
         speed_weight: float = 0.2,
         pre_nms_thresh: float = 0.05,
@@ -183,6 +201,7 @@ class PerspectiveHead(nn.Module):
         self.min_depth, self.max_depth, self.depth_factor = min_depth, max_depth, depth_factor
         self.box3d_weight, self.conf3d_weight = box3d_weight, conf3d_weight
         self.conf3d_temperature, self.smooth_l1_beta = conf3d_temperature, smooth_l1_beta
+        self.box3d_smooth_l1_form = check_smooth_l1_form(box3d_smooth_l1_form)
         self.attr_weight, self.speed_weight = attr_weight, speed_weight
         self.pre_nms_thresh, self.pre_nms_topk = pre_nms_thresh, pre_nms_topk
         self.post_nms_topk, self.nms_thresh = post_nms_topk, nms_thresh
@@ -258,9 +277,7 @@ class PerspectiveHead(nn.Module):
         for tgt in targets:
             lab = tgt["labels"].to(device=device, dtype=torch.long)
             depth = tgt["depth"].to(device)
-            # DD3DMapper drops boxes behind the camera; labels < 0 are ignored classes
-            kept = ((lab >= 0) & (lab < self.num_classes) & (depth > 0)).nonzero()
-            kept = kept.squeeze(1)  # (M', 1) -> (M',)
+            kept = usable_boxes(lab, depth, self.num_classes).nonzero().squeeze(1)  # (M',)
             gt_index, reg = assign_targets(
                 locations,
                 self.strides,
@@ -372,7 +389,9 @@ class PerspectiveHead(nn.Module):
             "size": self._gather_gt(targets, assigned, pos_img, pos_loc, "size_wlh"),
         }
         gt = {k: v.to(ctr) for k, v in gt.items()}
-        parts, l1 = disentangled_corner_loss(decoded, gt, inv_k, self.smooth_l1_beta)
+        parts, l1 = disentangled_corner_loss(
+            decoded, gt, inv_k, self.smooth_l1_beta, self.box3d_smooth_l1_form
+        )
         out = {
             f"loss_{k}_mono": self.box3d_weight * (v * ctr).sum() / denom for k, v in parts.items()
         }
@@ -402,7 +421,9 @@ class PerspectiveHead(nn.Module):
         valid = ~torch.isnan(speed.float())
         if valid.any():
             w = ctr[valid]
-            err = smooth_l1(pred_speed[valid], speed[valid].to(pred_speed), self.smooth_l1_beta)
+            # official NuscenesLoss: fvcore's (standard) smooth-L1 with beta 0.05
+            target = speed[valid].to(pred_speed)
+            err = smooth_l1(pred_speed[valid], target, self.smooth_l1_beta, "standard")
             out["loss_speed_mono"] = self.speed_weight * (err * w).sum() / speed_denom
         else:
             out["loss_speed_mono"] = pred_speed.sum() * 0.0
@@ -433,3 +454,49 @@ class PerspectiveHead(nn.Module):
             max_depth=self.max_depth,
             depth_factor=self.depth_factor,
         )
+
+
+# ---------------------------------------------------------------- official BEVFormer v2 keys
+# Where this head's tensors sit in an official BEVFormer v2 checkpoint: the detector's
+# ``fcos3d_bbox_head`` = DD3D ``NuscenesDD3D`` (BEVFormer ``dd3d/modeling/{core,fcos2d,fcos3d,
+# nuscenes_dd3d}.py``). Tower convs are detectron2 ``Conv2d`` layers whose ``norm`` is a
+# ``ModuleListDial`` of one BatchNorm per level (``tower.i.norm.l`` here ``tower.norms.i.l``);
+# the shared class-specific predictors are ``box3d_{quat,ctr,depth,size,conf}.0`` with the
+# channel layout of this head (``c * K + k``: ``reshape(-1, C, K)`` in ``FCOS3DLoss``).
+# Rules are (regex matched at the start of the official key, replacement of the matched part).
+_OFFICIAL_2D = r"^fcos3d_bbox_head\.fcos2d_head\."
+_OFFICIAL_3D = r"^fcos3d_bbox_head\.fcos3d_head\."
+OFFICIAL_BEVFORMERV2_KEYS = (
+    (_OFFICIAL_2D + r"(cls|box2d)_tower\.(\d+)\.norm\.", r"\1_tower.norms.\2."),
+    (_OFFICIAL_2D + r"(cls|box2d)_tower\.(\d+)\.weight$", r"\1_tower.convs.\2.weight"),
+    (_OFFICIAL_2D + r"(cls_logits|box2d_reg|centerness)\.", r"\1."),
+    (_OFFICIAL_2D + r"scales_box2d_reg\.", "scales_box2d."),
+    (_OFFICIAL_3D + r"box3d_tower\.(\d+)\.norm\.", r"box3d_tower.norms.\1."),
+    (_OFFICIAL_3D + r"box3d_tower\.(\d+)\.weight$", r"box3d_tower.convs.\1.weight"),
+    (_OFFICIAL_3D + r"box3d_quat\.0\.", "box3d.quat."),
+    (_OFFICIAL_3D + r"box3d_ctr\.0\.", "box3d.proj_ctr."),
+    (_OFFICIAL_3D + r"box3d_depth\.0\.", "box3d.depth."),
+    (_OFFICIAL_3D + r"box3d_size\.0\.", "box3d.size."),
+    (_OFFICIAL_3D + r"box3d_conf\.0\.", "box3d.conf3d."),
+    (_OFFICIAL_3D + r"(scales_(proj_ctr|size|conf|depth)|offsets_depth)\.", r"\1."),
+    (r"^fcos3d_bbox_head\.(attr_logits|speed)\.", r"\1."),
+)
+# Official tensors without a counterpart: FCOS3D's depth-prior buffers only initialise
+# ``offsets_depth`` / ``scales_depth``, whose trained values the checkpoint carries.
+OFFICIAL_BEVFORMERV2_DROPPED = (
+    "fcos3d_bbox_head.fcos3d_head.mean_depth_per_level",
+    "fcos3d_bbox_head.fcos3d_head.std_depth_per_level",
+)
+# Keys (below this head) of the learnable scalars: DD3D ``Scale``/``Offset`` hold shape [1],
+# :class:`Scale`/:class:`Offset` here a 0-d tensor.
+OFFICIAL_BEVFORMERV2_SCALARS = r"(scales_\w+|offsets_depth)\.\d+\.(scale|bias)"
+
+
+def official_class_channels(head: PerspectiveHead) -> dict[str, int]:
+    """Keys (below the head) of the class-indexed tensors -> channels per class (output
+    channel ``c * K + k`` is component c of class k): class logits and the 3D predictors."""
+    out = {"cls_logits.weight": 1, "cls_logits.bias": 1}
+    for name, channels in BOX3D_CHANNELS.items():
+        for param, _ in head.box3d[name].named_parameters():
+            out[f"box3d.{name}.{param}"] = channels
+    return out

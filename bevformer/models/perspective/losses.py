@@ -6,11 +6,19 @@ disentangled_box3d_loss.py, nuscenes_dd3d.py}`` and ``dd3d/layers/iou_loss.py``.
 - :func:`centerness_targets`: ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``.
 - :func:`ltrb_giou_loss`: ``1 - GIoU`` of two boxes given as distances (l, t, r, b) from the
   same location, with the IoU smoothed by +1 in numerator and denominator (DD3D ``IOULoss``).
-- :func:`smooth_l1`: Fast R-CNN smooth-L1 with transition ``beta`` (slope 1 beyond it).
+- :func:`smooth_l1`: smooth-L1 with transition ``beta`` in two forms. ``"standard"`` is Fast
+  R-CNN's (fvcore ``nn/smooth_l1_loss.py``, which the official speed loss in
+  ``nuscenes_dd3d.py`` calls): ``0.5 x^2 / beta`` below ``beta``, ``|x| - beta / 2`` above.
+  ``"official"`` is DD3D's own copy (``dd3d/layers/smooth_l1_loss.py``, which
+  ``DisentangledBox3DLoss`` calls), whose quadratic branch lacks the division by ``beta``:
+  ``0.5 x^2`` below ``beta``, ``|x| - beta / 2`` above (not continuous at ``beta``; for
+  beta = 0.05 the gradient below 5 cm is 20 times smaller than the standard form's). Both are
+  ``|x|`` for ``beta < 1e-5``.
 - :func:`disentangled_corner_loss`: for each box part (quat, proj_ctr, depth, size) the GT
   box with only that part replaced by the prediction is compared corner-wise with the GT box
-  (Simonelli et al., "Disentangling monocular 3D object detection", ICCV 2019). The official
-  ``loss.clamp(max=20)`` result is discarded (a no-op), so no clamp is applied here either.
+  (Simonelli et al., "Disentangling monocular 3D object detection", ICCV 2019), with the
+  official smooth-L1 form by default. The official ``loss.clamp(max=20)`` result is discarded
+  (a no-op), so no clamp is applied here either.
 
 Shapes: P positive locations; corners (P, 8, 3).
 """
@@ -24,13 +32,16 @@ from bevformer.models.perspective.coder import box3d_corners, unproject
 
 __all__ = [
     "BOX3D_PARTS",
+    "SMOOTH_L1_FORMS",
     "centerness_targets",
+    "check_smooth_l1_form",
     "disentangled_corner_loss",
     "ltrb_giou_loss",
     "smooth_l1",
 ]
 
 BOX3D_PARTS = ("quat", "proj_ctr", "depth", "size")
+SMOOTH_L1_FORMS = ("official", "standard")
 
 
 def centerness_targets(ltrb: Tensor) -> Tensor:
@@ -58,12 +69,33 @@ def ltrb_giou_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 1.0 - giou
 
 
-def smooth_l1(pred: Tensor, target: Tensor, beta: float) -> Tensor:
-    """Element-wise smooth-L1: ``0.5 x^2 / beta`` below ``beta``, ``|x| - beta / 2`` above."""
+def check_smooth_l1_form(form: str) -> str:
+    """``form`` if it is one of :data:`SMOOTH_L1_FORMS`, else ``ValueError``."""
+    if form not in SMOOTH_L1_FORMS:
+        raise ValueError(
+            f"smooth-L1 form must be one of {SMOOTH_L1_FORMS} ('official': DD3D's "
+            f"dd3d/layers/smooth_l1_loss.py, 0.5 x^2 below beta; 'standard': Fast R-CNN's "
+            f"0.5 x^2 / beta), got {form!r}"
+        )
+    return form
+
+
+def smooth_l1(pred: Tensor, target: Tensor, beta: float, form: str = "standard") -> Tensor:
+    """Element-wise smooth-L1 of ``x = pred - target`` (any shape, same units as the inputs).
+
+    ``form="standard"``: ``0.5 x^2 / beta`` where ``|x| < beta``, else ``|x| - beta / 2``
+    (fvcore ``nn/smooth_l1_loss.py``). ``form="official"``: ``0.5 x^2`` where ``|x| < beta``,
+    else ``|x| - beta / 2`` (BEVFormer ``dd3d/layers/smooth_l1_loss.py``). ``|x|`` for both when
+    ``beta < 1e-5``. Raises ``ValueError`` for another form.
+    """
+    check_smooth_l1_form(form)
     diff = (pred - target).abs()
     if beta < 1e-5:
         return diff
-    return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    quadratic = 0.5 * diff * diff
+    if form == "standard":
+        quadratic = quadratic / beta
+    return torch.where(diff < beta, quadratic, diff - 0.5 * beta)
 
 
 def _corners(parts: dict[str, Tensor], inv_intrinsics: Tensor) -> Tensor:
@@ -72,13 +104,18 @@ def _corners(parts: dict[str, Tensor], inv_intrinsics: Tensor) -> Tensor:
 
 
 def disentangled_corner_loss(
-    pred: dict[str, Tensor], target: dict[str, Tensor], inv_intrinsics: Tensor, beta: float
+    pred: dict[str, Tensor],
+    target: dict[str, Tensor],
+    inv_intrinsics: Tensor,
+    beta: float,
+    form: str = "official",
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Disentangled 8-corner losses of P boxes.
 
     ``pred`` and ``target`` hold the decoded parts ``quat`` (P, 4) egocentric, ``proj_ctr``
     (P, 2) pixels, ``depth`` (P,), ``size`` (P, 3); ``inv_intrinsics`` (P, 3, 3).
-    Returns one (P,) loss per part (smooth-L1 averaged over the 24 corner coordinates) and the
+    Returns one (P,) loss per part (smooth-L1 of the given ``form``, in metres, averaged over the
+    24 corner coordinates; official ``DisentangledBox3DLoss``: ``"official"``) and the
     detached entangled L1 distance (P,) of the full predicted box, the target of the 3D
     confidence.
     """
@@ -87,7 +124,7 @@ def disentangled_corner_loss(
     for part in BOX3D_PARTS:
         mixed = dict(target)
         mixed[part] = pred[part]
-        err = smooth_l1(_corners(mixed, inv_intrinsics), target_corners, beta)
+        err = smooth_l1(_corners(mixed, inv_intrinsics), target_corners, beta, form)
         losses[part] = err.flatten(1).mean(dim=1)  # (P, 8, 3) -> (P, 24) -> (P,)
     full = (_corners(pred, inv_intrinsics) - target_corners).detach().abs()
     return losses, full.flatten(1).mean(dim=1)  # (P, 8, 3) -> (P, 24) -> (P,)

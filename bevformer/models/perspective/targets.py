@@ -24,7 +24,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["INF", "SIZE_RANGES", "assign_targets", "compute_locations", "targets_from_batch"]
+__all__ = [
+    "INF",
+    "SIZE_RANGES",
+    "assign_targets",
+    "compute_locations",
+    "has_usable_boxes",
+    "targets_from_batch",
+    "usable_boxes",
+]
 
 INF = 1e8
 
@@ -65,6 +73,21 @@ def targets_from_batch(mono: Sequence[Mapping[str, Sequence]], intrinsics: Tenso
             tgt["boxes2d"] = tgt["boxes2d"].reshape(-1, 4)  # (0,) when empty -> (0, 4)
             out.append(tgt)
     return out
+
+
+def usable_boxes(labels: Tensor, depth: Tensor, num_classes: int) -> Tensor:
+    """Which of M boxes (M,) bool the head trains on: a label in ``[0, num_classes)`` (< 0 marks
+    an ignored class) and the centre in front of the camera, ``depth > 0`` (``DD3DMapper``
+    drops the others)."""
+    return (labels >= 0) & (labels < num_classes) & (depth > 0)
+
+
+def has_usable_boxes(targets: Sequence[Mapping[str, Tensor]], num_classes: int) -> Tensor:
+    """Per image (len(targets),) bool: whether its target dict holds at least one usable box
+    (:func:`usable_boxes`), i.e. whether the official detector would pass the image to DD3D
+    (``mono_ann_idx`` of BEVFormer ``bevformerV2.py``)."""
+    flags = [bool(usable_boxes(t["labels"], t["depth"], num_classes).any()) for t in targets]
+    return torch.tensor(flags, dtype=torch.bool)
 
 
 def compute_locations(

@@ -4,7 +4,8 @@
 # 2-4 (strides 8/16/32, 384/768/1536 channels) into the FPN, ImageNet RGB normalisation and
 # layer-wise lr decay 0.9 over the 39 blocks (offsets x0.01).
 # Weights: ImageNet-22k internimage_xl_22k_192to384.pth (huggingface.co/OpenGVLab/InternImage),
-# loaded into img_backbone with backbones.load_internimage_checkpoint.
+# loaded into img_backbone by its init_cfg before training (without the file:
+# --cfg-options model.img_backbone.init_cfg=None trains from scratch).
 # Result: not measured yet.
 _base_ = ["./_base_/bevformerv2.py", "./_base_/schedule_24ep.py", "./_base_/default_runtime.py"]
 
@@ -41,6 +42,7 @@ model = dict(
         post_norm=True,
         with_cp=True,
         out_indices=backbone_out_indices,
+        init_cfg=dict(type="Pretrained", checkpoint="ckpts/internimage_xl_22k_192to384.pth"),
     ),
     img_neck=dict(in_channels=[backbone_channels * 2**i for i in backbone_out_indices]),
     mono_head={"_delete_": True, **_base_.perspective_head},  # official: on in every config

@@ -17,6 +17,11 @@ train_pipeline = [
     _base_.pad_step,
 ]
 train_dataloader = dict(dataset=dict(transforms=train_pipeline, with_mono=True))
+# Official initialisation (all official R50 configs): the FCOS R50 COCO weights converted to
+# mmdet names, loaded into whatever fits (backbone, neck) before the first iteration. The file
+# is the "R50" link of the fundamentalvision/BEVFormer README; without it, train from scratch
+# with --cfg-options load_from=None.
+load_from = "ckpts/fcos_r50_coco_2mmdet.pth"
 model = dict(
     pts_bbox_head=dict(group_detr=1),
     mono_head={"_delete_": True, **_base_.perspective_head},  # official: on in every config

@@ -4,8 +4,18 @@
 # The perspective-head ablation of the CPU recipe (README "Results").
 _base_ = ["./bevformerv2_tiny_320x128_t1_12ep.py"]
 
+# The recorded tiny results (README "Results", config headers) were trained before the official
+# perspective-loss details were reproduced: these configs keep that training (standard
+# smooth-L1 in the 3D-box loss, the head on every camera) so the results stay valid; the
+# official settings are the base's (docs/ARCHITECTURE.md "Training procedure").
 model = dict(
-    mono_head={"_delete_": True, **_base_.perspective_head, "in_channels": _base_.embed_dims},
+    mono_head={
+        "_delete_": True,
+        **_base_.perspective_head,
+        "in_channels": _base_.embed_dims,
+        "box3d_smooth_l1_form": "standard",
+    },
     mono_loss_weight=1.0,
+    mono_cameras="all",
 )
 train_dataloader = dict(dataset=dict(with_mono=True))

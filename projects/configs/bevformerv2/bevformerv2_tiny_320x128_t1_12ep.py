@@ -62,29 +62,16 @@ train_dataloader = dict(
     batch_size=2,
     num_workers=2,
     persistent_workers=False,
-    dataset=dict(
-        info_file=f"{data_root}{_base_.info_prefix}_infos_temporal_train.json",
-        dataroot=data_root,
-        transforms=train_pipeline,
-    ),
+    dataset=dict(transforms=train_pipeline),
 )
 val_dataloader = dict(
     batch_size=2,
     num_workers=2,
     persistent_workers=False,
-    dataset=dict(
-        info_file=f"{data_root}{_base_.info_prefix}_infos_temporal_val.json",
-        dataroot=data_root,
-        transforms=test_pipeline,
-    ),
+    dataset=dict(transforms=test_pipeline),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(
-    ann_file=val_dataloader["dataset"]["info_file"],
-    dataroot=data_root,
-    version=version,
-    eval_set="mini_val",
-)
+val_evaluator = dict(eval_set="mini_val")
 test_evaluator = val_evaluator
 
 embed_dims = 64

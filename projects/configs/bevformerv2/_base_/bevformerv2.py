@@ -15,7 +15,12 @@ bev_w = 200
 num_levels = 4  # FPN maps the BEV encoder reads (P3-P6)
 num_mono_levels = 5  # FPN maps of the perspective head (P3-P7)
 group_detr = 11
-norm_layer = "SyncBN"  # BatchNorm of the backbone and the fusion (synchronised under DDP)
+# BatchNorm of the backbone, the fusion and the perspective head's towers. Built as plain
+# BatchNorm; ``sync_bn = "torch"`` has the training launcher convert every BatchNorm to
+# torch.nn.SyncBatchNorm in multi-GPU runs (official: SyncBN in all three; one process or CPU
+# processes keep plain BatchNorm, bevformer/engine/sync_bn.py).
+norm_layer = "BN"
+sync_bn = "torch"
 
 model = dict(
     type="BEVFormerV2",
@@ -79,11 +84,15 @@ model = dict(
         with_box_refine=True,
     ),
     mono_head=None,
+    # official ``forward_mono_train``: the perspective head sees only the cameras with boxes
+    mono_cameras="annotated",
 )
 
 # Perspective head (BEVFormer v2's DD3D ``fcos3d_bbox_head``, on in every official config):
 # FCOS2D + FCOS3D on P3-P7 with the official settings, which are PerspectiveHead's defaults
-# (4-conv towers, depth prior per level, canonical sizes, radius 1.5, loss weights 2/1/0.2).
+# (4-conv towers, depth prior per level, canonical sizes, radius 1.5, loss weights 2/1/0.2;
+# the 3D-box corner loss with DD3D's own smooth-L1, 0.5 x^2 below beta = 0.05 without the
+# division by beta, the speed loss with the standard one).
 # Configs switch it on with ``model = dict(mono_head=perspective_head)`` and the training
 # dataset's ``with_mono=True``; its losses are multiplied by ``model.mono_loss_weight`` (1.0).
 perspective_head = dict(
@@ -91,4 +100,5 @@ perspective_head = dict(
     num_classes=len(_base_.class_names),
     in_channels=embed_dims,
     strides=(8, 16, 32, 64, 128),
+    box3d_smooth_l1_form="official",
 )

@@ -18,6 +18,11 @@ visualizer = dict(
 log_processor = dict(type="LogProcessor", window_size=50, by_epoch=True)
 log_level = "INFO"
 randomness = dict(seed=0)
+# Whole-model weights a new run starts from (tools/train.py --load-from overrides it; ignored on
+# --resume); names and shapes that match are loaded and the rest is reported, unless
+# load_from_strict = True, which makes any difference an error.
+load_from = None
+load_from_strict = False
 # DDP: some parameters get no gradient in some configs (e.g. the FPN's last extra level when
 # no perspective head reads it); DDP must then look for them every step.
 find_unused_parameters = True

@@ -16,6 +16,11 @@ class_names = [
     "pedestrian",
     "traffic_cone",
 ]
+# The dataroot and the nuScenes version it holds, set once here. Paths in the dataset and
+# evaluator nodes are relative to data_root; the nodes do not name the dataroot or the version:
+# bevformer.engine.launch.load_config writes the top-level data_root and version into them
+# after inheritance, --cfg-options and --data-root, so a child config that sets data_root,
+# --cfg-options data_root=DIR and --data-root DIR all move every path.
 data_root = "data/nuscenes/full/"
 version = "v1.0-trainval"
 info_prefix = "nuscenes"
@@ -57,8 +62,8 @@ test_pipeline = [
 ]
 train_dataset = dict(
     type="NuScenesTemporalDataset",
-    info_file=f"{data_root}{info_prefix}_infos_temporal_train.json",
-    dataroot=data_root,
+    info_file=f"{info_prefix}_infos_temporal_train.json",
+    expected_split="train",
     frames=frames,
     transforms=train_pipeline,
     classes=class_names,
@@ -67,8 +72,8 @@ train_dataset = dict(
 )
 val_dataset = dict(
     type="NuScenesTemporalDataset",
-    info_file=f"{data_root}{info_prefix}_infos_temporal_val.json",
-    dataroot=data_root,
+    info_file=f"{info_prefix}_infos_temporal_val.json",
+    expected_split="val",
     frames=frames,
     transforms=test_pipeline,
     classes=class_names,
@@ -95,9 +100,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(
     type="NuScenesMetric",
     ann_file=val_dataset["info_file"],
-    dataroot=data_root,
-    version=version,
-    eval_set="val",
+    eval_set="val",  # the devkit's name of the split of ann_file (v1.0-mini: mini_val)
     classes=class_names,
 )
 test_evaluator = val_evaluator
