@@ -12,8 +12,10 @@ warm-up), the ratio official / ours (> 1: ours is faster) and the largest output
 differences. Used by ``tools/benchmark.py official-ops``.
 
 Sources that do not compile unmodified with the installed torch/CUDA are built from a copy
-with the textual patches of :data:`PATCHES` (each applied patch is listed in the output); the
-given folders are never modified.
+with the textual patches of :data:`PATCHES` that the installed torch needs (with torch 2.x: the
+deprecated ``Tensor::type()`` in ``AT_DISPATCH_*`` of DCNv3 and MSDA becomes
+``scalar_type()``); each applied patch is listed in the output. The given folders are never
+modified.
 
 Cases (1600x640 images, 6 cameras)::
 
@@ -128,36 +130,51 @@ OFFICIAL_OPS: dict[str, OfficialOp] = {
 }
 
 
+def _torch_header(relative: str) -> str:
+    """Text of one of torch's C++ headers ('' when it does not exist)."""
+    from torch.utils import cpp_extension
+
+    for root in cpp_extension.include_paths():
+        path = Path(root) / relative
+        if path.is_file():
+            return path.read_text(errors="replace")
+    return ""
+
+
 @dataclass(frozen=True)
 class SourcePatch:
-    """A textual patch applied to a copy of the official sources when ``pattern`` occurs."""
+    """A textual patch of a copy of the official sources, applied where ``pattern`` occurs
+    and only when ``needed()`` says the installed torch requires it."""
 
     pattern: str  # regular expression
     replacement: str
     reason: str
+    needed: Callable[[], bool]
 
 
-# Patches needed for torch 2.x / CUDA 13 (see the report of ``--compile-check``).
+# The minimal patches for current PyTorch (2.x); ``--compile-check`` shows which apply.
 PATCHES: tuple[SourcePatch, ...] = (
-    SourcePatch(
-        r"#include <THC/THCAtomics\.cuh>",
-        "#include <ATen/cuda/Atomic.cuh>",
-        "THC headers were removed from PyTorch; atomicAdd overloads live in ATen/cuda/Atomic.cuh",
-    ),
-    SourcePatch(
-        r"(\w+)\.type\(\)\.is_cuda\(\)",
-        r"\1.is_cuda()",
-        "Tensor::type() is deprecated (DeprecatedTypeProperties); use Tensor::is_cuda()",
-    ),
     SourcePatch(
         r"(\w+)\.type\(\)(?=\s*,\s*\")",
         r"\1.scalar_type()",
-        "AT_DISPATCH_* takes a ScalarType; Tensor::type() is deprecated",
+        "AT_DISPATCH_* takes a ScalarType; torch 2.x has no overload for the deprecated "
+        "Tensor::type() (DeprecatedTypeProperties), a compile error",
+        lambda: (
+            "DeprecatedTypeProperties" not in _torch_header("torch/headeronly/core/Dispatch.h")
+            and "DeprecatedTypeProperties" not in _torch_header("ATen/Dispatch.h")
+        ),
+    ),
+    SourcePatch(
+        r"#include <THC/THCAtomics\.cuh>",
+        "#include <ATen/cuda/Atomic.cuh>",
+        "this torch has no THC/THCAtomics.cuh; its atomicAdd overloads are in ATen/cuda/Atomic.cuh",
+        lambda: not _torch_header("THC/THCAtomics.cuh"),
     ),
     SourcePatch(
         r"\.data<",
         ".data_ptr<",
-        "Tensor::data<T>() is deprecated; data_ptr<T>() is the same pointer",
+        "this torch has no Tensor::data<T>(); data_ptr<T>() is the same pointer",
+        lambda: "T * data() const" not in _torch_header("ATen/core/TensorBody.h"),
     ),
 )
 
@@ -191,11 +208,12 @@ def find_op_dir(op: OfficialOp, path: str | os.PathLike) -> Path:
 
 def _apply_patches(folder: Path) -> list[str]:
     applied = []
+    patches = [p for p in PATCHES if p.needed()]
     for path in sorted(folder.rglob("*")):
         if path.suffix not in (".cpp", ".cu", ".cuh", ".h") or not path.is_file():
             continue
         text = path.read_text()
-        for patch in PATCHES:
+        for patch in patches:
             text, count = re.subn(patch.pattern, patch.replacement, text)
             if count:
                 rel = path.relative_to(folder)
@@ -471,22 +489,18 @@ def _msda_inputs(p: dict, device: torch.device, generator: torch.Generator) -> l
 # grad_output) -> gradients of the inputs, in the project's layout (compared across kernels).
 
 
+def _geometry(p: dict) -> tuple:
+    """DCNv3 geometry of InternImage's layers: kernel 3x3, stride 1, pad 1, dilation 1, groups,
+    group channels, offset_scale (``classification/models/intern_image.py``)."""
+    return (3, 3, 1, 1, 1, 1, 1, 1, p["G"], p["C"] // p["G"], p["offset_scale"])
+
+
 def _ours(ext: ModuleType, case: Case, levels: tuple[Tensor, Tensor] | None):
+    # sampling_cpu.cpp: dcnv3_forward(input, offset, mask, <geometry>, remove_center),
+    # dcnv3_backward(..., remove_center, grad_output); msda_forward(value, shapes, starts,
+    # locations, weights), msda_backward(..., weights, grad_output)
     if case.op == "dcnv3":
-        geo = (
-            3,
-            3,
-            1,
-            1,
-            1,
-            1,
-            1,
-            1,
-            case.params["G"],
-            case.params["C"] // case.params["G"],
-            case.params["offset_scale"],
-            False,
-        )
+        geo = (*_geometry(case.params), False)
         return (
             lambda x, o, m: ext.dcnv3_forward(x, o, m, *geo),
             lambda x, o, m, g: ext.dcnv3_backward(x, o, m, *geo, g),
@@ -503,10 +517,8 @@ def _ours_op(case: Case, levels: tuple[Tensor, Tensor] | None) -> Callable:
     from ops import dcnv3_core, ms_deform_attn
 
     if case.op == "dcnv3":
-        G, C = case.params["G"], case.params["C"]
-        return lambda x, o, m: dcnv3_core(
-            x, o, m, 3, 3, 1, 1, 1, 1, 1, 1, G, C // G, case.params["offset_scale"], 256
-        )
+        geo = _geometry(case.params)
+        return lambda x, o, m: dcnv3_core(x, o, m, *geo, 256)
     shapes, starts = levels
     return lambda v, lc, w: ms_deform_attn(v, shapes, starts, lc, w)
 
@@ -518,8 +530,7 @@ def _official(ext: ModuleType, case: Case, levels: tuple[Tensor, Tensor] | None)
     # ms_deform_attn.h: ms_deform_attn_forward(value, spatial_shapes, level_start_index,
     # sampling_loc, attn_weight, im2col_step); _backward(..., attn_weight, grad_output, step)
     if case.op == "dcnv3":
-        G, C, s = case.params["G"], case.params["C"], case.params["offset_scale"]
-        geo = (3, 3, 1, 1, 1, 1, 1, 1, G, C // G, s)
+        geo = _geometry(case.params)
         return (
             lambda x, o, m: ext.dcnv3_forward(x, o, m, *geo, 256, 0),
             lambda x, o, m, g: ext.dcnv3_backward(x, o, m, *geo, g, 256, 0),
@@ -532,14 +543,11 @@ def _official(ext: ModuleType, case: Case, levels: tuple[Tensor, Tensor] | None)
     )
 
 
-def _factors(n: int) -> list[int]:
-    return [i for i in range(1, n + 1) if n % i == 0]
-
-
 def _launch_spec(rows: int, G: int, D: int, limit: int, d_stride: int) -> tuple[int, int]:
     """(d_stride, threads per block) as DCNv4's ``findspec``/``find_spec_bwd``: the largest
-    multiplier m <= 64 dividing ``rows`` with m*G*D/d_stride <= ``limit``."""
-    m = max(m for m in _factors(rows) if m <= 64 and m * G * D // d_stride <= limit)
+    multiplier m <= 64 dividing ``rows`` with m*G*D/d_stride <= ``limit``, else 1."""
+    fits = [m for m in range(1, 65) if rows % m == 0 and m * G * D // d_stride <= limit]
+    m = max(fits, default=1)
     return d_stride, m * G * D // d_stride
 
 
@@ -562,7 +570,9 @@ def _dcnv4(ext: ModuleType, case: Case, levels, tables: tuple[dict, dict]):
     remove_center, d_stride, block_thread, softmax) and dcnv4_backward(..., im2col_step,
     grad_output, remove_center, d_stride, block_thread, softmax) (``src/dcnv4.h``); for MSDA
     cases flash_deform_attn_forward(value, spatial_shapes, level_start_index,
-    sampling_loc_attn, im2col_step, K, d_stride, block_thread) and its backward."""
+    sampling_loc_attn, im2col_step, K, d_stride, block_thread) and its backward. Returns
+    (pack, forward, backward): ``pack(*inputs)`` makes DCNv4's inputs once, outside the timing
+    (a DCNv4 layer's linear projection emits the packed layout directly)."""
     if case.op == "dcnv3":
         p = case.params
         N, H, W, G, D = p["N"], p["H"], p["W"], p["G"], p["C"] // p["G"]
@@ -573,39 +583,37 @@ def _dcnv4(ext: ModuleType, case: Case, levels, tables: tuple[dict, dict]):
             if key in tables[1]
             else _launch_spec(N * H * W, G, D, 256, 2 if D >= 64 else 1)
         )
-        geo = (3, 3, 1, 1, 1, 1, 1, 1, G, D, p["offset_scale"], 256)
+        geo = (*_geometry(p), 256)
         padded = math.ceil(G * 9 * 3 / 8) * 8
 
-        def pack(o: Tensor, m: Tensor) -> Tensor:
+        def pack(x: Tensor, o: Tensor, m: Tensor) -> list[Tensor]:
             om = torch.cat([o.unflatten(-1, (G, 18)), m.unflatten(-1, (G, 9))], -1).flatten(-2)
-            return torch.nn.functional.pad(om, (0, padded - om.shape[-1])).contiguous()
+            return [x, torch.nn.functional.pad(om, (0, padded - om.shape[-1])).contiguous()]
 
-        def forward(x, o, m):
-            return ext.dcnv4_forward(x, pack(o, m), *geo, 0, *fwd, False)
+        def forward(x, om):
+            return ext.dcnv4_forward(x, om, *geo, 0, *fwd, False)
 
-        def backward(x, o, m, g):
-            grad_x, grad_om = ext.dcnv4_backward(x, pack(o, m), *geo, g, 0, *bwd, False)
-            grad_om = grad_om[..., : G * 27].unflatten(-1, (G, 27))
-            return grad_x, grad_om[..., :18].flatten(-2), grad_om[..., 18:].flatten(-2)
+        def backward(x, om, g):  # gradients of input and offset_mask (timed only)
+            return ext.dcnv4_backward(x, om, *geo, g, 0, *bwd, False)
 
-        return forward, backward
+        return pack, forward, backward
     shapes, starts = levels
     p = case.params
     B, Q, G, D, P = p["B"], p["Q"], p["heads"], p["channels"], p["points"]
     fwd = _launch_spec(B * Q, G, D, 512, 8)
     bwd = _launch_spec(B * Q, G, D, 256, 2 if D >= 64 else 1)
 
-    def pack(lc: Tensor, w: Tensor) -> Tensor:
+    def pack(v: Tensor, lc: Tensor, w: Tensor) -> list[Tensor]:
         logits = w.clamp_min(torch.finfo(w.dtype).tiny).log().flatten(-2)
-        return torch.cat([lc.flatten(-3), logits], -1).contiguous()
+        return [v, torch.cat([lc.flatten(-3), logits], -1).contiguous()]
 
-    def forward(v, lc, w):
-        return ext.flash_deform_attn_forward(v, shapes, starts, pack(lc, w), 64, P, *fwd)
+    def forward(v, la):
+        return ext.flash_deform_attn_forward(v, shapes, starts, la, 64, P, *fwd)
 
-    def backward(v, lc, w, g):  # gradients of value and of locations + logits (timed only)
-        return ext.flash_deform_attn_backward(v, shapes, starts, pack(lc, w), g, 64, P, *bwd)
+    def backward(v, la, g):  # gradients of value and of locations + logits (timed only)
+        return ext.flash_deform_attn_backward(v, shapes, starts, la, g, 64, P, *bwd)
 
-    return forward, backward
+    return pack, forward, backward
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -712,13 +720,14 @@ def bench(
                     )
     if "dcnv4" in officials:
         ext, tables = officials["dcnv4"]
-        v4_f, v4_b = _dcnv4(ext, case, levels, tables)
-        v4_out = _guard(row, "DCNv4 fwd", lambda: v4_f(*inputs))
+        v4_pack, v4_f, v4_b = _dcnv4(ext, case, levels, tables)
+        v4_in = v4_pack(*inputs)
+        v4_out = _guard(row, "DCNv4 fwd", lambda: v4_f(*v4_in))
         if v4_out is not None:
             row.dcnv4_out_rel_diff = _rel_diff(out, v4_out)
-            row.dcnv4_fwd_ms = time_ms(lambda: v4_f(*inputs), repeats)
-            if _guard(row, "DCNv4 bwd", lambda: v4_b(*inputs, grad)) is not None:
-                row.dcnv4_fwdbwd_ms = time_ms(lambda: (v4_f(*inputs), v4_b(*inputs, grad)), repeats)
+            row.dcnv4_fwd_ms = time_ms(lambda: v4_f(*v4_in), repeats)
+            if _guard(row, "DCNv4 bwd", lambda: v4_b(*v4_in, grad)) is not None:
+                row.dcnv4_fwdbwd_ms = time_ms(lambda: (v4_f(*v4_in), v4_b(*v4_in, grad)), repeats)
     return row
 
 
@@ -738,8 +747,8 @@ def format_table(rows: list[Row]) -> str:
     faster), DCNv4, and the largest relative differences to the official output/gradients."""
     head = (
         f"{'case':24s} {'dtype':8s} {'mode':7s} {'ours ms':>8s} {'off. ms':>8s} "
-        f"{'off/ours':>8s} {'DCNv4 ms':>8s} {'v4/ours':>8s} {'out rel diff':>12s} "
-        f"{'grad rel diff':>13s}"
+        f"{'off/ours':>8s} {'DCNv4 ms':>8s} {'v4/ours':>8s} {'out max abs':>11s} "
+        f"{'out rel diff':>12s} {'grad rel diff':>13s}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -748,9 +757,12 @@ def format_table(rows: list[Row]) -> str:
             ("fwd", r.ours_fwd_ms, r.official_fwd_ms, r.dcnv4_fwd_ms),
             ("fwd+bwd", r.ours_fwdbwd_ms, r.official_fwdbwd_ms, r.dcnv4_fwdbwd_ms),
         ):
-            diffs = (
-                f"{_fmt(r.out_rel_diff, '12.1e')} {_fmt(grad, '13.1e')}" if mode == "fwd" else ""
-            )
+            diffs = ""
+            if mode == "fwd":
+                diffs = (
+                    f"{_fmt(r.out_max_abs_diff, '11.1e')} {_fmt(r.out_rel_diff, '12.1e')} "
+                    f"{_fmt(grad, '13.1e')}"
+                )
             lines.append(
                 f"{r.case:24s} {r.dtype:8s} {mode:7s} {_fmt(ours)} {_fmt(off)} "
                 f"{_ratio(off, ours):>8s} {_fmt(v4)} {_ratio(v4, ours):>8s} {diffs}"

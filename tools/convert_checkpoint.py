@@ -5,12 +5,14 @@
 CONFIG is this project's config matching the checkpoint. Official bevformerv2-r50-t1-base-24ep:
 projects/configs/bevformerv2/bevformerv2_r50_1600x640_t1-base_24ep.py; official t1: the same
 with ``--cfg-options model.pts_bbox_head.group_detr=11``; official t2/t8 also need ``frames``
-and a ``ResNetFusion`` (a config whose ``_base_`` is the t1-base one, set as the internimage-xl
-t2/t8 configs set them over their t1). The file is read without running code from it, renamed, class-reordered and
-reshaped (:mod:`bevformer.models.official`), loaded strictly into the model built from CONFIG as
-a check, and written as ``{"state_dict", "meta"}`` (the meta records the source file, its
-SHA-256, the converter and both class orders). OUT is written atomically and never replaces IN.
-The result loads with ``load_from`` / ``tools/test.py CONFIG OUT.pth``.
+and a ``ResNetFusion`` (a config whose ``_base_`` is the t1-base one, setting them as the
+internimage-xl t2/t8 configs do over their t1).
+
+The file is read without running code from it, renamed, class-reordered and reshaped
+(:mod:`bevformer.models.official`), loaded strictly into the model built from CONFIG as a
+check, and written as ``{"state_dict", "meta"}`` (the meta records the source file, its
+SHA-256, the converter and both class orders). OUT is written atomically and never replaces
+IN. The result loads with ``load_from`` / ``tools/test.py CONFIG OUT.pth``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@
 #   (d) tools/benchmark.py official-ops: our kernels vs the official ones -> $OUT/official_ops.json
 #
 # The official op sources are read from third_party/ (INTERNIMAGE_SRC, MSDA_SRC, DCNV4_SRC
-# override the folders). Python wheels in .whl/ (packages the machine lacks, e.g. for the
+# override the folders; DCNV4_SRC= (empty) leaves DCNv4 out). Python wheels in .whl/ (packages the machine lacks, e.g. for the
 # tests) are installed offline into a temporary folder first, when present.
 # Environment: OUT (default gpu_check_out), PYTHON (python3), MAX_JOBS (16),
 # TORCH_CUDA_ARCH_LIST (9.0), BEVFORMER_OPS_CACHE (a temporary build cache), REPEATS (20).
@@ -29,7 +29,9 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export BEVFORMER_OPS_CACHE=${BEVFORMER_OPS_CACHE:-${TMPDIR:-/tmp}/bevformer_ops_cache}
 INTERNIMAGE_SRC=${INTERNIMAGE_SRC:-third_party/internimage/classification/ops_dcnv3}
 MSDA_SRC=${MSDA_SRC:-third_party/deformable_detr/models/ops}
-DCNV4_SRC=${DCNV4_SRC:-third_party/dcnv4/DCNv4_op}
+DCNV4_SRC=${DCNV4_SRC-third_party/dcnv4/DCNv4_op}
+DCNV4_ARGS=()
+[ -n "$DCNV4_SRC" ] && DCNV4_ARGS=(--dcnv4-src "$DCNV4_SRC")
 STEPS="$OUT/steps.txt"
 SECONDS=0
 
@@ -60,7 +62,8 @@ step nvidia-smi 30 "$OUT/nvidia_smi.txt" nvidia-smi
 
 # official extensions: built in the background while (b) and (c) run (the benchmark in (d)
 # then finds them up to date in the same cache)
-for pair in "--internimage-src $INTERNIMAGE_SRC" "--msda-src $MSDA_SRC" "--dcnv4-src $DCNV4_SRC"; do
+for pair in "--internimage-src $INTERNIMAGE_SRC" "--msda-src $MSDA_SRC" "${DCNV4_ARGS[*]}"; do
+    [ -n "$pair" ] || continue
     # shellcheck disable=SC2086
     (timeout 300 "$PYTHON" tools/benchmark.py official-ops $pair --build-only --verbose 2>&1 |
         sed "s|^|[${pair%% *}] |" >>"$OUT/build_official.txt") &
@@ -78,7 +81,7 @@ echo "   official builds done (t=${SECONDS}s)" | tee -a "$STEPS"
 
 # (d)
 step official-ops 240 "$OUT/official_ops.txt" "$PYTHON" tools/benchmark.py official-ops \
-    --internimage-src "$INTERNIMAGE_SRC" --msda-src "$MSDA_SRC" --dcnv4-src "$DCNV4_SRC" \
+    --internimage-src "$INTERNIMAGE_SRC" --msda-src "$MSDA_SRC" "${DCNV4_ARGS[@]}" \
     --dtypes fp32 fp16 bf16 --repeats "$REPEATS" --out "$OUT/official_ops.json"
 
 # (e)

@@ -390,8 +390,9 @@ def load_infos(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             payload = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(
-            f"{path} is not a JSON info file ({err}); pickled mmdetection3d infos are not "
-            "supported: create the infos with tools/create_data.py"
+            f"{path} is not a JSON info file ({err}); pickled BEVFormer / mmdetection3d infos "
+            "are not read directly: convert one with tools/create_data.py --dataroot DIR "
+            "--from-pkl FILE, or create the infos with tools/create_data.py"
         ) from err
     found_format = payload.get("format") if isinstance(payload, dict) else None
     found_version = payload.get("version") if isinstance(payload, dict) else None

@@ -173,8 +173,8 @@ def _array(record: Mapping, key: str, where: str, shape: tuple[int, ...]) -> np.
         out = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: field {key!r} is not numeric ({value!r})") from err
-    if len(shape) > 1 and shape[0] == -1 and out.size == 0:
-        out = out.reshape(0, *shape[1:])
+    if out.size == 0 and len(shape) > 1 and -1 not in shape[1:]:
+        out = out.reshape(0, *shape[1:])  # an empty list stands for N = 0
     if out.ndim != len(shape) or any(s not in (-1, n) for s, n in zip(shape, out.shape)):
         want = "x".join("N" if s == -1 else str(s) for s in shape)
         raise ValueError(f"{where}: field {key!r} should be {want}, found shape {out.shape}")
@@ -546,6 +546,12 @@ def convert_official_file(
     the input.
     """
     pkl_path = os.fspath(pkl_path)
+    if not osp.isfile(pkl_path):
+        raise FileNotFoundError(
+            f"official info file {pkl_path} does not exist; pass the "
+            "nuscenes_infos_temporal_{train,val,test}.pkl that BEVFormer's tools/create_data.py "
+            "wrote"
+        )
     payload = read_pickle(pkl_path)
     source = osp.basename(pkl_path)
     if version is None:

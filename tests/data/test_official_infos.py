@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -228,9 +229,11 @@ def _assert_same(found, expected, where="infos"):
 def test_import_equals_create_infos(split, synthetic_dataroot, pkl_dir, table_infos, tmp_path):
     pkl = pkl_dir / f"nuscenes_infos_temporal_{split}.pkl"
     before = pkl.read_bytes()
-    path, metadata, infos = convert_official_file(
-        pkl, synthetic_dataroot, out_dir=tmp_path, progress=False
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped by the reader, no frame renumbering
+        path, metadata, infos = convert_official_file(
+            pkl, synthetic_dataroot, out_dir=tmp_path, progress=False
+        )
     assert Path(path) == tmp_path / f"nuscenes_infos_temporal_{split}.json"
     assert pkl.read_bytes() == before
     found_meta, found = load_infos(path)
@@ -240,7 +243,8 @@ def test_import_equals_create_infos(split, synthetic_dataroot, pkl_dir, table_in
     assert found_meta["split"] == split and found_meta["devkit_split"] == f"mini_{split}"
     assert [i["token"] for i in found] == [i["token"] for i in expected]
     assert len(found) == 4 and sum(len(i["gt_boxes"]) for i in found) > 0
-    assert any(not all(i["gt_velocity_valid"]) for i in found + expected) or split == "train"
+    # unknown velocities (NaN in the .pkl) are exercised in both splits
+    assert not all(flag for info in found for flag in info["gt_velocity_valid"])
     _assert_same(found, expected)
 
 
@@ -269,6 +273,9 @@ def test_official_fields_in_project_frames(payloads):
     assert conv["cams"]["CAM_FRONT"]["data_path"].startswith("samples/CAM_FRONT/")
     np.testing.assert_array_equal(conv["gt"]["boxes"], official["gt_boxes"])
     assert set(conv["gt"]["names"]) <= {*NAME_MAPPING.values(), "ignore"}
+    unmapped = dict(official, gt_names=np.array(["animal", *official["gt_names"][1:]]))
+    names = convert_official_info(unmapped)["gt"]["names"]
+    assert names[0] == "ignore" and names[1:] == conv["gt"]["names"][1:]
     assert split_from_filename("a/nuscenes_infos_temporal_val.pkl") == "val"
     assert split_from_filename("nuscenes_infos_train.pkl") == "train"
     assert split_from_filename("infos.pkl") is None
@@ -345,6 +352,15 @@ def test_pkl_of_another_dataroot_names_sample_and_field(payloads, synthetic_data
         infos_from_official(payload, synthetic_dataroot, VERSION)
 
 
+def test_official_frame_counter_is_replaced(payloads, synthetic_dataroot, table_infos):
+    payload = copy.deepcopy(payloads["val"])
+    payload["infos"][1]["frame_idx"] = 7
+    with pytest.warns(UserWarning, match=r"frame_idx of 1 sample\(s\) differs"):
+        _, infos = infos_from_official(payload, synthetic_dataroot, VERSION)
+    _, expected = load_infos(table_infos["val"])
+    assert [i["frame_idx"] for i in infos] == [i["frame_idx"] for i in expected] == [0, 1, 2, 3]
+
+
 def test_truncated_pickle(pkl_dir, synthetic_dataroot, tmp_path):
     data = (pkl_dir / "nuscenes_infos_temporal_val.pkl").read_bytes()
     cut = tmp_path / "nuscenes_infos_temporal_val.pkl"
@@ -352,6 +368,8 @@ def test_truncated_pickle(pkl_dir, synthetic_dataroot, tmp_path):
     with pytest.raises(CheckpointReadError, match=r"not a pickle file \(or truncated\)"):
         convert_official_file(cut, synthetic_dataroot, out_dir=tmp_path, progress=False)
     assert not (tmp_path / "nuscenes_infos_temporal_val.json").exists()
+    with pytest.raises(FileNotFoundError, match=r"official info file .*absent\.pkl does not"):
+        convert_official_file(tmp_path / "absent.pkl", synthetic_dataroot, progress=False)
 
 
 def test_version_split_and_layout_errors(payloads, synthetic_dataroot, tmp_path):
@@ -362,6 +380,11 @@ def test_version_split_and_layout_errors(payloads, synthetic_dataroot, tmp_path)
     misnamed = _dump(payloads["train"], tmp_path / "nuscenes_infos_temporal_val.pkl")
     with pytest.raises(ValueError, match=r"file name says split 'val' but .* 'train' scenes"):
         convert_official_file(misnamed, synthetic_dataroot, out_dir=tmp_path, progress=False)
+    named_like_output = _dump(payloads["val"], tmp_path / "nuscenes_infos_temporal_val.json")
+    before = named_like_output.read_bytes()
+    with pytest.raises(ValueError, match=r"would overwrite their input"):
+        convert_official_file(named_like_output, synthetic_dataroot, out_dir=tmp_path)
+    assert named_like_output.read_bytes() == before
     mixed = {"infos": payloads["train"]["infos"] + payloads["val"]["infos"], "metadata": {}}
     mixed["metadata"]["version"] = VERSION
     with pytest.raises(ValueError, match=r"do not all belong to one split"):

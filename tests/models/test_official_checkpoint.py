@@ -401,3 +401,14 @@ def test_converted_model_predicts_deterministically(make_rig):
         assert torch.isfinite(first[key]).all(), key
         assert torch.equal(first[key], second[key]), key
     assert first["cls_scores"].shape == (1, 1, 20, 10)
+
+
+@pytest.mark.parametrize("name", ["r50-t1-base", "r50-t1", "r50-t2", "r50-t8"])
+def test_each_official_r50_checkpoint_loads_into_its_project_config(name):
+    """The project ships one config per official R50 checkpoint; each loads strictly."""
+    config = f"projects/configs/bevformerv2/bevformerv2_r50_1600x640_{name[4:]}_24ep.py"
+    model = build_model(load_config(str(REPO / config)).model)
+    official = random_state_dict(official_layout(name), seed=3)
+    converted, report = convert_official_bevformerv2(official, model)
+    model.load_state_dict(converted, strict=True)
+    assert len(converted) == len(model.state_dict()) == len(official) - 3, report.summary()

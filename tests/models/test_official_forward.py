@@ -1,7 +1,7 @@
 """Given the same weights, the project's BEVFormer v2 forward equals the official computation.
 
 The oracle is ``official_reference.py`` (next to this file): the official test-time forward of
-fundalmentalvision/BEVFormer ``BEVFormerV2.simple_test`` re-derived in plain torch, reading an
+fundamentalvision/BEVFormer ``BEVFormerV2.simple_test`` re-derived in plain torch, reading an
 official-layout state dict. A random official state dict (deterministic seed) is converted with
 ``bevformer.models.official.convert_official_bevformerv2`` and loaded strictly into the
 project's model, built from the official-setting R50 t1-base config shrunk for speed (20 x 20
@@ -13,7 +13,8 @@ by one, two or no cameras; the past frame is taken from another ego pose.
 Compared: the BEV the decoder reads, every decoder layer's logits (classes mapped by name from
 the official alphabetical order) and box codes, and the decoded boxes, scores and labels
 (official boxes have their z at the bottom: z + h / 2 is the project's centre z), within 1e-5
-in float32 and 1e-10 in float64.
+in float32 and 1e-10 in float64 (the reference projects the z-anchors in float64 there, where
+the official code always projects in float32).
 
 Legend: T frames, N cameras (6), Q BEV cells (20 x 20), C channels (256), Qd queries, K classes.
 """
@@ -47,8 +48,7 @@ ENCODER_LAYERS = 2
 DECODER_LAYERS = 2
 NUM_QUERY = 60  # 600 (query, class) pairs for the official top-300
 SCALE = 0.1  # of the 1600 x 900 nuScenes images
-CROP_TOP = 26  # official crop (0, 260, 1600, 900) at this scale
-IMG_HW = (64, 160)
+IMG_HW = (64, 160)  # the official crop (0, 260, 1600, 900) keeps the bottom rows at this scale
 PAST_POSE = (-4.0, 0.6, -6.0)  # x, y (m), yaw (deg) of the ego at the previous keyframe
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -96,6 +96,7 @@ def small_config(temporal: bool):
         max_num=head.max_num,
         post_center_range=tuple(head.post_center_range),
         num_fusion=model.fusion.num_layers if temporal else 3,
+        inter_channels=model.fusion.get("inter_channels") if temporal else None,
     )
     return model, settings
 
@@ -104,8 +105,10 @@ def camera_inputs(make_rig, pose, frames) -> tuple[torch.Tensor, torch.Tensor]:
     """lidar2img ``[1, T, N, 4, 4]`` of the cropped rig (past frames re-expressed in the current
     lidar frame) and normalised random images ``[1, T, N, 3, H, W]``."""
     rig = make_rig(SCALE)
+    height, width = rig.img_hw
+    assert width == IMG_HW[1]
     rig.K = rig.K.copy()
-    rig.K[:, 1, 2] -= CROP_TOP
+    rig.K[:, 1, 2] -= height - IMG_HW[0]  # crop: keep the bottom IMG_HW[0] rows
     current = pose(0.0, 0.0, 0.0)
     mats = [
         rig.lidar2img(current if t == 0 else pose(*PAST_POSE), current) for t in frames
@@ -120,8 +123,10 @@ def build_case(temporal: bool, make_rig, pose) -> dict:
     model_cfg, settings = small_config(temporal)
     model = build_model(model_cfg).eval()
     state = random_official_state_dict(settings, seed=0)
-    converted, _ = convert_official_bevformerv2(state, model)
+    converted, report = convert_official_bevformerv2(state, model)
     model.load_state_dict(converted, strict=True)
+    assert report.official_keys == len(state) and not report.skipped
+    assert report.dropped == ["pts_bbox_head.code_weights"]  # a config value, not a weight
     img, lidar2img = camera_inputs(make_rig, pose, settings.frames)
     return dict(model=model, state=state, settings=settings, img=img, lidar2img=lidar2img, cache={})
 
@@ -217,7 +222,7 @@ def test_geometry_is_nontrivial(t2):
 def test_reference_key_list_is_the_official_layout(t1, t2):
     keys = {k: (tuple(v.shape), v.dtype) for k, v in t2["state"].items()}
     expected = {
-        "img_backbone.layer2.0.conv1.weight": (128, 256, 1, 1),  # caffe: stride on conv1
+        "img_backbone.layer2.0.conv1.weight": (128, 256, 1, 1),  # 1x1, stride 2 (caffe)
         "img_neck.fpn_convs.4.conv.weight": (256, 256, 3, 3),  # P7, on output
         "pts_bbox_head.bev_embedding.weight": (BEV * BEV, 256),
         "pts_bbox_head.positional_encoding.row_embed.weight": (BEV, 128),

@@ -7,14 +7,7 @@ _base_ = ["./bevformerv2_internimage-xl_1600x640_t1_24ep.py"]
 frames = (-1, 0)
 model = dict(
     frames=frames,
-    fusion=dict(
-        _delete_=True,
-        type="ResNetFusion",
-        in_channels=len(frames) * _base_.embed_dims,
-        out_channels=_base_.embed_dims,
-        num_layers=3,
-        norm=_base_.norm_layer,
-    ),
+    fusion=dict(_delete_=True, **_base_.fusion, in_channels=len(frames) * _base_.embed_dims),
 )
 train_dataloader = dict(dataset=dict(frames=frames))
 val_dataloader = dict(dataset=dict(frames=frames))

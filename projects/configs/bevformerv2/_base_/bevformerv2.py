@@ -102,3 +102,8 @@ perspective_head = dict(
     strides=(8, 16, 32, 64, 128),
     box3d_smooth_l1_form="official",
 )
+
+# Temporal fusion of the T BEVs (official ``ResNetFusion``, modules/transformerV2.py) for the
+# configs with more than one frame: ``fusion=dict(fusion, in_channels=T * embed_dims)``; the
+# inter channels default to in_channels (official), t8 sets 2 x embed_dims.
+fusion = dict(type="ResNetFusion", out_channels=embed_dims, num_layers=3, norm=norm_layer)
