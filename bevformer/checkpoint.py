@@ -51,7 +51,7 @@ def _detect(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, list[str]]:
 
 
 def _convert_official(
-    state: dict[str, Tensor], model: nn.Module
+    state: dict[str, Tensor], model: nn.Module, strict: bool
 ) -> tuple[dict[str, Tensor], str | None]:
     try:
         from bevformer.models.official import convert_if_official
@@ -59,7 +59,7 @@ def _convert_official(
         if err.name != "bevformer.models.official":
             raise
         return state, None
-    return convert_if_official(state, model)
+    return convert_if_official(state, model, strict=strict)
 
 
 # mmdet single-view detectors (FCOS, FCOS3D) name the parts the BEV detector calls img_*.
@@ -124,7 +124,7 @@ def load_weights(
         )
     if any(k.startswith("module.") for k in tensors):
         fmt += ", DDP 'module.' prefix stripped"
-    state, official = _convert_official(state, model)
+    state, official = _convert_official(state, model, strict)
     if official:
         fmt = official
     state, renamed = _from_mmdet_detector(state, model)

@@ -412,3 +412,23 @@ def test_each_official_r50_checkpoint_loads_into_its_project_config(name):
     converted, report = convert_official_bevformerv2(official, model)
     model.load_state_dict(converted, strict=True)
     assert len(converted) == len(model.state_dict()) == len(official) - 3, report.summary()
+
+
+def test_official_file_loads_directly_where_tools_test_and_load_from_read_it(
+    tmp_path, official_t1_base, caplog
+):
+    """``tools/test.py CONFIG OFFICIAL.pth`` (strict) and ``load_from`` convert in memory."""
+    from bevformer.checkpoint import load_weights
+    from bevformer.engine.launch import load_model_weights
+
+    path = tmp_path / "bevformerv2-r50-t1-base-24ep.pth"
+    torch.save(mmcv_checkpoint(official_t1_base, "r50-t1-base"), path)
+    model = build()
+    report = load_model_weights(model, str(path))  # what tools/test.py calls
+    assert report.complete and len(report.loaded) == 1087
+    name = "pts_bbox_head.transformer.encoder.layers.0.attentions.0.value_proj.weight"
+    assert torch.equal(model.state_dict()["encoder.layers.0.self_attn.value_proj.weight"],
+                       official_t1_base[name])  # fmt: skip
+    again = build()
+    report = load_weights(again, str(path), strict=False)  # what load_from calls
+    assert report.complete and "official" in report.format

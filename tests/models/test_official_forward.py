@@ -57,23 +57,29 @@ TO_OFFICIAL = [OFFICIAL_CLASSES.index(name) for name in CLASSES]
 FROM_OFFICIAL = torch.tensor([CLASSES.index(name) for name in OFFICIAL_CLASSES])
 
 
-def small_config(temporal: bool):
+def small_config(
+    temporal: bool,
+    bev: int = BEV,
+    encoder_layers: int = ENCODER_LAYERS,
+    decoder_layers: int = DECODER_LAYERS,
+    num_query: int = NUM_QUERY,
+):
     """The R50 t1-base model config shrunk for CPU (t2: the XL t2 config's frames + fusion),
-    and the matching reference settings."""
+    and the matching reference settings; the arguments give other sizes."""
     model = load_config(str(R50_T1_BASE)).model
     if temporal:
         t2 = load_config(str(XL_T2)).model
         model.frames = t2.frames
         model.fusion = t2.fusion
     model.mono_head = None  # training-only in the official detector (never run at test time)
-    model.encoder.update(bev_h=BEV, bev_w=BEV, num_layers=ENCODER_LAYERS)
+    model.encoder.update(bev_h=bev, bev_w=bev, num_layers=encoder_layers)
     model.pts_bbox_head.update(
-        bev_h=BEV, bev_w=BEV, num_query=NUM_QUERY, num_decoder_layers=DECODER_LAYERS
+        bev_h=bev, bev_w=bev, num_query=num_query, num_decoder_layers=decoder_layers
     )
     enc, head = model.encoder, model.pts_bbox_head
     settings = OfficialSettings(
-        bev_h=BEV,
-        bev_w=BEV,
+        bev_h=bev,
+        bev_w=bev,
         pc_range=tuple(enc.pc_range),
         frames=tuple(model.frames),
         embed_dims=enc.embed_dims,
@@ -85,13 +91,13 @@ def small_config(temporal: bool):
         resnet_depth=model.img_backbone.depth,
         resnet_out_indices=tuple(model.img_backbone.out_indices),
         num_points_in_pillar=enc.num_points_in_pillar,
-        encoder_layers=ENCODER_LAYERS,
+        encoder_layers=encoder_layers,
         num_heads=enc.num_heads,
         tsa_points=enc.self_attn_points,
         sca_points=enc.cross_attn_points,
-        decoder_layers=DECODER_LAYERS,
+        decoder_layers=decoder_layers,
         decoder_points=head.num_points,
-        num_query=NUM_QUERY,
+        num_query=num_query,
         num_classes=head.num_classes,
         max_num=head.max_num,
         post_center_range=tuple(head.post_center_range),
@@ -101,21 +107,23 @@ def small_config(temporal: bool):
     return model, settings
 
 
-def camera_inputs(make_rig, pose, frames) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_inputs(
+    make_rig, pose, frames, scale: float = SCALE, img_hw: tuple[int, int] = IMG_HW
+) -> tuple[torch.Tensor, torch.Tensor]:
     """lidar2img ``[1, T, N, 4, 4]`` of the cropped rig (past frames re-expressed in the current
     lidar frame) and normalised random images ``[1, T, N, 3, H, W]``."""
-    rig = make_rig(SCALE)
+    rig = make_rig(scale)
     height, width = rig.img_hw
-    assert width == IMG_HW[1]
+    assert width == img_hw[1]
     rig.K = rig.K.copy()
-    rig.K[:, 1, 2] -= height - IMG_HW[0]  # crop: keep the bottom IMG_HW[0] rows
+    rig.K[:, 1, 2] -= height - img_hw[0]  # crop: keep the bottom img_hw[0] rows
     current = pose(0.0, 0.0, 0.0)
     mats = [
         rig.lidar2img(current if t == 0 else pose(*PAST_POSE), current) for t in frames
     ]  # T x [N, 4, 4]
     lidar2img = torch.as_tensor(np.stack(mats))[None]
     gen = torch.Generator().manual_seed(1)
-    img = torch.randn(1, len(frames), len(mats[0]), 3, *IMG_HW, generator=gen)
+    img = torch.randn(1, len(frames), len(mats[0]), 3, *img_hw, generator=gen)
     return img, lidar2img
 
 
@@ -285,3 +293,40 @@ def test_a_changed_official_weight_is_detected(request, case, key):
         float((outputs["bbox_preds"] - ref.all_bbox_preds).abs().max()),
     )
     assert change > 100 * TOLERANCE[torch.float32]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_official_size_matches_on_cuda(make_rig, pose, capsys):
+    """The official t2 setting at full size (six 640 x 1600 crops of 1600 x 900 images, 200 x 200
+    BEV, 6 + 6 layers, 900 queries, two frames) on the GPU, with the compiled CUDA kernels:
+    float64 within 1e-9, float32 (no TF32) BEV and head outputs within 1e-3."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cfg, settings = small_config(True, bev=200, encoder_layers=6, decoder_layers=6, num_query=900)
+    model = build_model(cfg).eval()
+    state = random_official_state_dict(settings, seed=0)
+    model.load_state_dict(convert_official_bevformerv2(state, model)[0], strict=True)
+    img, lidar2img = camera_inputs(make_rig, pose, settings.frames, 1.0, (640, 1600))
+    measured = {}
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-3)):
+        model.to("cuda", dtype)
+        cuda_state = {
+            k: (v.to(dtype) if v.is_floating_point() else v).cuda() for k, v in state.items()
+        }
+        x, l2i = img.to("cuda", dtype), lidar2img.to("cuda", dtype)
+        outputs, result = run_project(model, x, l2i)
+        ref = official_forward(cuda_state, x, l2i, (640, 1600), settings)
+        diffs = {
+            "bev": (outputs["bev_embed"] - ref.bev_embed).abs().max(),
+            "cls": (outputs["cls_scores"] - ref.all_cls_scores[..., TO_OFFICIAL]).abs().max(),
+            "box": (outputs["bbox_preds"] - ref.all_bbox_preds).abs().max(),
+        }
+        measured[str(dtype)] = {k: float(v) for k, v in diffs.items()}
+        if dtype == torch.float64:
+            assert_matches(outputs, result, ref, tol)
+        else:  # top-k order may flip between near-equal float32 scores: compare the raw outputs
+            assert max(measured[str(dtype)].values()) < tol, measured
+        del cuda_state, outputs, ref
+    with capsys.disabled():
+        print(f"\nofficial-size forward, max |project - official|: {measured}")
