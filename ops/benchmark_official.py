@@ -810,15 +810,34 @@ def run(
         print(f"{OFFICIAL_OPS[key].project}: {len(applied)} source patch(es)")
         for line in applied:
             print(f"  {line}")
-    rows = []
+    props = torch.cuda.get_device_properties(0)
+
+    def save() -> None:  # after every row, so that an interrupted run keeps its results
+        if out:
+            result = {
+                "device": props.name,
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "repeats": repeats,
+                "patches": patches,
+                "cases": {n: CASES[n].description for n in cases or list(CASES)},
+                "rows": [asdict(r) for r in rows],
+            }
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=1))
+
+    rows: list[Row] = []
     for name in cases or list(CASES):
         if CASES[name].op not in officials and "dcnv4" not in officials:
             continue
         for d in dtypes:
-            rows.append(bench(CASES[name], DTYPES[d], ours, officials, repeats))
+            try:
+                rows.append(bench(CASES[name], DTYPES[d], ours, officials, repeats))
+            except Exception as err:  # e.g. out of memory: record it, go on with the next
+                rows.append(Row(name, d, notes=[f"failed: {type(err).__name__}: {err}"[:300]]))
             torch.cuda.empty_cache()
+            save()
             print("\n".join(format_table(rows[-1:]).splitlines()[2:]), flush=True)
-    props = torch.cuda.get_device_properties(0)
     print(
         f"\n{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}; median of "
         f"{repeats} after 3 warm-ups (CUDA events). ours = the project's kernels through the "
@@ -829,18 +848,5 @@ def run(
     for name in cases or list(CASES):
         print(f"  {name}: {CASES[name].description}")
     if out:
-        result = {
-            "device": props.name,
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "repeats": repeats,
-            "patches": patches,
-            "cases": {n: CASES[n].description for n in cases or list(CASES)},
-            "rows": [asdict(r) for r in rows],
-        }
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
         print(f"wrote {out}")
-    with contextlib.suppress(Exception):
-        torch.cuda.synchronize()
     return rows

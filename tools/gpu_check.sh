@@ -12,10 +12,13 @@
 #       background meanwhile (tools/benchmark.py official-ops --build-only)
 #   (c) the CUDA tests of the operators and the perspective head
 #   (d) tools/benchmark.py official-ops: our kernels vs the official ones -> $OUT/official_ops.json
+#   (e) the CUDA-marked model tests (the official-size forward check)
 #
 # The official op sources are read from third_party/ (INTERNIMAGE_SRC, MSDA_SRC, DCNV4_SRC
 # override the folders; DCNV4_SRC= (empty) leaves DCNv4 out). Python wheels in .whl/ (packages the machine lacks, e.g. for the
 # tests) are installed offline into a temporary folder first, when present.
+# Typical run on one H200: ~4-5 min (the JIT builds dominate); every step has a time limit, so
+# the worst case stays under 8 min and partial results come back.
 # Environment: OUT (default gpu_check_out), PYTHON (python3), MAX_JOBS (16),
 # TORCH_CUDA_ARCH_LIST (9.0), BEVFORMER_OPS_CACHE (a temporary build cache), REPEATS (20).
 set -x
@@ -65,26 +68,30 @@ step nvidia-smi 30 "$OUT/nvidia_smi.txt" nvidia-smi
 for pair in "--internimage-src $INTERNIMAGE_SRC" "--msda-src $MSDA_SRC" "${DCNV4_ARGS[*]}"; do
     [ -n "$pair" ] || continue
     # shellcheck disable=SC2086
-    (timeout 300 "$PYTHON" tools/benchmark.py official-ops $pair --build-only --verbose 2>&1 |
+    (timeout 270 "$PYTHON" tools/benchmark.py official-ops $pair --build-only --verbose 2>&1 |
         sed "s|^|[${pair%% *}] |" >>"$OUT/build_official.txt") &
 done
 
 # (b)
-step "build ours" 300 "$OUT/build_ours.txt" "$PYTHON" -m ops.build --verbose
+step "build ours" 150 "$OUT/build_ours.txt" "$PYTHON" -m ops.build --verbose
 
 # (c)
-step pytest 150 "$OUT/pytest.txt" "$PYTHON" -m pytest -q tests/ops/test_cuda.py \
+step pytest 120 "$OUT/pytest.txt" "$PYTHON" -m pytest -q tests/ops/test_cuda.py \
     tests/models/perspective/test_perspective_head.py -k cuda -p no:cacheprovider
+
+# (e) the official-size forward check (R50 t2 setting, 640 x 1600, 200 x 200 BEV) and the
+# other CUDA-marked model/engine tests
+step "cuda model tests" 200 "$OUT/pytest_models.txt" "$PYTHON" -m pytest -q -s \
+    tests/models/test_official_forward.py tests/engine/test_sync_bn.py -k "cuda" \
+    -p no:cacheprovider
 
 wait  # the official builds
 echo "   official builds done (t=${SECONDS}s)" | tee -a "$STEPS"
 
 # (d)
-step official-ops 240 "$OUT/official_ops.txt" "$PYTHON" tools/benchmark.py official-ops \
+step official-ops 180 "$OUT/official_ops.txt" "$PYTHON" tools/benchmark.py official-ops \
     --internimage-src "$INTERNIMAGE_SRC" --msda-src "$MSDA_SRC" "${DCNV4_ARGS[@]}" \
     --dtypes fp32 fp16 bf16 --repeats "$REPEATS" --out "$OUT/official_ops.json"
 
-# (e)
-# LEAD: more checks here
 
 echo "== done in ${SECONDS}s" | tee -a "$STEPS"

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on the config's test split with the official nuScenes metric.
 
-    python tools/test.py CONFIG CKPT [--out results.json] [--eval] [--show-dir DIR]
+    python tools/test.py CONFIG CKPT [--out results.json] [--eval [bbox] | --format-only]
+                         [--show-dir DIR]
     bash tools/dist_test.sh CONFIG CKPT NGPUS [same options]
 
 CKPT is loaded strictly (every key and shape must match): a checkpoint of this project or an
@@ -12,8 +13,10 @@ submission).
 from __future__ import annotations
 
 import argparse
+import os
 import os.path as osp
 import shutil
+import tempfile
 
 from mmengine.dist import is_main_process
 
@@ -25,7 +28,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("config")
     parser.add_argument("checkpoint")
     parser.add_argument("--out", help="path of the submission JSON to write")
-    parser.add_argument("--eval", action="store_true", help="score with DetectionEval")
+    parser.add_argument(
+        "--eval",
+        nargs="*",
+        default=None,
+        metavar="METRIC",
+        help="score with DetectionEval (mmdetection3d's '--eval bbox' is accepted: the nuScenes "
+        "detection metric is the only one)",
+    )
+    parser.add_argument(
+        "--format-only",
+        action="store_true",
+        help="write the submission only (e.g. for the test split), no metric",
+    )
     parser.add_argument("--show-dir", help="also render BEV + camera pictures here")
     parser.add_argument("--work-dir")
     parser.add_argument(
@@ -39,13 +54,42 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Normalise mmdetection3d habits (``--eval bbox``) and refuse contradictions."""
+    if args.eval is not None:
+        unknown = [m for m in args.eval if m != "bbox"]
+        if unknown:
+            raise SystemExit(
+                f"--eval {' '.join(args.eval)}: the nuScenes detection metric ('bbox') is the "
+                f"only one; unknown: {unknown}"
+            )
+    args.eval = args.eval is not None
+    if args.eval and args.format_only:
+        raise SystemExit("--eval and --format-only exclude each other (--format-only: no metric)")
+    return args
+
+
+def check_writable(out_dir: str) -> None:
+    """Fail before inference when the results cannot be written (not after the whole loop)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise SystemExit(
+            f"cannot write the results to {out_dir} ({err.strerror}); choose a writable --out "
+            "or --work-dir"
+        ) from err
+
+
 def main() -> None:
-    args = parse_args()
+    args = check_args(parse_args())
     cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
     work_dir = args.work_dir or osp.join(osp.dirname(osp.abspath(args.checkpoint)), "test")
     # the submission, metrics_summary.json, metrics_summary_flat.json and metrics_table.txt
     # go next to --out, else to WORK_DIR/eval
     out_dir = osp.dirname(osp.abspath(args.out)) if args.out else osp.join(work_dir, "eval")
+    check_writable(out_dir)
     runner = build_runner(
         cfg,
         work_dir=work_dir,

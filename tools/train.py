@@ -1,6 +1,7 @@
 """Train a BEVFormer v2 config with mmengine's Runner (one process, or DDP under torchrun).
 
-python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--load-from CKPT] [--amp]
+python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --auto-resume]
+                             [--load-from CKPT] [--amp]
                              [--cfg-options key=value ...]
 bash tools/dist_train.sh CONFIG NGPUS [same options]
 """
@@ -33,7 +34,19 @@ def parse_args() -> argparse.Namespace:
         help="use this dataroot instead of the config's data_root (every info file, image and "
         "metric path follows; the same as --cfg-options data_root=DIR)",
     )
-    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 or fp16)")
+    parser.add_argument(
+        "--auto-resume",
+        dest="resume",
+        action="store_const",
+        const=True,
+        help="the same as --resume without a path (mmdetection's name)",
+    )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision on CUDA (bf16 where supported, else fp16 with dynamic loss "
+        "scaling); refused on a machine without a CUDA device",
+    )
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value"
     )
@@ -53,7 +66,16 @@ def main() -> None:
         launcher=args.launcher,
         load_from=args.load_from,
     )
-    runner.train()
+    try:
+        runner.train()
+    except KeyboardInterrupt:
+        # one line instead of a traceback; the last checkpoint in the work dir is intact
+        # (checkpoints are written atomically)
+        print(
+            f"\ninterrupted at epoch {runner.epoch + 1} iter {runner.iter}; resume with "
+            f"--resume (work dir {runner.work_dir})"
+        )
+        raise SystemExit(130) from None
     finish_distributed()
 
 

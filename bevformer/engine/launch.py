@@ -39,11 +39,13 @@ from bevformer.engine.runner import (
     seed_everything,
 )
 from bevformer.engine.sync_bn import apply_sync_bn
+from bevformer.evaluation.results import MAX_BOXES_PER_SAMPLE
 
 __all__ = [
     "DictAction",
     "build_metric",
     "build_runner",
+    "check_max_boxes",
     "check_info_files",
     "finish_distributed",
     "is_streaming",
@@ -367,6 +369,19 @@ def _new_run_weights(cfg: Config, load_from: str | None, resume: str | bool) -> 
     )
 
 
+def check_max_boxes(cfg: Config) -> None:
+    """The head's top-k (``max_num``) must fit the nuScenes evaluation's limit of
+    :data:`~bevformer.evaluation.results.MAX_BOXES_PER_SAMPLE` boxes per sample: refused when
+    the config is loaded, not after the whole test loop."""
+    max_num = (cfg.model.get("pts_bbox_head") or {}).get("max_num")
+    if max_num is not None and max_num > MAX_BOXES_PER_SAMPLE:
+        raise ValueError(
+            f"model.pts_bbox_head.max_num = {max_num}: the nuScenes detection evaluation "
+            f"accepts at most {MAX_BOXES_PER_SAMPLE} boxes per sample; set max_num <= "
+            f"{MAX_BOXES_PER_SAMPLE} (official: 300)"
+        )
+
+
 def build_runner(
     cfg: Config,
     *,
@@ -386,6 +401,13 @@ def build_runner(
     resumes; mmengine's own ``load_from`` argument only carries the ``--resume`` checkpoint.
     For testing, ``load_from`` is the checkpoint to evaluate, loaded strictly here.
     """
+    if amp and not torch.cuda.is_available():
+        # mmengine's AmpOptimWrapper refuses CPU devices; refuse here, before anything is built
+        raise ValueError(
+            "--amp (mixed precision through mmengine's AmpOptimWrapper) needs a CUDA device "
+            "and this machine has none; train in float32 without --amp"
+        )
+    check_max_boxes(cfg)
     register_checkpoint_globals()
     cfg = copy.deepcopy(cfg)
     work_dir = (
@@ -442,7 +464,7 @@ def build_runner(
         global_batch, factor = scale_schedule(cfg, _world_size(launcher))
         optim_wrapper = copy.deepcopy(dict(cfg.optim_wrapper))
         if amp:
-            bf16 = (not torch.cuda.is_available()) or torch.cuda.is_bf16_supported()
+            bf16 = torch.cuda.is_bf16_supported()
             optim_wrapper["type"] = "AmpOptimWrapper"
             optim_wrapper["dtype"] = "bfloat16" if bf16 else "float16"
             if not bf16:

@@ -241,3 +241,14 @@ class BEVRunner(Runner):
                 os.remove(tmp_path)
             raise
         os.replace(tmp_path, osp.join(out_dir, filename))
+        # mmdetection habit: ``latest.pth`` names the newest checkpoint (a relative symlink,
+        # replaced atomically), next to mmengine's ``last_checkpoint`` text file
+        link_tmp = osp.join(out_dir, ".latest.pth.tmp")
+        if osp.lexists(link_tmp):
+            os.remove(link_tmp)
+        try:
+            os.symlink(filename, link_tmp)
+            os.replace(link_tmp, osp.join(out_dir, "latest.pth"))
+        except OSError:  # file systems without symlinks: last_checkpoint still names it
+            if osp.lexists(link_tmp):
+                os.remove(link_tmp)

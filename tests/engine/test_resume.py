@@ -10,6 +10,7 @@ reductions have one order.
 from __future__ import annotations
 
 import glob
+import os
 import os.path as osp
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def test_resume_reproduces_the_loss_curve(tiny_cfg, tmp_path):
     # atomic checkpoints: the final names only, no temporary file left behind
     cut = tmp_path / "cut"
     assert (cut / "last_checkpoint").read_text().endswith("iter_5.pth")
-    assert sorted(p.name for p in cut.glob("*.pth")) == ["iter_3.pth", "iter_5.pth"]
+    assert sorted(p.name for p in cut.glob("iter_*.pth")) == ["iter_3.pth", "iter_5.pth"]
+    assert os.readlink(cut / "latest.pth") == "iter_5.pth"  # mmdetection's name for the newest
     assert not list(cut.glob(".*.tmp"))
 
     # TensorBoard: an events file with every loss term and the learning rate
