@@ -23,6 +23,7 @@
 # TORCH_CUDA_ARCH_LIST (9.0), BEVFORMER_OPS_CACHE (a temporary build cache), REPEATS (20).
 set -x
 cd "$(dirname "$0")/.." || exit 1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the packages are not installed there
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 PYTHON=${PYTHON:-python3}

@@ -152,10 +152,13 @@ def t2(make_rig, pose) -> dict:
 def run_project(model, img, lidar2img, frame_valid=None) -> tuple[dict, dict]:
     """The project's inference path: BEV + head outputs, then the head's NMS-free decoding."""
     B, T = img.shape[:2]
+    dev = img.device
     batch = dict(
-        frame_valid=torch.ones(B, T, dtype=torch.bool) if frame_valid is None else frame_valid,
-        bda=torch.eye(4, dtype=img.dtype).expand(B, 4, 4),
-        flip=torch.zeros(B, dtype=torch.bool),
+        frame_valid=torch.ones(B, T, dtype=torch.bool, device=dev)
+        if frame_valid is None
+        else frame_valid.to(dev),
+        bda=torch.eye(4, dtype=img.dtype, device=dev).expand(B, 4, 4),
+        flip=torch.zeros(B, dtype=torch.bool, device=dev),
     )
     with torch.no_grad():
         outputs = model(img, lidar2img, mode="tensor", **batch)
@@ -189,7 +192,7 @@ def assert_matches(outputs: dict, result: dict, ref, tol: float) -> None:
     assert result["boxes"].shape == boxes.shape
     torch.testing.assert_close(result["boxes"], boxes, atol=tol, rtol=tol)
     torch.testing.assert_close(result["scores"], ref.scores, atol=tol, rtol=tol)
-    assert torch.equal(result["labels"], FROM_OFFICIAL[ref.labels])
+    assert torch.equal(result["labels"], FROM_OFFICIAL.to(ref.labels.device)[ref.labels])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -316,7 +319,8 @@ def test_official_size_matches_on_cuda(make_rig, pose, capsys):
         }
         x, l2i = img.to("cuda", dtype), lidar2img.to("cuda", dtype)
         outputs, result = run_project(model, x, l2i)
-        ref = official_forward(cuda_state, x, l2i, (640, 1600), settings)
+        with torch.device("cuda"):  # the reference creates its constants on the default device
+            ref = official_forward(cuda_state, x, l2i, (640, 1600), settings)
         diffs = {
             "bev": (outputs["bev_embed"] - ref.bev_embed).abs().max(),
             "cls": (outputs["cls_scores"] - ref.all_cls_scores[..., TO_OFFICIAL]).abs().max(),
