@@ -126,10 +126,13 @@ class NuScenesTemporalDataset(Dataset):
     ``test``) an info file made from other data is refused (``ValueError`` naming both values,
     :func:`bevformer.data.infos.check_info_metadata`). ``frames`` are keyframe offsets,
     strictly increasing, containing 0. ``transforms`` are callables or ``TRANSFORMS`` config
-    dicts (default: only :class:`LoadMultiViewImages`). ``camera_names`` defaults to the info
-    file's cameras; every sample must have all of them. ``test_mode`` makes the random
-    transforms deterministic and keeps every keyframe; ground truth is then optional in the
-    infos.
+    dicts (default: only :class:`LoadMultiViewImages`). ``camera_names`` are the cameras an
+    item stacks, in this order (the model's list: the launcher writes
+    ``model.encoder.camera_names`` into every dataset node); the info file's cameras are
+    matched by name, so infos with more cameras or another order give the same items, and infos
+    without one of them are refused (``ValueError`` naming both lists). Without it, the info
+    file's cameras in its order. ``test_mode`` makes the random transforms deterministic and
+    keeps every keyframe; ground truth is then optional in the infos.
     """
 
     def __init__(
@@ -228,16 +231,27 @@ class NuScenesTemporalDataset(Dataset):
         )
 
     def _check_cameras(self) -> None:
-        wanted = set(self.camera_names)
-        for info in self.infos:
-            have = set(info["cams"])
-            missing = wanted - have
+        """Every camera of ``camera_names`` must be in the info file (its metadata's
+        ``camera_names`` and every sample's ``cams``); the images are then stacked in the
+        order of ``camera_names``, whatever order the info file lists them in."""
+        if not self.camera_names or len(set(self.camera_names)) != len(self.camera_names):
+            raise ValueError(
+                f"camera_names must list cameras once each, got {list(self.camera_names)}"
+            )
+        listed = self.metadata.get("camera_names")
+        for have, where in [(listed, "")] + [
+            (list(info["cams"]), f" (sample {info['token']})") for info in self.infos
+        ]:
+            if have is None:
+                continue
+            missing = [c for c in self.camera_names if c not in have]
             if missing:
                 raise ValueError(
-                    f"{self.info_file}: sample {info['token']} has {len(have)} cameras "
-                    f"{sorted(have)} but the dataset is configured with {len(wanted)} "
-                    f"{list(self.camera_names)} (missing {sorted(missing)}). Pass the "
-                    "camera_names the infos have, or regenerate the infos with all cameras."
+                    f"{self.info_file}: the model was built for cameras "
+                    f"{list(self.camera_names)}; the info file has {list(have)}{where}, "
+                    f"without {missing}: rebuild the infos with these cameras "
+                    "(tools/create_data.py --cameras) or set model camera_names "
+                    "(model.encoder.camera_names) to cameras the infos have"
                 )
 
     def _gt(self, info: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,9 @@ class SampleMeta:
     ``pad_shape`` after the sample's own padding (the collate may pad further to the batch's
     common size). ``flip`` means the image content is mirrored left-right while ``lidar2img``
     and the intrinsics describe the unflipped image (official BEVFormer v2 semantics: the model
-    flips its feature maps back).
+    flips its feature maps back). ``camera_names[n]`` is the camera of image slot n (the
+    dataset's ``camera_names``, matched by name in the info file); the detector refuses a
+    sample whose list differs from its own (``BEVFormerV2.check_cameras``).
     """
 
     token: str

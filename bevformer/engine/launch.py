@@ -28,7 +28,7 @@ from backbones.checkpoint import download_hint
 from bevformer.builder import build_dataset, build_model
 from bevformer.checkpoint import LoadReport, StateDictMismatchError, load_weights
 from bevformer.data.collate import collate
-from bevformer.data.infos import resolve_path
+from bevformer.data.infos import CAMERA_NAMES, resolve_path
 from bevformer.engine.loops import SceneSequentialSampler, StreamingTestLoop, StreamingValLoop
 from bevformer.engine.metric import NuScenesMetric
 from bevformer.engine.runner import (
@@ -70,12 +70,46 @@ _PROPAGATED = {
 }
 
 
-def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
-    """Every ``--cfg-options`` key must name an existing entry of the config."""
+# Sections whose contents mmengine interprets (hooks, loops, logging, environment): new keys
+# may be added there with --cfg-options without the explicit "+" (mmengine validates them).
+MMENGINE_SECTIONS = (
+    "default_hooks",
+    "custom_hooks",
+    "env_cfg",
+    "log_processor",
+    "visualizer",
+    "randomness",
+    "train_cfg",
+    "val_cfg",
+    "test_cfg",
+    "optim_wrapper",
+)
+NEW_KEY_PREFIX = "+"
+
+
+def _split_new_keys(options: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Strip the ``+`` of keys the user adds on purpose; return the options and those keys."""
+    plain, added = {}, set()
+    for key, value in options.items():
+        if key.startswith(NEW_KEY_PREFIX):
+            key = key[len(NEW_KEY_PREFIX) :]
+            added.add(key)
+        plain[key] = value
+    return plain, added
+
+
+def _check_option_keys(
+    cfg: Config, options: dict[str, Any], path: str, added: set[str] = frozenset()
+) -> None:
+    """Every ``--cfg-options`` key must name an existing entry of the config, except keys
+    added on purpose (``+key=value``) and new keys inside an existing mmengine section
+    (:data:`MMENGINE_SECTIONS`); a typo elsewhere is an error naming the keys that exist."""
     node_keys = {
         f"{node}.{key}": top for top, nodes in _PROPAGATED.items() for node, key in nodes.items()
     }
     for dotted in options:
+        if dotted in added:
+            continue
         if dotted in node_keys:
             top = node_keys[dotted]
             raise KeyError(
@@ -91,11 +125,16 @@ def _check_option_keys(cfg: Config, options: dict[str, Any], path: str) -> None:
                 node = node[int(part)]
             elif isinstance(node, dict) and part in node:
                 node = node[part]
+            elif len(walked) > 1 and walked[0] in MMENGINE_SECTIONS and isinstance(node, dict):
+                break  # a new key inside an mmengine section: mmengine checks it
             else:
                 known = sorted(node.keys()) if isinstance(node, dict) else []
                 raise KeyError(
                     f"--cfg-options key {dotted!r}: {'.'.join(walked)!r} does not exist in "
-                    f"{path}. Keys at that level: {known}"
+                    f"{path}. Keys at that level: {known}. To add a key the config does not "
+                    f"set, prefix it with '{NEW_KEY_PREFIX}' (--cfg-options "
+                    f"{NEW_KEY_PREFIX}{dotted}=...); inside mmengine's sections "
+                    f"({', '.join(MMENGINE_SECTIONS)}) new keys need no prefix"
                 )
 
 
@@ -116,7 +155,28 @@ def _propagate_top_level(cfg: Config, file_values: dict[str, Any], path: str) ->
     own top-level one (a hand-written node) is overwritten with a warning; a config dumped by
     a run, whose nodes carry the values written here, loads without one and follows
     ``--data-root`` like any other.
+
+    The model's cameras (``model.encoder.camera_names``, by default the encoder's default
+    :data:`~bevformer.data.infos.CAMERA_NAMES`) are written into every dataset node as its
+    ``camera_names`` in the same way, so that training, test, streaming and visualisation stack
+    the info file's images in the order of the model's camera embeddings.
     """
+    encoder = _node(cfg, "model.encoder")
+    if encoder is not None:
+        names = list(encoder.get("camera_names") or CAMERA_NAMES)
+        for dotted in _DATASET_NODES:
+            node = _node(cfg, dotted)
+            if node is None:
+                continue
+            own = node.get("camera_names")
+            if own is not None and list(own) != names:
+                warnings.warn(
+                    f"{path}: {dotted}.camera_names = {list(own)} is replaced by the model's "
+                    f"model.encoder.camera_names = {names}; the cameras are set once, in the "
+                    "model's encoder",
+                    stacklevel=3,
+                )
+            node["camera_names"] = names
     for top, nodes in _PROPAGATED.items():
         value = cfg.get(top)
         for dotted, key in nodes.items():
@@ -156,7 +216,8 @@ def load_config(
     ``--cfg-options data_root=DIR`` and a child config ``_base_ = [...]; data_root = "DIR"``
     all move every path, whatever the config sets; giving ``--data-root`` and a different
     ``--cfg-options data_root`` at once is an error. ``--cfg-options`` keys must name entries
-    that exist; node keys set from the top level are refused with the key to use instead.
+    that exist (new keys: ``+key=value``, or any key inside an mmengine section such as
+    ``env_cfg``); node keys set from the top level are refused with the key to use instead.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(
@@ -164,9 +225,9 @@ def load_config(
         )
     cfg = Config.fromfile(path)
     file_values = {top: cfg.get(top) for top in _PROPAGATED}
-    options = dict(options or {})
+    options, added = _split_new_keys(dict(options or {}))
     if options:
-        _check_option_keys(cfg, options, path)
+        _check_option_keys(cfg, options, path, added)
     if data_root is not None:
         other = options.get("data_root")
         if other is not None and str(other).rstrip("/") != str(data_root).rstrip("/"):
@@ -190,7 +251,13 @@ def scale_schedule(cfg: Config, world_size: int) -> tuple[int, float]:
     global_batch = per_gpu * world_size
     base = cfg.get("base_batch_size", global_batch)
     factor = global_batch / base
-    cfg.optim_wrapper.optimizer.lr = cfg.optim_wrapper.optimizer.lr * factor
+    lr = cfg.optim_wrapper.optimizer.lr
+    cfg.optim_wrapper.optimizer.lr = lr * factor
+    print_log(
+        f"lr scaling: base batch {base}, global batch {global_batch} ({world_size} process(es) "
+        f"x {per_gpu}), factor {factor:g}: lr {lr:g} -> {lr * factor:g}",
+        logger="current",
+    )
     for sched in cfg.get("param_scheduler", []) or []:
         if not sched.get("by_epoch", True):
             for key in ("begin", "end"):

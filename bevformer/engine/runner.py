@@ -14,6 +14,13 @@
   ``Pretrained`` files) runs once at the start of training, then the whole-model
   ``load_from`` file is loaded over it; both log what they loaded. A resumed run skips both:
   the resumed checkpoint restores every weight.
+- Resume checks (:func:`check_resume_checkpoint`, run by :meth:`BEVRunner.resume` for
+  ``--resume CKPT`` and the auto-resume pick alike): before mmengine restores anything, the file
+  is read without running code from it and must be a full training checkpoint (``meta``,
+  ``optimizer``), of exactly this model (every key and shape), for the optimizer this config
+  builds (parameter groups, parameters per group, state shapes) and its schedulers (count).
+  A failed check raises with what differs and leaves the model, optimizer and counters as they
+  were.
 - torch >= 2.6 loads with ``weights_only=True`` by default; mmengine checkpoints hold a few
   non-tensor objects. :func:`register_checkpoint_globals` allows the NumPy types, and
   :class:`CheckpointStateHook` stores the message hub's ``HistoryBuffer`` as plain arrays,
@@ -25,6 +32,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import random
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,14 +41,19 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
+from torch import Tensor, nn
 
+from backbones.checkpoint import LoadReport, read_checkpoint_with_skipped
 from bevformer.checkpoint import CheckpointReadError, StateDictMismatchError, load_weights
 
 __all__ = [
     "BEVRunner",
     "CheckpointStateHook",
+    "ResumeCheckError",
+    "check_resume_checkpoint",
     "ReproducibleHook",
     "iteration_seed",
     "register_checkpoint_globals",
@@ -170,6 +183,169 @@ class ReproducibleHook(Hook):
         seed_everything(iteration_seed(runner.seed, runner.rank, runner.iter))
 
 
+class ResumeCheckError(ValueError):
+    """A checkpoint a run cannot resume from (weights only, another model or optimizer);
+    raised before anything was restored."""
+
+
+def _model_report(state: Mapping[str, Any], model: nn.Module, path: str) -> LoadReport:
+    """Keys and shapes of ``state`` against ``model.state_dict()``, exactly (nothing loaded)."""
+    own = model.state_dict()
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    report = LoadReport(source=path, format="checkpoint with state_dict")
+    report.missing = [k for k in own if k not in state]
+    report.unexpected = [k for k in state if k not in own]
+    report.mismatched = [
+        (k, tuple(own[k].shape), tuple(v.shape))
+        for k, v in state.items()
+        if k in own and isinstance(v, Tensor) and own[k].shape != v.shape
+    ]
+    return report
+
+
+def _optimizer_differences(saved: Any, optimizer: torch.optim.Optimizer) -> list[str]:
+    """What keeps ``optimizer.load_state_dict(saved)`` from restoring every parameter's state:
+    group count, parameters per group, then state tensor shapes (``torch.optim.Optimizer``
+    maps the saved ids to parameters by position, group by group)."""
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    if not isinstance(groups, Sequence) or not all(
+        isinstance(g, Mapping) and isinstance(g.get("params"), Sequence) for g in groups
+    ):
+        return ["the optimizer state has no list of param_groups with params"]
+    saved_counts = [len(g["params"]) for g in groups]
+    own_counts = [len(g["params"]) for g in optimizer.param_groups]
+    if len(saved_counts) != len(own_counts):
+        return [
+            f"{len(saved_counts)} parameter groups in the checkpoint, {len(own_counts)} in the "
+            f"optimizer the config builds ({sum(saved_counts)} vs {sum(own_counts)} parameters)"
+        ]
+    diffs = [
+        f"group {i}: {a} parameters in the checkpoint, {b} in the config's optimizer"
+        for i, (a, b) in enumerate(zip(saved_counts, own_counts, strict=True))
+        if a != b
+    ]
+    if diffs:
+        return diffs
+    by_id = {
+        pid: (i, p)
+        for i, (g, own) in enumerate(zip(groups, optimizer.param_groups, strict=True))
+        for pid, p in zip(g["params"], own["params"], strict=True)
+    }
+    state = saved.get("state", {})
+    for pid, entry in state.items() if isinstance(state, Mapping) else ():
+        if pid not in by_id:
+            diffs.append(f"state for parameter id {pid}, which no parameter group lists")
+            continue
+        group, param = by_id[pid]
+        for name, value in entry.items() if isinstance(entry, Mapping) else ():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                diffs.append(
+                    f"group {group}, parameter id {pid}: state {name!r} has shape "
+                    f"{list(value.shape)}, the parameter {list(param.shape)}"
+                )
+    return diffs
+
+
+def check_resume_checkpoint(
+    checkpoint: Any,
+    path: str,
+    model: nn.Module,
+    optim_wrapper: OptimWrapper | OptimWrapperDict | None,
+    param_schedulers: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
+) -> None:
+    """Check that a run of ``model`` / ``optim_wrapper`` can resume from ``checkpoint`` (the
+    object read from ``path``, an mmengine checkpoint dict), without restoring anything.
+
+    In order: it must be a dict with ``meta`` (``epoch``, ``iter``) and ``optimizer`` (else it
+    holds weights only: ``--load-from`` starts a new run from them), ``state_dict`` and
+    ``message_hub``; every key and shape of ``state_dict`` (``module.`` stripped) must equal
+    ``model.state_dict()``'s; the optimizer state must have the parameter groups, parameters
+    per group and state tensor shapes of ``optim_wrapper``'s optimizer (per name for an
+    ``OptimWrapperDict``; skipped when ``optim_wrapper`` is None); the checkpoint's
+    ``param_schedulers`` must be as many as ``param_schedulers`` (built or config entries;
+    skipped when either is absent), since mmengine pairs them by position.
+
+    Raises :class:`ResumeCheckError` (a ``ValueError``) naming what differs.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ResumeCheckError(
+            f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict; a run resumes "
+            "from the iter_*.pth / epoch_*.pth files training writes to its work dir"
+        )
+    needed = ("meta", "optimizer") if optim_wrapper is not None else ("meta",)
+    if any(key not in checkpoint for key in needed):
+        raise ResumeCheckError(
+            f"{path} holds weights only (no optimizer state / meta), so a run cannot resume from "
+            f"it; start a new run from its weights with --load-from {path}\n"
+            f"  top-level keys of the file: {sorted(map(str, checkpoint))[:10]}"
+        )
+    meta = checkpoint["meta"]
+    lacking = [k for k in ("state_dict", "message_hub") if k not in checkpoint]
+    if not isinstance(meta, Mapping):
+        lacking.append("meta as a dict")
+    else:
+        lacking += [f"meta[{k!r}]" for k in ("epoch", "iter") if k not in meta]
+    if "state_dict" in checkpoint and not isinstance(checkpoint["state_dict"], Mapping):
+        lacking.append("state_dict as a dict")
+    if lacking:
+        raise ResumeCheckError(
+            f"{path} is not a complete mmengine training checkpoint (it lacks "
+            f"{', '.join(lacking)}), so a run cannot resume from it; start a new run from its "
+            f"weights with --load-from {path}"
+        )
+    report = _model_report(checkpoint["state_dict"], model, path)
+    if not report.complete:
+        origin = ""
+        if isinstance(meta, Mapping) and "mmengine_version" not in meta:
+            origin = (
+                " It was not written by mmengine (an mmcv 1.x / official BEVFormer file?); "
+                f"start a new run from its weights with --load-from {path}."
+            )
+        raise ResumeCheckError(
+            f"checkpoint {path} does not fit this model (was it trained with another config?); "
+            f"nothing was restored: {len(report.missing)} missing keys, "
+            f"{len(report.unexpected)} unexpected keys, {len(report.mismatched)} shape "
+            f"mismatches.{origin} Resume with the config the checkpoint was trained with, or "
+            f"start a new run from its weights with --load-from {path}.\n" + report.problems()
+        )
+    if optim_wrapper is not None:
+        saved = checkpoint["optimizer"]
+        if isinstance(optim_wrapper, OptimWrapperDict):
+            names = sorted(optim_wrapper.optim_wrappers)
+            found = sorted(saved) if isinstance(saved, Mapping) else []
+            diffs = [] if found == names else [f"optimizers {found} in the checkpoint, {names}"]
+            for name in names if not diffs else ():
+                optimizer = optim_wrapper.optim_wrappers[name].optimizer
+                diffs += [f"{name}: {d}" for d in _optimizer_differences(saved[name], optimizer)]
+        else:
+            diffs = _optimizer_differences(saved, optim_wrapper.optimizer)
+        if diffs:
+            more = f"\n  ... ({len(diffs) - 8} more)" if len(diffs) > 8 else ""
+            raise ResumeCheckError(
+                f"checkpoint {path}: its optimizer state does not fit the optimizer this config "
+                "builds (was it trained with another optim_wrapper / paramwise_cfg?); nothing was "
+                "restored. Resume with the config the checkpoint was trained with, or start a new "
+                f"run from its weights with --load-from {path}.\n  " + "\n  ".join(diffs[:8]) + more
+            )
+    saved_schedulers = checkpoint.get("param_schedulers")
+    if param_schedulers is None or saved_schedulers is None:
+        return
+    if isinstance(param_schedulers, Mapping) and isinstance(saved_schedulers, Mapping):
+        pairs = [(f"{k}: ", saved_schedulers.get(k, []), v) for k, v in param_schedulers.items()]
+    elif isinstance(param_schedulers, Sequence) and isinstance(saved_schedulers, Sequence):
+        pairs = [("", saved_schedulers, param_schedulers)]
+    else:
+        pairs = []
+    for name, saved_list, own in pairs:
+        if len(saved_list) != len(own):
+            raise ResumeCheckError(
+                f"checkpoint {path}: {name}{len(saved_list)} parameter schedulers in the "
+                f"checkpoint, {len(own)} in the config's param_scheduler (was it trained with "
+                "another schedule?); nothing was restored. Resume with the config the checkpoint "
+                f"was trained with, or start a new run from its weights with --load-from {path}."
+            )
+
+
 class BEVRunner(Runner):
     """mmengine ``Runner`` whose checkpoints are written atomically and which starts a new run
     from ``weights_from`` (the ``load_from`` / ``--load-from`` file, named by
@@ -229,6 +405,44 @@ class BEVRunner(Runner):
         except (FileNotFoundError, CheckpointReadError) as err:
             raise type(err)(f"{origin} = {path}: {err}") from err
         self._has_loaded = True
+
+    def resume(
+        self,
+        filename: str,
+        resume_optimizer: bool = True,
+        resume_param_scheduler: bool = True,
+        map_location: str | Callable = "default",
+    ) -> None:
+        """mmengine's resume, after :func:`check_resume_checkpoint` passed on the file (read on
+        the CPU without running code from it). Raises ``FileNotFoundError``,
+        :class:`CheckpointReadError` (not a checkpoint, truncated) and
+        :class:`ResumeCheckError`; then nothing was restored."""
+        picked = ""
+        if self._resume and self._load_from is None:
+            named_by = osp.join(self.work_dir, "last_checkpoint")
+            picked = f"\n  (--resume without a path picked it: {named_by} names it)"
+        try:
+            checkpoint, _ = read_checkpoint_with_skipped(filename)
+        except (FileNotFoundError, CheckpointReadError) as err:
+            raise type(err)(f"cannot resume: {err}{picked}") from err
+        if resume_optimizer:
+            # what mmengine's resume does before loading the optimizer state (a built wrapper
+            # is returned as it is)
+            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
+        schedulers = self.param_schedulers if resume_param_scheduler else None
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        try:
+            check_resume_checkpoint(
+                checkpoint,
+                str(filename),
+                model,
+                self.optim_wrapper if resume_optimizer else None,
+                schedulers,
+            )
+        except ResumeCheckError as err:
+            raise ResumeCheckError(f"{err}{picked}") from err
+        del checkpoint  # mmengine reads the file again, onto the run's device
+        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
 
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:

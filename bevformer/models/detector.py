@@ -163,6 +163,30 @@ class BEVFormerV2(BaseModel):
     def current_slot(self) -> int:
         return self.frames.index(0)
 
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """The cameras the model is built for, in the order of its camera embeddings (the
+        encoder's ``camera_names``): camera n of every batch must be ``camera_names[n]``."""
+        return self.encoder.camera_names
+
+    def check_cameras(self, meta: Sequence[Any] | None) -> None:
+        """Refuses a batch whose cameras are not the model's, in the model's order.
+
+        Each sample's ``meta.camera_names`` (the order the dataset stacked its images in) must
+        equal :attr:`camera_names`; without meta only the count N of ``img [B, T, N, ...]`` is
+        checked (by the encoder). Raises ``ValueError`` naming both lists.
+        """
+        for b, m in enumerate(meta or ()):
+            names = _meta_attr(m, "camera_names")
+            if names is not None and tuple(names) != self.camera_names:
+                raise ValueError(
+                    f"sample {b} ({_meta_attr(m, 'token', '?')}) has its images in the camera "
+                    f"order {list(names)} but the model was built for the cameras "
+                    f"{list(self.camera_names)} (encoder camera_names; camera embedding n is "
+                    "for camera n): build the dataset with camera_names = the model's list "
+                    "(the launcher does so from model.encoder.camera_names)"
+                )
+
     # ---------------------------------------------------------------- features and BEV
     def extract_feat(self, img: Tensor, flip: Tensor | None, augment: bool) -> list[Tensor]:
         """img ``[B, N, 3, H, W]`` -> neck maps ``L x [B, N, C, h, w]``, flips undone."""
@@ -360,6 +384,7 @@ class BEVFormerV2(BaseModel):
             raise ValueError(
                 f"img must be [B, T, N, 3, H, W] (docs/CONVENTIONS.md), got {tuple(img.shape)}"
             )
+        self.check_cameras(meta)
         B = img.shape[0]
         if flip is None and meta is not None:
             flip = torch.tensor([bool(_meta_attr(m, "flip", False)) for m in meta])

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bevformer.data.infos import CAMERA_NAMES
 from bevformer.models.attention import BEVSelfAttention, SpatialCrossAttention
 from bevformer.models.positional import LearnedPositionalEncoding
 from bevformer.registry import MODELS
@@ -154,7 +155,15 @@ class BEVEncoderLayer(nn.Module):
 
 @MODELS.register_module()
 class BEVEncoder(nn.Module):
-    """Lifts multi-camera, multi-level image features to a ``bev_h x bev_w`` BEV feature map."""
+    """Lifts multi-camera, multi-level image features to a ``bev_h x bev_w`` BEV feature map.
+
+    ``camera_names`` are the cameras the model is built for, in the order of its camera
+    embeddings (``cams_embeds [N, C]``, row n for ``camera_names[n]``; default the six nuScenes
+    cameras in the official order, :data:`bevformer.data.infos.CAMERA_NAMES`). The images of a
+    batch must come in this order: the dataset stacks them by these names and the detector
+    checks the batch's names against them. ``num_cams`` is ``len(camera_names)``; giving it
+    is optional and it must agree (``ValueError`` otherwise).
+    """
 
     def __init__(
         self,
@@ -166,7 +175,8 @@ class BEVEncoder(nn.Module):
         pc_range: Sequence[float] = PC_RANGE,
         num_points_in_pillar: int = 4,
         num_levels: int = 4,
-        num_cams: int = 6,
+        camera_names: Sequence[str] = CAMERA_NAMES,
+        num_cams: int | None = None,
         num_heads: int = 8,
         self_attn_points: int = 4,
         cross_attn_points: int = 8,
@@ -180,6 +190,19 @@ class BEVEncoder(nn.Module):
         self.embed_dims, self.bev_h, self.bev_w = embed_dims, bev_h, bev_w
         self.pc_range = tuple(float(v) for v in pc_range)
         self.num_points_in_pillar = num_points_in_pillar
+        self.camera_names = tuple(str(c) for c in camera_names)
+        if not self.camera_names or len(set(self.camera_names)) != len(self.camera_names):
+            raise ValueError(
+                f"camera_names must list the model's cameras once each, in the order of its "
+                f"camera embeddings; got {list(camera_names)}"
+            )
+        if num_cams is not None and num_cams != len(self.camera_names):
+            raise ValueError(
+                f"num_cams={num_cams} but camera_names lists {len(self.camera_names)} cameras "
+                f"{list(self.camera_names)}; drop num_cams (it is len(camera_names)) or list "
+                "the cameras the model is built for"
+            )
+        num_cams = len(self.camera_names)
         self.num_levels, self.num_cams = num_levels, num_cams
         self.bev_embedding = nn.Embedding(bev_h * bev_w, embed_dims)
         self.positional_encoding = LearnedPositionalEncoding(embed_dims // 2, bev_h, bev_w)
@@ -212,17 +235,19 @@ class BEVEncoder(nn.Module):
                 "set num_levels in the encoder config"
             )
         num_cams = mlvl_feats[0].shape[1]
-        if self.cams_embeds is not None and num_cams > self.num_cams:
+        if self.cams_embeds is not None and num_cams != self.num_cams:
             raise ValueError(
-                f"encoder has camera embeddings for {self.num_cams} cameras, got {num_cams}; "
-                "set num_cams in the encoder config"
+                f"the encoder has camera embeddings for {self.num_cams} cameras "
+                f"{list(self.camera_names)}, got features of {num_cams} cameras; give the "
+                "images of these cameras in this order (the dataset's camera_names) or set "
+                "camera_names in the encoder config"
             )
         flat, shapes = [], []
         for lvl, feat in enumerate(mlvl_feats):
             B, N, C, h, w = feat.shape
             x = feat.flatten(3).transpose(2, 3)  # [B, N, h*w, C]
             if self.cams_embeds is not None:
-                x = x + self.cams_embeds[:N, None, :].to(x.dtype)
+                x = x + self.cams_embeds[:, None, :].to(x.dtype)
             x = x + self.level_embeds[lvl].to(x.dtype)
             flat.append(x)
             shapes.append((h, w))

@@ -91,8 +91,8 @@ _COMPONENTS = (
         "fusion",
         temporal_module.ResNetFusion,
         temporal_module.OFFICIAL_BEVFORMERV2_KEYS,
-        hint="the checkpoint fuses several frames (official t2/t8): set model.frames, e.g. "
-        "(-1, 0), and model.fusion = ResNetFusion as in the internimage-xl t2/t8 configs",
+        hint="the checkpoint fuses several frames (official t2/t8): use the config "
+        "bevformerv2_r50_1600x640_t2_24ep.py or ..._t8_24ep.py",
     ),
     _Component(
         "pts_bbox_head",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -103,7 +104,11 @@ def test_interrupted_checkpoint_write_is_never_latest(tiny_cfg, tmp_path, monkey
     with pytest.raises(OSError, match="disk full"):
         runner.train()
     assert (tmp_path / "last_checkpoint").read_text().endswith("iter_1.pth")
-    assert sorted(p.name for p in tmp_path.iterdir() if "pth" in p.name) == ["iter_1.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "pth" in p.name) == [
+        "iter_1.pth",
+        "latest.pth",
+    ]
+    assert os.readlink(tmp_path / "latest.pth") == "iter_1.pth"  # never the broken one
     # the surviving checkpoint is complete and loads safely
     monkeypatch.setattr(torch, "save", real_save)
     state = torch.load(tmp_path / "iter_1.pth", weights_only=True)

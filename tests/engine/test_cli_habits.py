@@ -87,3 +87,17 @@ def test_a_top_k_above_the_evaluation_limit_is_refused_at_build_time():
     cfg = load_config(str(TINY), {"model.pts_bbox_head.max_num": 600}, data_root="no/such/root")
     with pytest.raises(ValueError, match="max_num = 600: .* at most 500 boxes per sample"):
         build_runner(cfg, for_training=False)
+
+
+def test_cfg_options_add_keys_on_purpose_but_catch_typos():
+    with pytest.raises(KeyError, match=r"prefix it with '\+' \(--cfg-options \+model\.encoder"):
+        load_config(str(TINY), {"model.encoder.num_layer": 2})
+    # a key the config does not set, added on purpose: it reaches the config (the builder then
+    # checks that the constructor accepts it)
+    cfg = load_config(str(TINY), {"+model.encoder.new_option": 3})
+    assert cfg.model.encoder.new_option == 3
+    # new keys inside mmengine's own sections need no prefix
+    cfg = load_config(str(TINY), {"env_cfg.cudnn_benchmark": True, "randomness.deterministic": 1})
+    assert cfg.env_cfg.cudnn_benchmark is True and cfg.randomness.deterministic == 1
+    with pytest.raises(KeyError, match="'env_cgf' does not exist"):  # the section must exist
+        load_config(str(TINY), {"env_cgf.cudnn_benchmark": True})

@@ -35,9 +35,14 @@ def _cfg() -> Config:
     )
 
 
-def test_scale_schedule_keeps_samples_per_phase():
+def test_scale_schedule_keeps_samples_per_phase(capsys):
     cfg = _cfg()
     global_batch, factor = scale_schedule(cfg, world_size=2)  # 2 x 1 = 2 of base 8
+    logged = capsys.readouterr().out
+    assert (
+        "lr scaling: base batch 8, global batch 2 (2 process(es) x 1), factor 0.25: lr " in logged
+    )
+    assert "0.0004 -> 0.0001" in logged
     assert global_batch == 2 and factor == pytest.approx(0.25)
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-4)
     # 2000 iterations of 8 samples = 8000 iterations of 2 samples

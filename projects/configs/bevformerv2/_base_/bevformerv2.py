@@ -15,6 +15,19 @@ bev_w = 200
 num_levels = 4  # FPN maps the BEV encoder reads (P3-P6)
 num_mono_levels = 5  # FPN maps of the perspective head (P3-P7)
 group_detr = 11
+# The cameras the model is built for, in the order of its camera embeddings (cams_embeds row n
+# is camera n; official nuScenes order). The number of cameras is len(camera_names). The
+# launcher writes model.encoder.camera_names into every dataset node, which stacks the info
+# file's images by these names; a model for fewer cameras sets model.encoder.camera_names (in
+# a child config or with --cfg-options) to those only.
+camera_names = [
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+]
 # BatchNorm of the backbone, the fusion and the perspective head's towers. Built as plain
 # BatchNorm; ``sync_bn = "torch"`` has the training launcher convert every BatchNorm to
 # torch.nn.SyncBatchNorm in multi-GPU runs (official: SyncBN in all three; one process or CPU
@@ -54,7 +67,7 @@ model = dict(
         pc_range=point_cloud_range,
         num_points_in_pillar=4,
         num_levels=num_levels,
-        num_cams=6,
+        camera_names=camera_names,
         num_heads=8,
         self_attn_points=4,
         cross_attn_points=8,
