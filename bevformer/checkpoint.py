@@ -13,7 +13,7 @@ checkpoint ``tools/test.py`` evaluates.
   (``backbone.*``, ``neck.*``, no key of the model's own parts) are renamed to
   ``img_backbone.*`` / ``img_neck.*`` first.
 
-Files are read by :func:`backbones.checkpoint.read_checkpoint` (no code runs on load). The
+Files are read by :func:`backbones.safe_pickle.read_checkpoint` (no code runs on load). The
 summary (:class:`LoadReport`: loaded, missing, unexpected, skipped by shape, skipped on purpose)
 is always logged.
 """

@@ -4,7 +4,7 @@ BEVFormer's ``tools/create_data.py`` writes ``nuscenes_infos_temporal_{train,val
 (``tools/data_converter/nuscenes_converter.py``: ``create_nuscenes_infos``,
 ``_fill_trainval_infos``, ``obtain_sensor2top``); mmdetection3d 0.17 writes the same layout
 without ``prev``, ``next``, ``scene_token``, ``frame_idx`` and ``can_bus``. The file is read
-with :func:`backbones.checkpoint.read_pickle` (no code from the file runs) and converted to
+with :func:`backbones.safe_pickle.read_pickle` (no code from the file runs) and converted to
 the info format of ``docs/CONVENTIONS.md`` ("Info files"), field by field:
 
 - ``lidar2ego_{rotation,translation}``, ``ego2global_{rotation,translation}`` (quaternion
@@ -422,7 +422,7 @@ def infos_from_official(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Official info payload -> ``(metadata, infos)`` of this project's info format.
 
-    ``payload`` is what :func:`backbones.checkpoint.read_pickle` returns for an official
+    ``payload`` is what :func:`backbones.safe_pickle.read_pickle` returns for an official
     ``.pkl``; ``dataroot`` must hold the nuScenes tables of ``version`` (``<dataroot>/<version>/``,
     the tables the file was made from) and the camera images. ``split`` (``train`` / ``val`` /
     ``test``), when given, must agree with the scenes of the file (module docstring); the
