@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
 import random
@@ -56,6 +57,7 @@ __all__ = [
     "check_resume_checkpoint",
     "ReproducibleHook",
     "iteration_seed",
+    "optimizer_summary",
     "register_checkpoint_globals",
     "seed_everything",
 ]
@@ -346,6 +348,48 @@ def check_resume_checkpoint(
             )
 
 
+class _DropParamwiseLines(logging.Filter):
+    """Drops mmengine's per-parameter ``paramwise_options -- NAME:lr=...`` lines (thousands for
+    a layer-decay backbone), counting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("paramwise_options -- "):
+            self.dropped += 1
+            return False
+        return True
+
+
+def optimizer_summary(optimizer: torch.optim.Optimizer, paramwise_lines: int = 0) -> str:
+    """One block describing the parameter groups: per distinct (lr, weight decay) pair, how many
+    groups, tensors and parameters, the lr as a multiple of the optimizer's base lr."""
+    base_lr = optimizer.defaults.get("lr") or 1.0
+    rows: dict[tuple[float, float], list[int]] = {}
+    for group in optimizer.param_groups:
+        key = (round(group["lr"] / base_lr, 6), group.get("weight_decay", 0.0))
+        row = rows.setdefault(key, [0, 0, 0])
+        row[0] += 1
+        row[1] += len(group["params"])
+        row[2] += sum(p.numel() for p in group["params"])
+    tensors = sum(r[1] for r in rows.values())
+    numel = sum(r[2] for r in rows.values())
+    lines = [
+        f"optimizer {type(optimizer).__name__}: base lr {base_lr:g}, "
+        f"{len(optimizer.param_groups)} parameter groups, {tensors} tensors, "
+        f"{numel / 1e6:.2f} M parameters"
+        + (f" ({paramwise_lines} per-parameter option lines not shown)" if paramwise_lines else "")
+    ]
+    for (mult, decay), (groups, count, size) in sorted(rows.items(), reverse=True):
+        lines.append(
+            f"  lr x{mult:g}, weight decay {decay:g}: {groups} groups, {count} tensors, "
+            f"{size / 1e6:.2f} M parameters"
+        )
+    return "\n".join(lines)
+
+
 class BEVRunner(Runner):
     """mmengine ``Runner`` whose checkpoints are written atomically and which starts a new run
     from ``weights_from`` (the ``load_from`` / ``--load-from`` file, named by
@@ -366,6 +410,18 @@ class BEVRunner(Runner):
         self._weights_from = weights_from
         self._weights_origin = weights_origin
         self._weights_strict = weights_strict
+
+    def build_optim_wrapper(self, optim_wrapper: Any) -> OptimWrapper | OptimWrapperDict:
+        """mmengine's optimizer, with one summary instead of a log line per parameter."""
+        drop = _DropParamwiseLines()
+        self.logger.addFilter(drop)
+        try:
+            wrapper = super().build_optim_wrapper(optim_wrapper)
+        finally:
+            self.logger.removeFilter(drop)
+        if isinstance(wrapper, OptimWrapper):
+            self.logger.info(optimizer_summary(wrapper.optimizer, drop.dropped))
+        return wrapper
 
     def _resume_source(self) -> str | None:
         """The checkpoint this run resumes from (None: a new run), as mmengine decides it."""
