@@ -369,7 +369,8 @@ class BEVFormerV2(BaseModel):
         ``lidar2img`` describes the unflipped image: their feature maps are flipped back.
         ``intrinsics`` and ``cam2lidar`` ``[B, T, N, ...]`` are needed by the perspective head
         (loss mode) and the hybrid queries (every mode); other keys (``img_shape``) are accepted
-        and unused: the padded size is ``img.shape[-2:]``.
+        and unused: the padded size is ``img.shape[-2:]``. Each ``meta[b].camera_names`` must
+        be the model's :attr:`camera_names` (:meth:`check_cameras`, ``ValueError`` otherwise).
 
         ``mode="loss"``: dict of scalar loss terms (every term finite, else FloatingPointError).
         ``mode="predict"``: per sample ``{"boxes" (K, 9) lidar box vectors, "scores" (K,),

@@ -36,10 +36,20 @@ def _cfg() -> Config:
     )
 
 
-def test_scale_schedule_keeps_samples_per_phase(capsys):
+def test_scale_schedule_keeps_samples_per_phase():
+    from mmengine.logging import MMLogger
+
     cfg = _cfg()
-    global_batch, factor = scale_schedule(cfg, world_size=2)  # 2 x 1 = 2 of base 8
-    logged = capsys.readouterr().out
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        global_batch, factor = scale_schedule(cfg, world_size=2)  # 2 x 1 = 2 of base 8
+    finally:
+        logger.removeHandler(handler)
+    logged = "\n".join(records)
     assert (
         "lr scaling: base batch 8, global batch 2 (2 process(es) x 1), factor 0.25: lr " in logged
     )

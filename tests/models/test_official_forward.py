@@ -85,7 +85,7 @@ def small_config(
         embed_dims=enc.embed_dims,
         pos_feats=enc.embed_dims // 2,
         ffn_dims=enc.ffn_dims,
-        num_cams=enc.num_cams,
+        num_cams=len(enc.camera_names),
         num_levels=model.num_levels,
         num_outs=model.img_neck.num_outs,
         resnet_depth=model.img_backbone.depth,
