@@ -13,6 +13,7 @@ scores it with the official ``DetectionEval`` (:mod:`bevformer.evaluation.nds`).
 from __future__ import annotations
 
 import json
+import logging
 import os.path as osp
 import tempfile
 from collections.abc import Sequence
@@ -107,7 +108,19 @@ class NuScenesMetric(BaseMetric):
             self.out_dir = tempfile.mkdtemp(prefix="nuscenes_eval_")
         out_dir = self.out_dir
         result_path = osp.join(out_dir, "results_nusc.json")
-        write_submission(by_token, result_path, expected_tokens=list(self._infos))
+        try:
+            write_submission(by_token, result_path, expected_tokens=list(self._infos))
+        except OSError as err:
+            # the predictions of the whole loop are in memory: keep them somewhere writable
+            out_dir = self.out_dir = tempfile.mkdtemp(prefix="nuscenes_eval_")
+            print_log(
+                f"could not write the submission to {result_path} ({err.strerror}); writing it "
+                f"and the metrics to {out_dir} instead",
+                logger="current",
+                level=logging.WARNING,
+            )
+            result_path = osp.join(out_dir, "results_nusc.json")
+            write_submission(by_token, result_path, expected_tokens=list(self._infos))
         print_log(f"nuScenes submission written to {result_path}", logger="current")
         if not self.run_eval:
             return {"num_samples": float(len(by_token))}

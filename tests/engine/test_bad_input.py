@@ -113,3 +113,20 @@ def test_interrupted_checkpoint_write_is_never_latest(tiny_cfg, tmp_path, monkey
     monkeypatch.setattr(torch, "save", real_save)
     state = torch.load(tmp_path / "iter_1.pth", weights_only=True)
     assert state["meta"]["iter"] == 1
+
+
+def test_results_survive_an_unwritable_out_dir(tiny_dataroot, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    info_file = str(tiny_dataroot / "nuscenes_infos_temporal_val.json")
+    metric = NuScenesMetric(
+        ann_file=info_file, data_root=str(tiny_dataroot), version="v1.0-mini",
+        eval_set="mini_val", classes=["car"], out_dir=str(blocker / "out"), run_eval=False,
+    )  # fmt: skip
+    tokens = list(metric._infos)
+    entry = {"sample_token": tokens[0], "detection_name": "car", "detection_score": 0.5}
+    metric.compute_metrics([(t, [entry] if t == tokens[0] else []) for t in tokens])
+    with open(os.path.join(metric.out_dir, "results_nusc.json")) as f:
+        written = json.load(f)
+    assert metric.out_dir != str(blocker / "out")
+    assert written["results"][tokens[0]] == [entry]  # nothing of the loop was lost
