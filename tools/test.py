@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on the config's test split with the official nuScenes metric.
 
     python tools/test.py CONFIG CKPT [--out results.json] [--eval [bbox] | --format-only]
-                         [--show-dir DIR]
+                         [--show-dir DIR [--score-thr T|auto] [--scene NAME ...]
+                                         [--sample TOKEN ...] [--max-samples N]]
     bash tools/dist_test.sh CONFIG CKPT NGPUS [same options]
 
 CKPT is loaded strictly (every key and shape must match): a checkpoint of this project or an
@@ -21,6 +22,7 @@ import tempfile
 from mmengine.dist import is_main_process
 
 from bevformer.engine.launch import DictAction, build_runner, finish_distributed, load_config
+from bevformer.visualization import parse_score_threshold
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,6 +44,17 @@ def parse_args() -> argparse.Namespace:
         help="write the submission only (e.g. for the test split), no metric",
     )
     parser.add_argument("--show-dir", help="also render BEV + camera pictures here")
+    show = parser.add_argument_group("pictures (with --show-dir)")
+    show.add_argument(
+        "--score-thr",
+        type=parse_score_threshold,
+        default=0.3,
+        help="draw predictions scoring at least this (a number, or 'auto': min(0.3, best "
+        "score of each sample))",
+    )
+    show.add_argument("--scene", nargs="+", metavar="NAME", help="draw only these scenes")
+    show.add_argument("--sample", nargs="+", metavar="TOKEN", help="draw only these samples")
+    show.add_argument("--max-samples", type=int, help="draw at most this many samples")
     parser.add_argument("--work-dir")
     parser.add_argument(
         "--data-root",
@@ -121,8 +134,16 @@ def report(args: argparse.Namespace, cfg, out_dir: str, metrics: dict) -> None:
 
         ev = cfg.test_evaluator
         ann_file = resolve_path(ev.data_root, ev.ann_file)
-        paths = render_results(ann_file, ev.data_root, args.show_dir, results_file=submission)
-        print(f"{len(paths)} pictures in {args.show_dir}")
+        render_results(
+            ann_file,
+            ev.data_root,
+            args.show_dir,
+            results_file=submission,
+            score_thr=args.score_thr,
+            max_samples=args.max_samples,
+            scenes=args.scene,
+            samples=args.sample,
+        )
 
 
 if __name__ == "__main__":
