@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -275,6 +276,34 @@ def _check_file(path: str | os.PathLike) -> Path:
     return path
 
 
+# torch's weights_only refusals name the global: "Unsupported global: GLOBAL a.b" or
+# "unsupported GLOBAL a.b whose module a is blocked"
+_UNSUPPORTED = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+)", re.IGNORECASE)
+
+
+def _read_legacy(path: Path, first: BaseException) -> Any | None:
+    """A legacy (pre-zip, ``_use_new_zipfile_serialization=False``) torch file whose objects
+    are all in :data:`ALLOWED_GLOBALS` (e.g. NumPy scalars in an mmcv ``meta``): read by
+    ``torch.load(weights_only=True)`` with those globals allowed. ``None`` when the file is not
+    such a pickle at all; a :class:`CheckpointReadError` naming the object when it holds one
+    outside the list (the legacy layout cannot be read object by object)."""
+    if not isinstance(first, pickle.UnpicklingError) or not _UNSUPPORTED.search(str(first)):
+        return None
+    allowed = [(obj, name) for name, obj in ALLOWED_GLOBALS.items()]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _UNSUPPORTED.search(str(err))
+        raise CheckpointReadError(
+            f"{path} is in torch's legacy (pre-1.6, non-zip) format and holds a Python object "
+            f"({found.group(1) if found else 'unknown'}) besides tensors, numbers, strings, "
+            "containers and NumPy arrays, which cannot be skipped in that format. Re-save its "
+            "weights once where you trust the file: torch.save(<the loaded file>['state_dict'], "
+            "NEW.pth)."
+        ) from err
+
+
 def read_checkpoint_with_skipped(path: str | os.PathLike) -> tuple[Any, list[str]]:
     """:func:`read_checkpoint` without the warning: ``(object, skipped global names)``."""
     path = _check_file(path)
@@ -295,8 +324,12 @@ def read_checkpoint_with_skipped(path: str | os.PathLike) -> tuple[Any, list[str
         if not zipfile.is_zipfile(path):
             # random bytes, a truncated download, or a legacy (pre-zip) file holding objects
             # (torch's own unpickling message advises weights_only=False: not repeated here)
+            legacy = _read_legacy(path, first)
+            if legacy is not None:
+                return legacy, []
             detail = "" if isinstance(first, pickle.UnpicklingError) else str(first).strip()
-            detail = (detail.splitlines() or [""])[0][:120]
+            detail = (detail.splitlines() or [""])[0]
+            detail = detail if len(detail) <= 200 else detail[:200].rsplit(" ", 1)[0] + " ..."
             raise CheckpointReadError(
                 f"not a checkpoint (or truncated): {path} (torch.load: {type(first).__name__}"
                 f"{': ' + detail if detail else ''}). Re-download the file, or check that the "

@@ -25,7 +25,7 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--out", required=True, help="dataroot to write")
     parser.add_argument("--scenes", type=int, default=10, help="number of v1.0-mini scenes (1-10)")
     parser.add_argument("--samples-per-scene", type=int, default=40, help="keyframes per scene")

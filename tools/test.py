@@ -103,14 +103,18 @@ def main() -> None:
     # go next to --out, else to WORK_DIR/eval
     out_dir = osp.dirname(osp.abspath(args.out)) if args.out else osp.join(work_dir, "eval")
     check_writable(out_dir)
-    runner = build_runner(
-        cfg,
-        work_dir=work_dir,
-        launcher=args.launcher,
-        load_from=args.checkpoint,
-        for_training=False,
-        metric_overrides=dict(out_dir=out_dir, run_eval=args.eval),
-    )
+    try:
+        runner = build_runner(
+            cfg,
+            work_dir=work_dir,
+            launcher=args.launcher,
+            load_from=args.checkpoint,
+            for_training=False,
+            metric_overrides=dict(out_dir=out_dir, run_eval=args.eval),
+        )
+    except (FileNotFoundError, ValueError) as err:
+        # checkpoint, dataroot and config problems: the message says what to do
+        raise SystemExit(f"error: {err}") from None
     metrics = runner.test()
     if is_main_process():
         report(args, cfg, out_dir, metrics)

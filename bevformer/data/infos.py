@@ -451,10 +451,15 @@ def check_info_metadata(
         if found == want:
             continue
         if key == "dataset_version":
+            mini = (
+                " val_evaluator.eval_set=mini_val test_evaluator.eval_set=mini_val"
+                if found == "v1.0-mini"
+                else ""
+            )
             todo = (
                 f"set the config's top-level version = {found!r} (--cfg-options "
-                f"version={found}) if that is the data you mean, or create the {want} infos "
-                f"with: python tools/create_data.py --dataroot DATAROOT --version {want}"
+                f"version={found}{mini}) if that is the data you mean, or create the {want} "
+                f"infos with: python tools/create_data.py --dataroot DATAROOT --version {want}"
             )
         elif key == "split":
             todo = (
@@ -463,8 +468,9 @@ def check_info_metadata(
             )
         else:
             todo = (
-                f"point ann_file at the info file of {want!r}, or set the evaluator's "
-                f"eval_set = {found!r}"
+                f"set the evaluators' eval_set = {found!r} (--cfg-options "
+                f"val_evaluator.eval_set={found} test_evaluator.eval_set={found}) if that is "
+                f"the split you mean, or point ann_file at the info file of {want!r}"
             )
         raise ValueError(f"{path} holds {what} {found!r} but the config expects {want!r}: {todo}")
 

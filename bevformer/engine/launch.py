@@ -298,6 +298,12 @@ def check_info_files(cfg: Config, keys: Sequence[str]) -> None:
             continue
         data_root = dataset.get("data_root") or ""
         info_file = resolve_path(data_root, dataset["info_file"])
+        if data_root and not osp.isdir(data_root):
+            raise FileNotFoundError(
+                f"the dataroot {data_root} ({key}) does not exist; check the path given to "
+                "--data-root / data_root (a nuScenes dataroot holds samples/ and the "
+                "v1.0-* tables)"
+            )
         if not osp.isfile(info_file):
             version = dataset.get("expected_version") or cfg.get("version", "v1.0-trainval")
             hint = ""

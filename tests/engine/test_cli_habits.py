@@ -101,3 +101,11 @@ def test_cfg_options_add_keys_on_purpose_but_catch_typos():
     assert cfg.env_cfg.cudnn_benchmark is True and cfg.randomness.deterministic == 1
     with pytest.raises(KeyError, match="'env_cgf' does not exist"):  # the section must exist
         load_config(str(TINY), {"env_cgf.cudnn_benchmark": True})
+
+
+def test_a_misspelt_dataroot_is_named_as_missing():
+    cfg = load_config(str(TINY), data_root="no/such/dataroot")
+    with pytest.raises(
+        FileNotFoundError, match="the dataroot no/such/dataroot/? .* does not exist"
+    ):
+        build_runner(cfg)

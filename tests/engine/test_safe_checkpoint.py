@@ -96,6 +96,27 @@ def test_malicious_checkpoint_runs_nothing(tmp_path):
     assert _digest(path) == before
 
 
+def test_legacy_format_with_numpy_meta_reads_and_with_objects_is_refused(tmp_path):
+    """torch's pre-zip format (``_use_new_zipfile_serialization=False``): NumPy in ``meta``
+    is read; any other object is a clear error and never runs."""
+    legacy = {
+        "meta": {"x": np.float64(1.5), "hist": np.arange(3)},
+        "state_dict": {"w": torch.ones(2)},
+    }
+    path = tmp_path / "legacy.pth"
+    torch.save(legacy, path, _use_new_zipfile_serialization=False)
+    out = read_checkpoint(path)
+    assert out["meta"]["x"] == 1.5 and out["meta"]["hist"].tolist() == [0, 1, 2]
+    assert torch.equal(out["state_dict"]["w"], torch.ones(2))
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "legacy_evil.pth"
+    torch.save({"payload": MakesAFile(marker)}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointReadError, match=r"legacy \(pre-1.6, non-zip\) format .*system"):
+        read_checkpoint(evil)
+    assert not marker.exists()
+
+
 def test_malicious_pickle_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "nuscenes_infos_temporal_train.pkl"
