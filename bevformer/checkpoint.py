@@ -6,7 +6,7 @@ checkpoint ``tools/test.py`` evaluates.
 - this project's checkpoints (mmengine: ``{"state_dict": ..., "meta": ..., ...}``);
 - bare state dicts, and either with DDP ``module.`` prefixes;
 - official BEVFormer v2 checkpoints (mmcv 1.x / mmdet3d 0.17 names), converted by
-  ``bevformer.models.official.convert_if_official`` where that module exists;
+  ``bevformer.models.official.convert_if_official``;
 - foreign files generally (e.g. the official R50 configs' ``fcos_r50_coco_2mmdet.pth``): with
   ``strict=False`` every tensor whose name and shape match is loaded, as mmcv's
   ``load_checkpoint(strict=False)`` does for the official ``load_from``; mmdet detector files
@@ -53,12 +53,9 @@ def _detect(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, list[str]]:
 def _convert_official(
     state: dict[str, Tensor], model: nn.Module, strict: bool
 ) -> tuple[dict[str, Tensor], str | None]:
-    try:
-        from bevformer.models.official import convert_if_official
-    except ModuleNotFoundError as err:
-        if err.name != "bevformer.models.official":
-            raise
-        return state, None
+    # imported here: the converter imports every model module, which plain loads do not need
+    from bevformer.models.official import convert_if_official
+
     return convert_if_official(state, model, strict=strict)
 
 
