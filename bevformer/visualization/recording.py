@@ -20,6 +20,8 @@ rotations fails (it calls ``np.asarray(..., copy=...)``).
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -84,6 +86,7 @@ class RerunRecorder:
     def __init__(self, path: str, application_id: str = "bevformer_v2") -> None:
         self.rr = _import_rerun()
         self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.stream = self.rr.RecordingStream(application_id)
         self.stream.save(path)
 

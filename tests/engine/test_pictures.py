@@ -154,7 +154,7 @@ def _results(tmp_path, infos):
 
 def test_rerun_recording_two_samples(tiny_dataroot, tmp_path):
     infos = _val(tiny_dataroot)
-    rrd = tmp_path / "out.rrd"
+    rrd = tmp_path / "not_yet_made" / "out.rrd"  # the folder is created
     paths = render_results(
         str(tiny_dataroot / "nuscenes_infos_temporal_val.json"), str(tiny_dataroot),
         str(tmp_path / "vis"), _results(tmp_path, infos), samples=[i["token"] for i in infos[:2]],
