@@ -16,7 +16,7 @@ from bevformer.models.perspective.coder import (
     quaternion_to_matrix,
 )
 
-# CAM_FRONT intrinsics of the nuScenes rig (/work/shared/nuscenes_rig.json), 1600 x 900.
+# CAM_FRONT intrinsics of the nuScenes rig (bevformer/data/synthetic/nuscenes_rig.json), 1600 x 900.
 K = torch.tensor(
     [[1266.417203, 0.0, 816.26702], [0.0, 1266.417203, 491.507066], [0.0, 0.0, 1.0]],
     dtype=torch.float64,
