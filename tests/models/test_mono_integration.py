@@ -204,7 +204,9 @@ class PoolingNeck(nn.Module):
         return [nn.functional.avg_pool2d(feats[0], s) for s in (8, 16, 32, 64, 128)]
 
 
-def small_detector(mono_loss_weight: float = 1.0) -> BEVFormerV2:
+def small_detector(mono_loss_weight: float = 1.0, mono_cameras: str = "all") -> BEVFormerV2:
+    """``mono_cameras="all"`` by default: the tests here compare with the head run on every
+    camera."""
     torch.manual_seed(0)
     C = 16
     return BEVFormerV2(
@@ -224,7 +226,7 @@ def small_detector(mono_loss_weight: float = 1.0) -> BEVFormerV2:
         mono_head=PerspectiveHead(in_channels=C, num_convs=1),
         use_grid_mask=False,
         mono_loss_weight=mono_loss_weight,
-        mono_cameras="all",  # compared with the head run on every camera
+        mono_cameras=mono_cameras,
     )
 
 

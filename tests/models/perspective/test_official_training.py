@@ -14,12 +14,10 @@ import os
 import pytest
 import torch
 from mmengine.config import Config
-from torch import nn
+from test_mono_integration import small_detector  # tests/models is on sys.path
 
 from bevformer.builder import build_model
 from bevformer.models.detector import BEVFormerV2
-from bevformer.models.encoder import BEVEncoder
-from bevformer.models.head import BEVFormerHead
 from bevformer.models.perspective import PerspectiveHead, targets_from_batch
 from bevformer.models.perspective.coder import box3d_corners
 from bevformer.models.perspective.losses import disentangled_corner_loss, smooth_l1
@@ -144,40 +142,8 @@ def test_head_uses_the_official_form_for_the_box_and_the_standard_form_for_speed
 
 
 # ------------------------------------------------------------------------- camera selection
-class PointwiseBackbone(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, C, 1)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.conv(x)]
-
-
-class PoolingNeck(nn.Module):
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [nn.functional.avg_pool2d(feats[0], s) for s in (8, 16, 32, 64, 128)]
-
-
 def _detector(mono_cameras: str) -> BEVFormerV2:
-    torch.manual_seed(0)
-    return BEVFormerV2(
-        img_backbone=PointwiseBackbone(),
-        img_neck=PoolingNeck(),
-        encoder=BEVEncoder(embed_dims=C, num_layers=1, bev_h=8, bev_w=8, num_heads=2, ffn_dims=32),
-        pts_bbox_head=BEVFormerHead(
-            embed_dims=C,
-            num_query=6,
-            num_decoder_layers=1,
-            num_heads=2,
-            ffn_dims=32,
-            bev_h=8,
-            bev_w=8,
-            dropout=0.0,
-        ),
-        mono_head=PerspectiveHead(in_channels=C, num_convs=1),
-        use_grid_mask=False,
-        mono_cameras=mono_cameras,
-    ).train()
+    return small_detector(mono_cameras=mono_cameras).train()
 
 
 def _batch(annotated: list[set[int]], seed: int = 0) -> dict:
