@@ -1,8 +1,10 @@
 """Image backbones and neck: InternImage (T/S/B/L/XL/H, DCNv3), ResNet, FPN.
 
-Importing this package registers ``InternImage``, ``ResNetBackbone`` and ``FPN`` in
-``bevformer.registry.MODELS`` and ``LayerDecayOptimWrapperConstructor`` in mmengine's
-``OPTIM_WRAPPER_CONSTRUCTORS``. See ``backbones/README.md``.
+Plain PyTorch modules: this package imports nothing from ``bevformer``. The detector's
+builder (``bevformer.builder``) registers ``InternImage``, ``ResNetBackbone`` and ``FPN`` under
+those names for configs. Importing ``backbones.layer_decay`` registers
+``LayerDecayOptimWrapperConstructor`` in mmengine's ``OPTIM_WRAPPER_CONSTRUCTORS``. See
+``backbones/README.md``.
 """
 
 from backbones.checkpoint import extract_backbone_state_dict, load_internimage_checkpoint

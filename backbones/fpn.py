@@ -27,8 +27,6 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bevformer.registry import MODELS
-
 __all__ = ["FPN"]
 
 _EXTRA_MODES = ("on_input", "on_lateral", "on_output")
@@ -47,7 +45,6 @@ class ConvModule(nn.Module):
         return self.conv(x)
 
 
-@MODELS.register_module()
 class FPN(nn.Module):
     """FPN: list of NCHW maps -> ``num_outs`` maps with ``out_channels`` (module docstring)."""
 

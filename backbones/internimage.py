@@ -48,7 +48,6 @@ from torch.utils.checkpoint import checkpoint
 from backbones.checkpoint import check_init_cfg, init_from_pretrained, internimage_filter_fn
 from backbones.clip_projector import AttentionPoolingBlock
 from backbones.dcnv3 import DCNv3, build_act_layer, build_norm_layer
-from bevformer.registry import MODELS
 
 __all__ = ["InternImage", "InternImageLayer", "InternImageBlock", "DropPath"]
 
@@ -270,7 +269,6 @@ class InternImageBlock(nn.Module):
         return x, stage_out
 
 
-@MODELS.register_module()
 class InternImage(nn.Module):
     """InternImage backbone: image [B, 3, H, W] -> list of NCHW stage features (module doc).
 

@@ -35,7 +35,6 @@ import torchvision
 from torch import Tensor, nn
 
 from backbones.checkpoint import check_init_cfg, init_from_pretrained, unwrap_state_dict
-from bevformer.registry import MODELS
 
 __all__ = ["ResNetBackbone", "checkpoint_filter_fn"]
 
@@ -51,7 +50,6 @@ _CHANNELS = (256, 512, 1024, 2048)
 _STRIDES = (4, 8, 16, 32)
 
 
-@MODELS.register_module()
 class ResNetBackbone(nn.Module):
     """Bottleneck ResNet returning NCHW stage outputs for ``out_indices`` (module docstring).
 

@@ -7,47 +7,49 @@ stays a plain dict; so does an ``init_cfg`` node). A key the constructor does no
 error that names the key and the class, instead of being silently dropped.
 
     model = build_model(Config.fromfile("projects/configs/bevformerv2/...py").model)
+
+Importing this module registers every component a config can name: it imports each module
+that registers one (``@MODELS.register_module()`` and the like), and registers the modules of
+the ``backbones`` package (``InternImage``, ``ResNetBackbone``, ``FPN``), which import nothing
+from ``bevformer``, and the BEV grid (``BEVGrid``, :mod:`bevformer.structures.grid`).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from mmengine.registry import Registry
 
+# The modules that register components, all of them, imported here so that importing the
+# builder registers every ``type`` a config can name (a missing one is an ImportError).
+import backbones.layer_decay  # noqa: F401  (LayerDecayOptimWrapperConstructor, in mmengine)
+import bevformer.data.dataset  # noqa: F401  (DATASETS: NuScenesTemporalDataset)
+import bevformer.data.transforms  # noqa: F401  (TRANSFORMS: the pipeline steps)
+import bevformer.models.coder  # noqa: F401  (MODELS: NMSFreeCoder)
+import bevformer.models.criterion  # noqa: F401  (MODELS: SetCriterion3D)
+import bevformer.models.detector  # noqa: F401  (MODELS: BEVFormerV2)
+import bevformer.models.encoder  # noqa: F401  (MODELS: BEVEncoder)
+import bevformer.models.head  # noqa: F401  (MODELS: BEVFormerHead)
+import bevformer.models.hybrid  # noqa: F401  (MODELS: HybridQueries)
+import bevformer.models.perspective.head  # noqa: F401  (MODELS: PerspectiveHead)
+import bevformer.models.temporal  # noqa: F401  (MODELS: ResNetFusion)
+from backbones.fpn import FPN
+from backbones.internimage import InternImage
+from backbones.resnet import ResNetBackbone
 from bevformer.registry import DATASETS, MODELS, TRANSFORMS
+from bevformer.structures.grid import BEVGrid
 
-__all__ = ["build_dataset", "build_from_cfg", "build_model", "import_components"]
+__all__ = ["build_dataset", "build_from_cfg", "build_model"]
 
-# Modules whose import registers components; absent optional ones are skipped.
-COMPONENT_MODULES = (
-    "backbones",
-    "backbones.internimage",
-    "backbones.fpn",
-    "backbones.resnet",
-    "bevformer.models.encoder",
-    "bevformer.models.temporal",
-    "bevformer.models.detector",
-    "bevformer.models.head",
-    "bevformer.models.mono_head",
-    "bevformer.models.perspective",
-    "bevformer.data",
-    "bevformer.data.dataset",
-    "bevformer.data.transforms",
-)
-
-
-def import_components() -> None:
-    """Imports the modules that register models, datasets and transforms."""
-    for name in COMPONENT_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # the module exists but one of its imports is missing
-                raise
+# ``backbones`` imports nothing from ``bevformer`` (layering ops <- backbones <- bevformer), and
+# ``bevformer.structures`` nothing from the registry, so their buildable classes are registered
+# here, under their class names.
+MODELS.register_module(module=InternImage)
+MODELS.register_module(module=ResNetBackbone)
+MODELS.register_module(module=FPN)
+MODELS.register_module(module=BEVGrid)
 
 
 def _to_plain(cfg: Any) -> Any:
@@ -114,11 +116,9 @@ def build_from_cfg(cfg: Any, registry: Registry, fallbacks: tuple[Registry, ...]
 
 def build_model(cfg: Any) -> Any:
     """Builds a model (and every registered sub-module inside it) from its config dict."""
-    import_components()
     return build_from_cfg(cfg, MODELS)
 
 
 def build_dataset(cfg: Any) -> Any:
     """Builds a dataset; nested ``type`` dicts (the pipeline) come from TRANSFORMS/DATASETS."""
-    import_components()
     return build_from_cfg(cfg, DATASETS, (TRANSFORMS, MODELS))

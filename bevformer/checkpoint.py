@@ -15,7 +15,8 @@ checkpoint ``tools/test.py`` evaluates.
 
 Files are read by :func:`backbones.safe_pickle.read_checkpoint` (no code runs on load). The
 summary (:class:`LoadReport`: loaded, missing, unexpected, skipped by shape, skipped on purpose)
-is always logged.
+is always logged. :func:`load_model_weights` is the strict load of a model to evaluate or
+visualise (``tools/test.py``, ``tools/visualize.py``, a run's ``load_from`` of a complete model).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from backbones.checkpoint import (
     read_checkpoint_with_skipped,
 )
 
-__all__ = ["CheckpointReadError", "LoadReport", "StateDictMismatchError", "load_weights"]
+__all__ = [
+    "CheckpointReadError",
+    "LoadReport",
+    "StateDictMismatchError",
+    "load_model_weights",
+    "load_weights",
+]
 
 
 def _detect(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, list[str]]:
@@ -147,3 +154,32 @@ def load_weights(
     level = logging.INFO if report.complete else logging.WARNING
     print_log(report.summary(), logger=logger or "current", level=level)
     return report
+
+
+def load_model_weights(
+    model: nn.Module, path: str | os.PathLike, logger: logging.Logger | str | None = None
+) -> LoadReport:
+    """Strict :func:`load_weights` of the file ``path`` (this project's or an official BEVFormer
+    v2 checkpoint) into ``model``, for evaluation: every parameter and buffer must be filled.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` listing (up to eight of
+    each) the missing keys, unexpected keys and shape mismatches when the file does not fit
+    the model; nothing is loaded then.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"checkpoint {os.fspath(path)!r} does not exist; give the path of a .pth file "
+            "written by tools/train.py or an official BEVFormer v2 checkpoint"
+        )
+    try:
+        return load_weights(model, path, strict=True, logger=logger)
+    except StateDictMismatchError as err:
+        report = err.report
+        missing, unexpected = sorted(report.missing), sorted(report.unexpected)
+        shapes = [f"{k}: model {a} vs checkpoint {b}" for k, a, b in sorted(report.mismatched)]
+        raise ValueError(
+            f"checkpoint {os.fspath(path)} ({report.format}) does not fit this model (was it "
+            f"trained with another config?): {len(missing)} missing keys {missing[:8]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:8]}, {len(shapes)} shape "
+            f"mismatches {shapes[:8]}"
+        ) from err

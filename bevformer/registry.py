@@ -1,8 +1,10 @@
 """One registry per kind of object built from configs.
 
 Config files (``projects/configs``) name classes by ``type=``; the builders in
-:mod:`bevformer.builder` are the only place that turns those dicts into objects. Components
-register themselves with a decorator, e.g. ``@MODELS.register_module()``.
+:mod:`bevformer.builder` are the only place that turns those dicts into objects. Components of
+``bevformer`` register themselves with a decorator, e.g. ``@MODELS.register_module()``; those
+of ``backbones`` (which imports nothing from ``bevformer``) are registered by
+:mod:`bevformer.builder`, which also imports every registering module.
 """
 
 from mmengine.registry import Registry

@@ -65,10 +65,10 @@ from bevformer.data.transforms import Compose, LoadMultiViewImages
 from bevformer.registry import DATASETS
 from bevformer.structures.boxes import BOX_DIM, CLASSES, YAW, X, Y
 from bevformer.structures.frames import invert, lidar2img
+from bevformer.structures.grid import NUSCENES_PC_RANGE
 
-__all__ = ["NuScenesTemporalDataset", "PC_RANGE", "MONO_ATTRIBUTE_IDS", "MONO_NO_ATTRIBUTE"]
+__all__ = ["NuScenesTemporalDataset", "MONO_ATTRIBUTE_IDS", "MONO_NO_ATTRIBUTE"]
 
-PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 
 # DD3D attribute ids (BEVFormer projects/mmdet3d_plugin/dd3d/datasets/nuscenes.py).
 MONO_ATTRIBUTE_IDS = {
@@ -149,7 +149,7 @@ class NuScenesTemporalDataset(Dataset):
         test_mode: bool = False,
         filter_empty_gt: bool = True,
         use_valid_flag: bool = True,
-        pc_range: Sequence[float] = PC_RANGE,
+        pc_range: Sequence[float] = NUSCENES_PC_RANGE,
         with_mono: bool = True,
         mono_min_points: int = 3,
     ) -> None:

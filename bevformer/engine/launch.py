@@ -11,7 +11,6 @@ so changing the number of GPUs does not silently change the schedule.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 import os.path as osp
@@ -26,7 +25,7 @@ from mmengine.logging import print_log
 
 from backbones.checkpoint import download_hint
 from bevformer.builder import build_dataset, build_model
-from bevformer.checkpoint import LoadReport, StateDictMismatchError, load_weights
+from bevformer.checkpoint import load_model_weights
 from bevformer.data.collate import collate
 from bevformer.data.infos import CAMERA_NAMES, resolve_path
 from bevformer.engine.loops import SceneSequentialSampler, StreamingTestLoop, StreamingValLoop
@@ -50,7 +49,6 @@ __all__ = [
     "finish_distributed",
     "is_streaming",
     "load_config",
-    "load_model_weights",
 ]
 
 
@@ -266,26 +264,6 @@ def scale_schedule(cfg: Config, world_size: int) -> tuple[int, float]:
     return global_batch, factor
 
 
-def load_model_weights(
-    model: torch.nn.Module, path: str, logger: logging.Logger | str | None = None
-) -> LoadReport:
-    """Load a checkpoint to evaluate strictly (:func:`bevformer.checkpoint.load_weights`:
-    this project's or official BEVFormer v2 files), with an error listing mismatches."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        return load_weights(model, path, strict=True, logger=logger)
-    except StateDictMismatchError as err:
-        r = err.report
-        missing, unexpected = sorted(r.missing), sorted(r.unexpected)
-        shapes = [f"{k}: model {a} vs checkpoint {b}" for k, a, b in sorted(r.mismatched)]
-        raise ValueError(
-            f"checkpoint {path} ({r.format}) does not fit this model (was it trained with "
-            f"another config?): {len(missing)} missing keys {missing[:8]}, {len(unexpected)} "
-            f"unexpected keys {unexpected[:8]}, {len(shapes)} shape mismatches {shapes[:8]}"
-        ) from err
-
-
 def check_info_files(cfg: Config, keys: Sequence[str]) -> None:
     """Before anything is built: every ``info_file`` the given dataloaders read must exist
     (else say how to make it), and the evaluator paired with a dataloader (``val_dataloader``
@@ -443,13 +421,13 @@ def _new_run_weights(cfg: Config, load_from: str | None, resume: str | bool) -> 
 
 
 def check_max_boxes(cfg: Config) -> None:
-    """The head's top-k (``max_num``) must fit the nuScenes evaluation's limit of
+    """The post-processor's top-k (``max_num``) must fit the nuScenes evaluation's limit of
     :data:`~bevformer.evaluation.results.MAX_BOXES_PER_SAMPLE` boxes per sample: refused when
     the config is loaded, not after the whole test loop."""
-    max_num = (cfg.model.get("pts_bbox_head") or {}).get("max_num")
+    max_num = (cfg.model.get("post_processor") or {}).get("max_num")
     if max_num is not None and max_num > MAX_BOXES_PER_SAMPLE:
         raise ValueError(
-            f"model.pts_bbox_head.max_num = {max_num}: the nuScenes detection evaluation "
+            f"model.post_processor.max_num = {max_num}: the nuScenes detection evaluation "
             f"accepts at most {MAX_BOXES_PER_SAMPLE} boxes per sample; set max_num <= "
             f"{MAX_BOXES_PER_SAMPLE} (official: 300)"
         )

@@ -29,7 +29,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from bevformer.registry import MODELS
 from bevformer.structures.boxes import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
+from bevformer.structures.grid import BEVGrid
 
 __all__ = [
     "CODE_SIZE",
@@ -44,13 +46,44 @@ __all__ = [
     "CVX",
     "CVY",
     "NMSFreeCoder",
+    "codes_from_deltas",
     "denormalize_bbox",
+    "inverse_sigmoid",
     "normalize_bbox",
+    "refine_reference",
 ]
 
 # Indices of the regression code.
 CX, CY, LOG_W, LOG_L, CZ, LOG_H, SIN, COS, CVX, CVY = range(10)
 CODE_SIZE = 10
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x) with x clamped to [0, 1] and both x, 1 - x clamped to at least ``eps`` (mmdet
+    ``inverse_sigmoid``)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def refine_reference(deltas: Tensor, reference: Tensor) -> Tensor:
+    """A reference point moved by a layer's regression output, in inverse-sigmoid space.
+
+    ``deltas [..., 10]`` (code layout), ``reference [..., 3]`` normalised (x, y, z) ->
+    ``sigmoid(deltas[CX, CY, CZ] + logit(reference))`` ``[..., 3]`` (official
+    ``DetectionTransformerDecoder.forward`` and ``BEVFormerHead.forward``).
+    """
+    centre = deltas[..., [CX, CY, CZ]]
+    return (centre + inverse_sigmoid(reference)).sigmoid()
+
+
+def codes_from_deltas(deltas: Tensor, references: Tensor, grid: BEVGrid) -> Tensor:
+    """Regression outputs ``[..., 10]`` predicted from normalised ``references [..., 3]`` ->
+    codes with the centre (CX, CY, CZ) in lidar metres of ``grid``'s ``pc_range``; the other
+    entries are the raw outputs (official ``BEVFormerHead.forward``)."""
+    centre = grid.denormalize(refine_reference(deltas, references))
+    codes = deltas.clone()
+    codes[..., [CX, CY, CZ]] = centre
+    return codes
 
 
 def normalize_bbox(boxes: Tensor) -> Tensor:
@@ -105,6 +138,7 @@ def denormalize_bbox(codes: Tensor) -> Tensor:
     )
 
 
+@MODELS.register_module()
 class NMSFreeCoder:
     """Top-k decoding of DETR-style outputs into lidar-frame box vectors (no NMS).
 

@@ -25,43 +25,35 @@ P points, h heads, C channels, D code entries.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-import ops
+from bevformer.models.blocks import FFN, DeformableAttention
+from bevformer.models.coder import refine_reference
 
 __all__ = [
     "BEVCrossAttention",
     "DecoderLayer",
     "DetectionTransformerDecoder",
     "GroupSelfAttention",
-    "inverse_sigmoid",
 ]
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """logit(x) with x clamped to [0, 1] and both x, 1 - x clamped to at least ``eps``."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 class GroupSelfAttention(nn.Module):
     """Multi-head self-attention of the queries, optionally within G independent groups.
 
     Queries and keys carry the positional embedding, values do not (mmcv transformer layer).
-    Dropout ``dropout`` on the attention weights and on the output, as the official
-    ``GroupMultiheadAttention(dropout=0.1)``.
+    Dropout ``dropout`` on the attention weights, as the official
+    ``GroupMultiheadAttention(dropout=0.1)``; the output dropout and the residual are the
+    layer's.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, dropout: float = 0.1) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, query: Tensor, query_pos: Tensor, num_groups: int = 1) -> Tensor:
-        """``query``, ``query_pos`` [B, Q, C] -> [B, Q, C] (residual included)."""
+        """``query``, ``query_pos`` [B, Q, C] -> [B, Q, C] (no residual)."""
         B, Q, C = query.shape
         if Q % num_groups != 0:
             raise ValueError(
@@ -71,58 +63,23 @@ class GroupSelfAttention(nn.Module):
         # [B, G*Qg, C] -> [B*G, Qg, C]: groups are contiguous blocks of queries
         qk = (query + query_pos).reshape(B * num_groups, Q // num_groups, C)
         v = query.reshape(B * num_groups, Q // num_groups, C)
-        out = self.attn(qk, qk, v, need_weights=False)[0].reshape(B, Q, C)
-        return query + self.dropout(out)
+        return self.attn(qk, qk, v, need_weights=False)[0].reshape(B, Q, C)
 
 
-class BEVCrossAttention(nn.Module):
+class BEVCrossAttention(DeformableAttention):
     """Deformable attention from each query to the BEV around its reference point.
 
-    Official ``CustomMSDeformableAttention`` (one BEV level): offsets and softmax weights of
+    Official ``CustomMSDeformableAttention`` (one BEV level) on the shared
+    :class:`~bevformer.models.blocks.DeformableAttention` core: offsets and softmax weights of
     h heads x L levels x P points are predicted from ``query + pos``; sampling locations are
     ``ref + offset / (w_l, h_l)`` in [0, 1] BEV coordinates (x along the columns = lidar x,
-    y along the rows = lidar y); the sampling core is ``ops.ms_deform_attn``.
+    y along the rows = lidar y).
     """
 
     def __init__(
-        self,
-        embed_dims: int = 256,
-        num_heads: int = 8,
-        num_levels: int = 1,
-        num_points: int = 4,
-        dropout: float = 0.1,
+        self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 1, num_points: int = 4
     ) -> None:
-        super().__init__()
-        if embed_dims % num_heads != 0:
-            raise ValueError(
-                f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})"
-            )
-        self.num_heads = num_heads
-        self.num_levels = num_levels
-        self.num_points = num_points
-        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(embed_dims, embed_dims)
-        self.output_proj = nn.Linear(embed_dims, embed_dims)
-        self.dropout = nn.Dropout(dropout)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """Deformable-DETR init: head k samples along angle 2 pi k / h, point p at p + 1 cells."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        h, lv, p = self.num_heads, self.num_levels, self.num_points
-        thetas = torch.arange(h, dtype=torch.float32) * (2.0 * math.pi / h)
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-        grid = grid / grid.abs().max(-1, keepdim=True)[0]
-        grid = grid.view(h, 1, 1, 2).repeat(1, lv, p, 1)
-        grid = grid * torch.arange(1, p + 1, dtype=torch.float32).view(1, 1, p, 1)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for linear in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        super().__init__(embed_dims, num_heads, num_levels, num_points)
 
     def forward(
         self,
@@ -134,28 +91,28 @@ class BEVCrossAttention(nn.Module):
         level_start_index: Tensor,
     ) -> Tensor:
         """``query``, ``query_pos`` [B, Q, C]; ``value`` [B, S, C]; ``reference_points``
-        [B, Q, 2] (x, y in [0, 1]); ``spatial_shapes`` [L, 2] (h, w) -> [B, Q, C] (residual
-        included)."""
-        B, Q, C = query.shape
-        S = value.shape[1]
-        h, lv, p = self.num_heads, self.num_levels, self.num_points
-        q = query + query_pos
-        v = self.value_proj(value).view(B, S, h, C // h)  # [B, S, h, C/h]
-        offsets = self.sampling_offsets(q).view(B, Q, h, lv, p, 2)
-        weights = self.attention_weights(q).view(B, Q, h, lv * p).softmax(-1)
-        weights = weights.view(B, Q, h, lv, p)
-        # offsets are in cells of each level: divide by (w_l, h_l) -> [L, 2] as (x, y)
-        normaliser = spatial_shapes.flip(-1).to(q.dtype)
-        locations = (
-            reference_points[:, :, None, None, None, :]
-            + offsets / normaliser[None, None, None, :, None, :]
-        )  # [B, Q, h, L, P, 2]
-        out = ops.ms_deform_attn(v, spatial_shapes, level_start_index, locations, weights)
-        return query + self.dropout(self.output_proj(out))
+        [B, Q, 2] (x, y in [0, 1]); ``spatial_shapes`` [L, 2] (h, w) -> [B, Q, C] (no
+        residual)."""
+        offsets, weights = self.offsets_and_weights(query + query_pos, spatial_shapes)
+        # one slot: [B, Q, h, 1, L, P, .] -> [B, Q, h, L, P, .]
+        locations = reference_points[:, :, None, None, None, :] + offsets[:, :, :, 0]
+        out = self.sample(
+            self.project_value(value),
+            spatial_shapes,
+            level_start_index,
+            locations,
+            weights[:, :, :, 0],
+        )
+        return self.output_proj(out)
 
 
 class DecoderLayer(nn.Module):
-    """Self-attention, LN, deformable cross-attention to the BEV, LN, FFN, LN."""
+    """One decoder layer (module docstring)::
+
+    q = LN(q + Dropout(SelfAttn(q + pos, q + pos, q)))
+    q = LN(q + Dropout(DeformAttn(q + pos, BEV, ref)))
+    q = LN(q + FFN(q))
+    """
 
     def __init__(
         self,
@@ -168,16 +125,11 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = GroupSelfAttention(embed_dims, num_heads, dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.cross_attn = BEVCrossAttention(embed_dims, num_heads, 1, num_points, dropout)
+        self.cross_attn = BEVCrossAttention(embed_dims, num_heads, 1, num_points)
         self.norm2 = nn.LayerNorm(embed_dims)
-        self.ffn = nn.Sequential(
-            nn.Linear(embed_dims, ffn_dims),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(ffn_dims, embed_dims),
-            nn.Dropout(dropout),
-        )
+        self.ffn = FFN(embed_dims, ffn_dims, dropout)
         self.norm3 = nn.LayerNorm(embed_dims)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -190,10 +142,11 @@ class DecoderLayer(nn.Module):
         num_groups: int = 1,
     ) -> Tensor:
         """[B, Q, C] queries -> [B, Q, C]."""
-        query = self.norm1(self.self_attn(query, query_pos, num_groups))
-        query = self.norm2(
-            self.cross_attn(query, query_pos, bev, reference_xy, spatial_shapes, level_start_index)
+        query = self.norm1(query + self.dropout(self.self_attn(query, query_pos, num_groups)))
+        attn = self.cross_attn(
+            query, query_pos, bev, reference_xy, spatial_shapes, level_start_index
         )
+        query = self.norm2(query + self.dropout(attn))
         return self.norm3(query + self.ffn(query))
 
 
@@ -261,11 +214,7 @@ class DetectionTransformerDecoder(nn.Module):
             if reg_branches is not None:
                 delta = reg_branches[lid](query)  # [B, Q, D]
                 deltas.append(delta)
-                logit = inverse_sigmoid(reference)
-                refined = torch.cat(
-                    [delta[..., 0:2] + logit[..., 0:2], delta[..., 4:5] + logit[..., 2:3]], -1
-                )
-                reference = refined.sigmoid().detach()
+                reference = refine_reference(delta, reference).detach()
         return (
             torch.stack(states),
             torch.stack(references),

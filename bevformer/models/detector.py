@@ -9,7 +9,10 @@ Data flow (official ``detectors/bevformerV2.py`` + ``modules/transformerV2.py``)
 2. The current frame: GridMask (training) -> backbone -> neck; samples whose images were
    flipped get every FPN map flipped back; the first ``num_levels`` maps feed the encoder.
 3. Every BEV is resampled for the BEV data augmentation (``bda``), the T BEVs are fused by
-   :class:`~bevformer.models.temporal.ResNetFusion`, and the detection head decodes boxes.
+   :class:`~bevformer.models.temporal.ResNetFusion`, and the detection head's decoder runs its
+   queries over the BEV; in training ``criterion``
+   (:class:`~bevformer.models.criterion.SetCriterion3D`) turns its outputs into losses, at test
+   time ``post_processor`` (:class:`~bevformer.models.coder.NMSFreeCoder`) into boxes.
 4. An optional perspective head (``mono_head``,
    :class:`~bevformer.models.perspective.PerspectiveHead`) gets the first ``num_mono_levels``
    maps of the current frame (flips undone, so they match the dataset's mono targets, which
@@ -45,6 +48,7 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from bevformer.models.bda import resample_bev
+from bevformer.models.coder import NMSFreeCoder
 from bevformer.models.encoder import BEVEncoder
 from bevformer.models.grid_mask import GridMask
 from bevformer.models.hybrid import HybridQueries, Proposals
@@ -52,6 +56,7 @@ from bevformer.models.perspective import targets_from_batch
 from bevformer.models.perspective.targets import has_usable_boxes
 from bevformer.models.temporal import TemporalState, fill_missing_frames
 from bevformer.registry import MODELS
+from bevformer.structures.grid import BEVGrid
 
 __all__ = ["BEVFormerV2", "check_finite_losses", "count_parameters"]
 
@@ -104,6 +109,8 @@ class BEVFormerV2(BaseModel):
         img_neck: nn.Module,
         encoder: BEVEncoder,
         pts_bbox_head: nn.Module,
+        criterion: nn.Module,
+        post_processor: NMSFreeCoder,
         fusion: nn.Module | None = None,
         mono_head: nn.Module | None = None,
         frames: Sequence[int] = (0,),
@@ -143,6 +150,8 @@ class BEVFormerV2(BaseModel):
         self.encoder = encoder
         self.fusion = fusion if temporal == "fusion" and len(self.frames) > 1 else None
         self.pts_bbox_head = pts_bbox_head
+        self.criterion = criterion
+        self.post_processor = post_processor
         self.mono_head = mono_head
         self.num_levels = num_levels
         self.num_mono_levels = num_mono_levels
@@ -158,6 +167,12 @@ class BEVFormerV2(BaseModel):
                     f"to hybrid_queries.num_queries; found mono_head={type(mono_head).__name__}, "
                     f"num_hybrid_queries={head_k}, num_queries={hybrid_queries.num_queries}"
                 )
+
+    @property
+    def grid(self) -> BEVGrid:
+        """The BEV grid of the model (built by the encoder from its config node), handed to the
+        head, the hybrid queries, the BEV augmentation and the temporal alignment."""
+        return self.encoder.grid
 
     @property
     def current_slot(self) -> int:
@@ -247,9 +262,8 @@ class BEVFormerV2(BaseModel):
         """BEV augmentation on ``[B, Q, C]`` (identity when ``bda`` is None or identity)."""
         if bda is None:
             return bev
-        B, Q, C = bev.shape
-        grid = bev.transpose(1, 2).reshape(B, C, self.encoder.bev_h, self.encoder.bev_w)
-        return resample_bev(grid, bda.to(bev), self.encoder.pc_range).flatten(2).transpose(1, 2)
+        grid = self.grid
+        return grid.map_to_tokens(resample_bev(grid.tokens_to_map(bev), bda.to(bev), grid))
 
     def bev_features(
         self,
@@ -289,9 +303,8 @@ class BEVFormerV2(BaseModel):
         if self.fusion is not None:
             history[cur] = bev
             slots = fill_missing_frames(history, frame_valid, cur)
-            H, W = self.encoder.bev_h, self.encoder.bev_w
             # T x [B, Q, C] -> T x [B, C, H, W]
-            maps = [self._bda(s, bda).transpose(1, 2).reshape(B, -1, H, W) for s in slots]
+            maps = [self.grid.tokens_to_map(self._bda(s, bda)) for s in slots]
             bev = self.fusion(maps)
         else:
             bev = self._bda(bev, bda)
@@ -316,9 +329,7 @@ class BEVFormerV2(BaseModel):
             prev_bev, prev_valid = prev_state.aligned_to(
                 self._lidar2global(meta, frame_valid.device),
                 scenes,
-                self.encoder.bev_h,
-                self.encoder.bev_w,
-                self.encoder.pc_range,
+                self.grid,
             )
         cur = self.current_slot
         if cur > 0 and history[cur - 1] is not None:
@@ -361,16 +372,18 @@ class BEVFormerV2(BaseModel):
         meta: Sequence[Any] | None = None,
         prev_state: TemporalState | None = None,
         return_state: bool = False,
-        **rest: Any,
+        img_shape: Sequence[int] | None = None,
     ) -> Any:
         """Runs the model on a batch (keys of ``docs/CONVENTIONS.md``).
 
         ``flip [B]`` (or ``meta[b].flip``) marks samples whose images are mirrored while their
         ``lidar2img`` describes the unflipped image: their feature maps are flipped back.
         ``intrinsics`` and ``cam2lidar`` ``[B, T, N, ...]`` are needed by the perspective head
-        (loss mode) and the hybrid queries (every mode); other keys (``img_shape``) are accepted
-        and unused: the padded size is ``img.shape[-2:]``. Each ``meta[b].camera_names`` must
-        be the model's :attr:`camera_names` (:meth:`check_cameras`, ``ValueError`` otherwise).
+        (loss mode) and the hybrid queries (every mode). ``img_shape`` (the collated padded
+        size) must equal ``img.shape[-2:]`` when given. The batch keys are exactly these: an
+        unknown (e.g. misspelt) key raises ``TypeError`` naming it. Each
+        ``meta[b].camera_names`` must be the model's :attr:`camera_names` (:meth:`check_cameras`,
+        ``ValueError`` otherwise).
 
         ``mode="loss"``: dict of scalar loss terms (every term finite, else FloatingPointError).
         ``mode="predict"``: per sample ``{"boxes" (K, 9) lidar box vectors, "scores" (K,),
@@ -384,6 +397,11 @@ class BEVFormerV2(BaseModel):
         if img.dim() != 6:
             raise ValueError(
                 f"img must be [B, T, N, 3, H, W] (docs/CONVENTIONS.md), got {tuple(img.shape)}"
+            )
+        if img_shape is not None and tuple(int(v) for v in img_shape) != tuple(img.shape[-2:]):
+            raise ValueError(
+                f"img_shape {tuple(img_shape)} is not the padded image size "
+                f"{tuple(img.shape[-2:])} of img; pass the batch of bevformer.data.collate"
             )
         self.check_cameras(meta)
         B = img.shape[0]
@@ -413,17 +431,17 @@ class BEVFormerV2(BaseModel):
             img, lidar2img, frame_valid, bda, flip, prev_state, meta, want_state=return_state
         )
         if self.hybrid_queries is None:
-            outputs = dict(self.pts_bbox_head(bev))
+            outputs = dict(self.pts_bbox_head(bev, self.grid))
         else:
             mono_outputs = self.mono_head(self._mono_feats(feats))
             hybrid, proposals = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
-            outputs = dict(self.pts_bbox_head(bev, hybrid))
+            outputs = dict(self.pts_bbox_head(bev, self.grid, hybrid))
             outputs["proposals"] = proposals
         outputs["bev_embed"] = bev
         if mode == "tensor":
             result: Any = outputs
         else:
-            result = self.pts_bbox_head.predict(outputs)
+            result = self.post_processor.decode(*self.pts_bbox_head.first_group(outputs))
             for b in range(B):
                 result[b] = dict(result[b])
                 result[b]["token"] = _meta_attr(meta[b], "token") if meta is not None else None
@@ -460,7 +478,7 @@ class BEVFormerV2(BaseModel):
         K = self._current(intrinsics, "intrinsics", img).flatten(0, 1)  # [B*N, 3, 3]
         detections = self.mono_head.predict(mono_outputs, K, image_size)
         c2l = self._current(cam2lidar, "cam2lidar", img)
-        proposals = self.hybrid_queries.propose(detections, c2l, bda)
+        proposals = self.hybrid_queries.propose(detections, c2l, self.grid, bda)
         n = self.num_mono_levels
         levels = feats if n is None else feats[:n]
         return self.hybrid_queries(proposals, levels, image_size), proposals
@@ -524,12 +542,13 @@ class BEVFormerV2(BaseModel):
         bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
         mono_outputs = None
         if self.hybrid_queries is None:
-            outputs = self.pts_bbox_head(bev)
+            outputs = self.pts_bbox_head(bev, self.grid)
         else:
             mono_outputs = self.mono_head(self._mono_feats(feats))
             hybrid, _ = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
-            outputs = self.pts_bbox_head(bev, hybrid)
-        losses = dict(self.pts_bbox_head.loss(outputs, list(gt_boxes), list(gt_labels)))
+            outputs = self.pts_bbox_head(bev, self.grid, hybrid)
+        per_group = self.pts_bbox_head.queries_per_group
+        losses = dict(self.criterion(outputs, list(gt_boxes), list(gt_labels), per_group))
         if self.mono_head is not None:
             losses.update(self.mono_loss(feats, mono, intrinsics, img, mono_outputs))
         check_finite_losses(losses)

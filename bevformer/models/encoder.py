@@ -8,8 +8,9 @@ code: BEVFormer ``modules/encoder.py`` (``BEVFormerEncoder.get_reference_points`
 (``PerceptionTransformerBEVEncoder``: camera and level embeddings added to the flattened
 features).
 
-Each BEV cell (row i = lidar y, column j = lidar x, flattened row-major) is a pillar with D
-z-anchors evenly spread over the ``pc_range`` height (for [-5, 3]: -4.5, -2.17, 0.17, 2.5 m).
+Each BEV cell of the :class:`~bevformer.structures.grid.BEVGrid` (row i = lidar y, column j =
+lidar x, flattened row-major) is a pillar with D z-anchors evenly spread over the ``pc_range``
+height (for [-5, 3]: -4.5, -2.17, 0.17, 2.5 m; ``BEVGrid.pillar_points``).
 The anchors are projected with each camera's ``lidar2img`` and normalised by the padded image
 size; a (sample, camera, query) is visible where any anchor has depth > 1e-5 and lands inside
 (0, 1) x (0, 1).
@@ -29,54 +30,12 @@ from torch import Tensor, nn
 
 from bevformer.data.infos import CAMERA_NAMES
 from bevformer.models.attention import BEVSelfAttention, SpatialCrossAttention
+from bevformer.models.blocks import FFN
 from bevformer.models.positional import LearnedPositionalEncoding
 from bevformer.registry import MODELS
+from bevformer.structures.grid import BEVGrid
 
-__all__ = [
-    "BEVEncoder",
-    "BEVEncoderLayer",
-    "bev_reference_points_2d",
-    "pillar_reference_points_3d",
-    "project_reference_points",
-]
-
-PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
-
-
-def pillar_reference_points_3d(
-    bev_h: int,
-    bev_w: int,
-    pc_range: Sequence[float],
-    num_points_in_pillar: int,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | None = None,
-) -> Tensor:
-    """Lidar-frame (x, y, z) in metres of the z-anchors of every pillar -> ``[D, Q, 3]``."""
-    x0, y0, z0, x1, y1, z1 = (float(v) for v in pc_range)
-    height = z1 - z0
-    # official: linspace(0.5, Z - 0.5, D) / Z over a pillar of height Z = z_max - z_min metres
-    zs = z0 + torch.linspace(0.5, height - 0.5, num_points_in_pillar, dtype=dtype, device=device)
-    xs = x0 + (torch.arange(bev_w, dtype=dtype, device=device) + 0.5) / bev_w * (x1 - x0)
-    ys = y0 + (torch.arange(bev_h, dtype=dtype, device=device) + 0.5) / bev_h * (y1 - y0)
-    D, H, W = num_points_in_pillar, bev_h, bev_w
-    grid = torch.stack(
-        (
-            xs.view(1, 1, W).expand(D, H, W),
-            ys.view(1, H, 1).expand(D, H, W),
-            zs.view(D, 1, 1).expand(D, H, W),
-        ),
-        dim=-1,
-    )  # [D, H, W, 3]
-    return grid.reshape(D, H * W, 3)
-
-
-def bev_reference_points_2d(
-    bev_h: int, bev_w: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None
-) -> Tensor:
-    """Normalised (x, y) of the BEV cell centres, row-major -> ``[Q, 2]``."""
-    xs = (torch.arange(bev_w, dtype=dtype, device=device) + 0.5) / bev_w
-    ys = (torch.arange(bev_h, dtype=dtype, device=device) + 0.5) / bev_h
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+__all__ = ["BEVEncoder", "BEVEncoderLayer", "project_reference_points"]
 
 
 def project_reference_points(
@@ -104,7 +63,12 @@ def project_reference_points(
 
 
 class BEVEncoderLayer(nn.Module):
-    """self-attention, LN, spatial cross-attention, LN, FFN (C -> F -> C, ReLU), LN."""
+    """One encoder layer, in the official operation order (``BEVFormerLayer``)::
+
+    q = LN(q + Dropout(SelfAttn(q, pos)))
+    q = LN(q + Dropout(SpatialCrossAttn(q, image features)))
+    q = LN(q + FFN(q))
+    """
 
     def __init__(
         self,
@@ -117,22 +81,17 @@ class BEVEncoderLayer(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.self_attn = BEVSelfAttention(embed_dims, num_heads, 1, self_attn_points, dropout)
+        self.self_attn = BEVSelfAttention(embed_dims, num_heads, 1, self_attn_points)
         self.cross_attn = SpatialCrossAttention(
-            embed_dims, num_heads, num_levels, cross_attn_points, dropout
+            embed_dims, num_heads, num_levels, cross_attn_points
         )
-        self.ffn = nn.Sequential(
-            nn.Linear(embed_dims, ffn_dims),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(ffn_dims, embed_dims),
-            nn.Dropout(dropout),
-        )
+        self.ffn = FFN(embed_dims, ffn_dims, dropout)
         for m in self.ffn:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -147,15 +106,17 @@ class BEVEncoderLayer(nn.Module):
         level_start_index: Tensor,
         value_pair: Tensor | None = None,
     ) -> Tensor:
-        query = self.norms[0](self.self_attn(query, bev_pos, ref_2d, bev_shape, value_pair))
-        query = self.cross_attn(query, value, ref_cam, bev_mask, spatial_shapes, level_start_index)
-        query = self.norms[1](query)
+        attn = self.self_attn(query, bev_pos, ref_2d, bev_shape, value_pair)
+        query = self.norms[0](query + self.dropout(attn))
+        attn = self.cross_attn(query, value, ref_cam, bev_mask, spatial_shapes, level_start_index)
+        query = self.norms[1](query + self.dropout(attn))
         return self.norms[2](query + self.ffn(query))
 
 
 @MODELS.register_module()
 class BEVEncoder(nn.Module):
-    """Lifts multi-camera, multi-level image features to a ``bev_h x bev_w`` BEV feature map.
+    """Lifts multi-camera, multi-level image features to the BEV of ``grid``
+    (:class:`~bevformer.structures.grid.BEVGrid`: ``bev_h x bev_w`` cells over ``pc_range``).
 
     ``camera_names`` are the cameras the model is built for, in the order of its camera
     embeddings (``cams_embeds [N, C]``, row n for ``camera_names[n]``; default the six nuScenes
@@ -169,10 +130,8 @@ class BEVEncoder(nn.Module):
         self,
         *,
         embed_dims: int = 256,
+        grid: BEVGrid,
         num_layers: int = 6,
-        bev_h: int = 200,
-        bev_w: int = 200,
-        pc_range: Sequence[float] = PC_RANGE,
         num_points_in_pillar: int = 4,
         num_levels: int = 4,
         camera_names: Sequence[str] = CAMERA_NAMES,
@@ -187,8 +146,13 @@ class BEVEncoder(nn.Module):
         super().__init__()
         if embed_dims % 2 != 0:
             raise ValueError(f"embed_dims must be even (row + column encoding), got {embed_dims}")
-        self.embed_dims, self.bev_h, self.bev_w = embed_dims, bev_h, bev_w
-        self.pc_range = tuple(float(v) for v in pc_range)
+        if not isinstance(grid, BEVGrid):
+            raise TypeError(
+                "grid must be a BEVGrid (config: grid=dict(type='BEVGrid', bev_h=..., bev_w=..., "
+                f"pc_range=...)), got {type(grid).__name__}"
+            )
+        self.embed_dims, self.grid = embed_dims, grid
+        bev_h, bev_w = grid.shape
         self.num_points_in_pillar = num_points_in_pillar
         self.camera_names = tuple(str(c) for c in camera_names)
         if not self.camera_names or len(set(self.camera_names)) != len(self.camera_names):
@@ -276,14 +240,13 @@ class BEVEncoder(nn.Module):
         value, spatial_shapes, level_start_index = self.flatten_features(mlvl_feats)
         B = value.shape[0]
         dtype, device = value.dtype, value.device
-        H, W = self.bev_h, self.bev_w
+        grid = self.grid
+        H, W = grid.shape
         query = self.bev_embedding.weight.to(dtype)[None].expand(B, -1, -1)  # [B, Q, C]
         bev_pos = self.positional_encoding(H, W).to(dtype).flatten(1).t()[None]  # [1, Q, C]
         bev_pos = bev_pos.expand(B, -1, -1)
-        ref_2d = bev_reference_points_2d(H, W, dtype, device)[None, :, None].expand(B, -1, -1, -1)
-        ref_3d = pillar_reference_points_3d(
-            H, W, self.pc_range, self.num_points_in_pillar, dtype, device
-        )
+        ref_2d = grid.reference_points_2d(dtype, device)[None, :, None].expand(B, -1, -1, -1)
+        ref_3d = grid.pillar_points(self.num_points_in_pillar, dtype, device)
         ref_cam, bev_mask = project_reference_points(ref_3d, lidar2img, img_shape)
         ref_cam = ref_cam.to(dtype)
         bev_shape = torch.as_tensor([[H, W]], dtype=torch.long, device=device)

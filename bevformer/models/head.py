@@ -1,4 +1,4 @@
-"""BEVFormer detection head: learned object queries, decoder, box refinement, losses, decoding.
+"""BEVFormer detection head: learned object queries, decoder, box refinement.
 
 BEVFormer (Li et al., ECCV 2022, arXiv:2203.17270) / BEVFormer v2 (Yang et al., CVPR 2023,
 arXiv:2211.10439), official ``dense_heads/bevformer_head.py`` (``BEVFormerHead`` and
@@ -15,21 +15,21 @@ arXiv:2211.10439), official ``dense_heads/bevformer_head.py`` (``BEVFormerHead``
   to metres in ``pc_range``; the other entries are the raw regression outputs (log w, log l,
   log h, sin, cos, vx, vy) — the code of :mod:`bevformer.models.coder`.
 - Group-DETR: in training all ``group_detr`` groups of ``num_query`` queries run (self-attention
-  within each group) and each group is matched to the full GT set; the losses are averaged
-  over the groups. In eval only the first group runs.
+  within each group); the criterion matches each group to the full GT set. In eval only the
+  first group runs.
 - Hybrid object queries (``num_hybrid_queries = k > 0``, :mod:`bevformer.models.hybrid`):
   ``forward`` also takes k per-sample queries (content, positional embedding, reference point)
   built from the perspective head's detections. They are appended to the learned queries of
   *every* group, so a group holds ``num_query + k`` queries (learned first) and is matched and
   supervised as a whole; in eval the single group holds them too.
-- Losses per decoder layer (:mod:`bevformer.models.losses` after the Hungarian matching of
-  :mod:`bevformer.models.assigner`): the last layer's ``loss_cls`` / ``loss_bbox`` and the
-  auxiliary ``d{l}.loss_cls`` / ``d{l}.loss_bbox`` of layers 0 .. Ldec-2.
-- ``predict``: NMS-free top-k decoding of the last layer (:class:`~bevformer.models.coder.
-  NMSFreeCoder`) into lidar-frame box vectors with centre z (see the coder's docstring).
+
+The losses are the detector's :class:`~bevformer.models.criterion.SetCriterion3D` (official
+``BEVFormerHead.loss``) and the decoding its post-processor,
+:class:`~bevformer.models.coder.NMSFreeCoder` (official ``get_bboxes``), on
+:meth:`BEVFormerHead.first_group`; each is built from its own config node.
 
 Legend: Ldec decoder layers, B batch, Q queries, G groups, K classes, S BEV cells
-(bev_h * bev_w), C channels, M GT boxes.
+(bev_h * bev_w), C channels.
 """
 
 from __future__ import annotations
@@ -42,12 +42,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from bevformer.models.assigner import HungarianAssigner3D, hungarian_match
-from bevformer.models.coder import CODE_SIZE, NMSFreeCoder, normalize_bbox
-from bevformer.models.decoder import DetectionTransformerDecoder, inverse_sigmoid
-from bevformer.models.losses import detection_losses
+from bevformer.models.coder import CODE_SIZE, codes_from_deltas
+from bevformer.models.decoder import DetectionTransformerDecoder
 from bevformer.registry import MODELS
-from bevformer.structures.boxes import BOX_DIM, CLASSES
+from bevformer.structures.boxes import CLASSES
+from bevformer.structures.grid import BEVGrid
 
 __all__ = ["BEVFormerHead", "OFFICIAL_V2_CLASSES", "convert_official_head_state_dict"]
 
@@ -99,7 +98,7 @@ class BEVFormerHead(nn.Module):
     """DETR-style 3D detection head on a BEV feature map (module docstring).
 
     ``forward(bev_embed [B, S, C])``: the BEV is row-major, index = row * bev_w + col, row =
-    lidar-y bin, col = lidar-x bin (row 0 / col 0 at ``pc_range``'s minimum). Returns
+    lidar-y bin, col = lidar-x bin (row 0 / col 0 at ``pc_range``'s minimum; ``grid``). Returns
     ``{"cls_scores": [Ldec, B, Q, K] logits, "bbox_preds": [Ldec, B, Q, 10] codes}`` with
     Q = ``num_query * group_detr`` in training and ``num_query`` in eval.
     """
@@ -116,29 +115,10 @@ class BEVFormerHead(nn.Module):
         num_points: int = 4,
         ffn_dims: int = 512,
         dropout: float = 0.1,
-        bev_h: int = 200,
-        bev_w: int = 200,
-        pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
-        code_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
-        loss_cls_weight: float = 2.0,
-        loss_bbox_weight: float = 0.75,
-        loss_bbox_beta: float = 1.0,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        cls_cost_weight: float = 2.0,
-        reg_cost_weight: float = 0.75,
-        reg_cost_beta: float = 1.0,
-        max_num: int = 300,
-        post_center_range: Sequence[float] | None = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-        score_threshold: float | None = None,
         with_box_refine: bool = True,
         num_hybrid_queries: int = 0,
     ) -> None:
         super().__init__()
-        if len(pc_range) != 6:
-            raise ValueError(f"pc_range must have 6 numbers (mins then maxs), got {pc_range}")
-        if len(code_weights) != CODE_SIZE:
-            raise ValueError(f"code_weights must have {CODE_SIZE} entries, got {code_weights}")
         if group_detr < 1 or num_query < 1 or num_hybrid_queries < 0:
             raise ValueError(
                 "need num_query >= 1, group_detr >= 1 and num_hybrid_queries >= 0, got "
@@ -149,16 +129,7 @@ class BEVFormerHead(nn.Module):
         self.num_query = num_query
         self.group_detr = group_detr
         self.num_hybrid_queries = num_hybrid_queries
-        self.bev_h, self.bev_w = bev_h, bev_w
-        self.pc_range = tuple(float(v) for v in pc_range)
         self.with_box_refine = with_box_refine
-        self.loss_cls_weight = loss_cls_weight
-        self.loss_bbox_weight = loss_bbox_weight
-        self.loss_bbox_beta = loss_bbox_beta
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.register_buffer(
-            "code_weights", torch.tensor(code_weights, dtype=torch.float32), persistent=False
-        )
 
         self.query_embedding = nn.Embedding(num_query * group_detr, 2 * embed_dims)
         self.reference_points = nn.Linear(embed_dims, 3)
@@ -177,15 +148,6 @@ class BEVFormerHead(nn.Module):
         else:  # one branch pair shared by every layer (same parameters)
             self.cls_branches = nn.ModuleList(cls_branch for _ in range(num_decoder_layers))
             self.reg_branches = nn.ModuleList(reg_branch for _ in range(num_decoder_layers))
-
-        self.assigner = HungarianAssigner3D(
-            cls_weight=cls_cost_weight,
-            reg_weight=reg_cost_weight,
-            alpha=focal_alpha,
-            gamma=focal_gamma,
-            reg_beta=reg_cost_beta,
-        )
-        self.coder = NMSFreeCoder(num_classes, max_num, post_center_range, score_threshold)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -237,21 +199,20 @@ class BEVFormerHead(nn.Module):
                 raise ValueError(f"hybrid[{key!r}] must have shape {shape}, found {found}")
 
     def forward(
-        self, bev_embed: Tensor, hybrid: Mapping[str, Tensor] | None = None
+        self, bev_embed: Tensor, grid: BEVGrid, hybrid: Mapping[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
-        """``bev_embed`` [B, S, C] -> ``cls_scores`` [Ldec, B, Q, K], ``bbox_preds`` [Ldec, B, Q,
-        10] (class docstring).
+        """``bev_embed`` [B, S, C] on ``grid`` (the encoder's) -> ``cls_scores`` [Ldec, B, Q, K],
+        ``bbox_preds`` [Ldec, B, Q, 10] (class docstring).
 
         ``hybrid`` (required iff ``num_hybrid_queries = k > 0``): ``query``, ``query_pos``
         [B, k, C] and ``reference`` [B, k, 3] in [0, 1] of ``pc_range``, appended to the
         learned queries of every group; then Q = G * (num_query + k).
         """
-        expected = (self.bev_h * self.bev_w, self.embed_dims)
-        if bev_embed.dim() != 3 or tuple(bev_embed.shape[1:]) != expected:
+        grid.check_tokens(bev_embed, "bev_embed")
+        if bev_embed.shape[-1] != self.embed_dims:
             raise ValueError(
-                f"bev_embed must be [B, bev_h*bev_w, C] = [B, {self.bev_h * self.bev_w}, "
-                f"{self.embed_dims}], got {tuple(bev_embed.shape)}; check bev_h, bev_w and "
-                "embed_dims of the head against the encoder"
+                f"bev_embed has {bev_embed.shape[-1]} channels but the head has embed_dims="
+                f"{self.embed_dims}; set the head's embed_dims to the encoder's"
             )
         B = bev_embed.shape[0]
         self._check_hybrid(hybrid, B)
@@ -271,137 +232,22 @@ class BEVFormerHead(nn.Module):
             query_pos,
             bev_embed,
             reference,
-            (self.bev_h, self.bev_w),
+            grid.shape,
             reg_branches=self.reg_branches if self.with_box_refine else None,
             num_groups=groups,
         )  # [Ldec, B, Q, C], [Ldec, B, Q, 3], [Ldec, B, Q, 10] | None
         cls_scores = torch.stack([br(s) for br, s in zip(self.cls_branches, states)])
         if deltas is None:
             deltas = torch.stack([br(s) for br, s in zip(self.reg_branches, states)])
-        return {"cls_scores": cls_scores, "bbox_preds": self._codes(deltas, references)}
+        return {"cls_scores": cls_scores, "bbox_preds": codes_from_deltas(deltas, references, grid)}
 
-    def _codes(self, deltas: Tensor, references: Tensor) -> Tensor:
-        """Regression outputs [..., 10] + references [..., 3] -> codes with metric centres."""
-        x0, y0, z0, x1, y1, z1 = self.pc_range
-        logit = inverse_sigmoid(references)
-        xy = (deltas[..., 0:2] + logit[..., 0:2]).sigmoid()
-        z = (deltas[..., 4:5] + logit[..., 2:3]).sigmoid()
-        return torch.cat(
-            [
-                xy[..., 0:1] * (x1 - x0) + x0,
-                xy[..., 1:2] * (y1 - y0) + y0,
-                deltas[..., 2:4],
-                z * (z1 - z0) + z0,
-                deltas[..., 5:],
-            ],
-            dim=-1,
-        )
-
-    # ------------------------------------------------------------------ training
-
-    def _num_groups(self, num_queries: int) -> int:
+    def first_group(self, outputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The last decoder layer's outputs of the first query group (learned and hybrid
+        queries), detached: ``cls_scores [B, Qg, K]``, ``bbox_preds [B, Qg, 10]`` -- what the
+        post-processor decodes (in eval there is one group only)."""
         per_group = self.queries_per_group
-        if num_queries % per_group != 0:
-            raise ValueError(
-                f"outputs have {num_queries} queries, not a multiple of num_query + "
-                f"num_hybrid_queries = {per_group}; pass the outputs of this head's forward"
-            )
-        return num_queries // per_group
-
-    def _match(
-        self, cls_scores: Tensor, bbox_preds: Tensor, gt_boxes: Tensor, gt_labels: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Matches each group of one sample's queries ([Q, K], [Q, 10]) to all its GT boxes."""
-        Q = cls_scores.shape[0]
-        per_group = self.queries_per_group
-        G = Q // per_group
-        cost = self.assigner.cost(bbox_preds, cls_scores, gt_boxes, gt_labels)  # [Q, M]
-        cost = cost.cpu().reshape(G, per_group, gt_boxes.shape[0])  # [G, Q/G, M]
-        query_idx, gt_idx = [], []
-        for g in range(G):
-            rows, cols = hungarian_match(cost[g])
-            query_idx.append(rows + g * per_group)
-            gt_idx.append(cols)
-        device = cls_scores.device
-        return torch.cat(query_idx).to(device), torch.cat(gt_idx).to(device)
-
-    def loss(
-        self, outputs: dict, gt_boxes: list[Tensor], gt_labels: list[Tensor]
-    ) -> dict[str, Tensor]:
-        """Focal + smooth-L1 losses of every decoder layer after Hungarian matching.
-
-        ``gt_boxes[b]`` (M_b, 9) box vectors in the (BEV-augmented) lidar frame,
-        ``gt_labels[b]`` (M_b,) class indices. Returns ``loss_cls``, ``loss_bbox`` (last layer)
-        and ``d{l}.loss_cls``, ``d{l}.loss_bbox`` for the other layers.
-        """
-        all_cls, all_bbox = outputs["cls_scores"], outputs["bbox_preds"]
-        if all_cls.dtype in (torch.float16, torch.bfloat16):  # losses in fp32 under AMP
-            all_cls, all_bbox = all_cls.float(), all_bbox.float()
-        num_layers, B, Q, K = all_cls.shape
-        if len(gt_boxes) != B or len(gt_labels) != B:
-            raise ValueError(
-                f"outputs have batch {B} but {len(gt_boxes)} gt_boxes / {len(gt_labels)} "
-                "gt_labels entries; pass one (M, 9) tensor and one (M,) tensor per sample"
-            )
-        G = self._num_groups(Q)
-        device, dtype = all_cls.device, all_bbox.dtype
-        boxes, labels, codes = [], [], []
-        for b in range(B):
-            box = torch.as_tensor(gt_boxes[b], device=device, dtype=dtype).reshape(-1, BOX_DIM)
-            label = torch.as_tensor(gt_labels[b], device=device, dtype=torch.long).reshape(-1)
-            if box.shape[0] != label.shape[0]:
-                raise ValueError(f"sample {b}: {box.shape[0]} GT boxes but {label.shape[0]} labels")
-            if label.numel() and (label.min() < 0 or label.max() >= K):
-                raise ValueError(
-                    f"sample {b}: GT labels must be in [0, {K}), got {label.tolist()}; filter "
-                    "ignored classes out of the GT before the head"
-                )
-            boxes.append(box)
-            labels.append(label)
-            codes.append(normalize_bbox(box))
-        # matched queries per group and sample: min(num_query, M_b)
-        num_matched = sum(min(self.queries_per_group, int(label.numel())) for label in labels)
-
-        losses: dict[str, Tensor] = {}
-        per_layer = []
-        for lid in range(num_layers):
-            cls_scores, bbox_preds = all_cls[lid], all_bbox[lid]
-            matches = [
-                self._match(cls_scores[b].detach(), bbox_preds[b].detach(), boxes[b], labels[b])
-                for b in range(B)
-            ]
-            per_layer.append(
-                detection_losses(
-                    cls_scores,
-                    bbox_preds,
-                    matches,
-                    codes,
-                    labels,
-                    self.code_weights,
-                    num_matched,
-                    num_groups=G,
-                    cls_weight=self.loss_cls_weight,
-                    bbox_weight=self.loss_bbox_weight,
-                    alpha=self.focal_alpha,
-                    gamma=self.focal_gamma,
-                    beta=self.loss_bbox_beta,
-                )
-            )
-        losses["loss_cls"], losses["loss_bbox"] = per_layer[-1]
-        for lid, (loss_cls, loss_bbox) in enumerate(per_layer[:-1]):
-            losses[f"d{lid}.loss_cls"] = loss_cls
-            losses[f"d{lid}.loss_bbox"] = loss_bbox
-        return losses
-
-    # ------------------------------------------------------------------ inference
-
-    def predict(self, outputs: dict) -> list[dict[str, Tensor]]:
-        """Boxes of the last decoder layer (first query group, hybrid queries included), per
-        sample ``{"boxes" (K, 9), "scores" (K,), "labels" (K,)}`` in the lidar frame with
-        centre z."""
-        cls_scores = outputs["cls_scores"][-1, :, : self.queries_per_group].detach()
-        bbox_preds = outputs["bbox_preds"][-1, :, : self.queries_per_group].detach()
-        return self.coder.decode(cls_scores, bbox_preds)
+        cls_scores = outputs["cls_scores"][-1, :, :per_group].detach()
+        return cls_scores, outputs["bbox_preds"][-1, :, :per_group].detach()
 
 
 def convert_official_head_state_dict(

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bevformer.registry import MODELS
+from bevformer.structures.grid import BEVGrid
 
 __all__ = ["HybridQueries", "Proposals", "lift_detections"]
 
@@ -74,7 +75,7 @@ def lift_detections(
     detections: Sequence[dict[str, Tensor]],
     cam2lidar: Tensor,
     num_queries: int,
-    pc_range: Sequence[float],
+    grid: BEVGrid,
     bda: Tensor | None = None,
     score_threshold: float = 0.0,
 ) -> Proposals:
@@ -82,8 +83,10 @@ def lift_detections(
     (D, 10) with the camera-frame centre in columns 0-2, ``scores`` (D,), ``labels`` (D,),
     ``boxes2d`` (D, 4)) -> the ``num_queries`` best proposals per sample in the lidar frame.
 
-    ``cam2lidar`` [B, N, 4, 4] of the current frame; ``bda`` [B, 4, 4] the BEV augmentation
-    applied to the GT (None: identity). Detections scoring <= ``score_threshold`` are dropped.
+    ``cam2lidar`` [B, N, 4, 4] of the current frame; ``grid`` the model's BEV grid (its
+    ``pc_range`` bounds the kept centres and normalises the references); ``bda`` [B, 4, 4] the
+    BEV augmentation applied to the GT (None: identity). Detections scoring <=
+    ``score_threshold`` are dropped.
     """
     B, N = cam2lidar.shape[:2]
     if len(detections) != B * N:
@@ -93,8 +96,8 @@ def lift_detections(
         )
     device = cam2lidar.device
     k = num_queries
-    lo = torch.tensor(pc_range[:3], dtype=torch.float32, device=device)
-    hi = torch.tensor(pc_range[3:], dtype=torch.float32, device=device)
+    lo = torch.tensor(grid.pc_range[:3], dtype=torch.float32, device=device)
+    hi = torch.tensor(grid.pc_range[3:], dtype=torch.float32, device=device)
     out = {
         "centers": torch.zeros(B, k, 3, device=device),
         "reference": torch.full((B, k, 3), 0.5, device=device),
@@ -125,7 +128,7 @@ def lift_detections(
         n = len(keep)
         boxes2d = torch.cat([d["boxes2d"] for d in dets]).detach().float().to(device)[keep]
         out["centers"][b, :n] = lidar[keep]
-        ref = (lidar[keep] - lo) / (hi - lo)
+        ref = grid.normalize(lidar[keep])
         out["reference"][b, :n] = ref.clamp(REF_EPS, 1 - REF_EPS)
         out["labels"][b, :n] = torch.cat([d["labels"] for d in dets]).to(device)[keep]
         out["scores"][b, :n] = scores[keep]
@@ -172,17 +175,13 @@ class HybridQueries(nn.Module):
         num_queries: int,
         embed_dims: int = 256,
         num_classes: int = 10,
-        pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
         score_threshold: float = 0.0,
     ) -> None:
         super().__init__()
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
-        if len(pc_range) != 6:
-            raise ValueError(f"pc_range must have 6 numbers (mins then maxs), got {pc_range}")
         self.num_queries = num_queries
         self.embed_dims = embed_dims
-        self.pc_range = tuple(float(v) for v in pc_range)
         self.score_threshold = score_threshold
         C = embed_dims
         self.feature_proj = nn.Sequential(nn.Linear(C, C), nn.LayerNorm(C))
@@ -194,11 +193,15 @@ class HybridQueries(nn.Module):
         nn.init.uniform_(self.fallback_reference, -2.0, 2.0)  # logits, spread over the grid
 
     def propose(
-        self, detections: Sequence[dict[str, Tensor]], cam2lidar: Tensor, bda: Tensor | None
+        self,
+        detections: Sequence[dict[str, Tensor]],
+        cam2lidar: Tensor,
+        grid: BEVGrid,
+        bda: Tensor | None,
     ) -> Proposals:
-        """:func:`lift_detections` with this module's k, ``pc_range`` and threshold."""
+        """:func:`lift_detections` with this module's k and threshold on the model's ``grid``."""
         return lift_detections(
-            detections, cam2lidar, self.num_queries, self.pc_range, bda, self.score_threshold
+            detections, cam2lidar, self.num_queries, grid, bda, self.score_threshold
         )
 
     def forward(

@@ -384,7 +384,7 @@ def _check_fit(
 
 def _add_notes(report: ConversionReport, sd: Mapping[str, Any], model: nn.Module) -> None:
     official = sd.get("pts_bbox_head.code_weights")
-    mine = getattr(getattr(model, "pts_bbox_head", None), "code_weights", None)
+    mine = getattr(getattr(model, "criterion", None), "code_weights", None)
     if isinstance(official, Tensor) and isinstance(mine, Tensor):
         if official.shape != mine.shape or not torch.allclose(official.float(), mine.float()):
             report.notes.append(

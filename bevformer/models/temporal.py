@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from bevformer.models.bda import resample_bev
 from bevformer.registry import MODELS
+from bevformer.structures.grid import BEVGrid
 
 __all__ = [
     "BasicBlock",
@@ -143,22 +144,16 @@ def fill_missing_frames(
     return out
 
 
-def align_prev_bev(
-    prev_bev: Tensor, prev2cur: Tensor, bev_h: int, bev_w: int, pc_range: Sequence[float]
-) -> Tensor:
+def align_prev_bev(prev_bev: Tensor, prev2cur: Tensor, grid: BEVGrid) -> Tensor:
     """Re-grids ``prev_bev [B, Q, C]`` (previous lidar frame) onto the current lidar frame.
 
     ``prev2cur [B, 4, 4]`` maps previous-lidar points to current-lidar points; the feature of a
     static point lands in the cell that contains the point now. Cells that were outside the
     previous grid read zeros.
     """
-    B, Q, C = prev_bev.shape
-    if Q != bev_h * bev_w:
-        raise ValueError(f"prev_bev has {Q} cells, expected {bev_h} x {bev_w}")
-    # [B, Q, C] -> [B, C, H, W]
-    grid = prev_bev.transpose(1, 2).reshape(B, C, bev_h, bev_w)
-    moved = resample_bev(grid, prev2cur, pc_range)
-    return moved.flatten(2).transpose(1, 2)
+    grid.check_tokens(prev_bev, "prev_bev")
+    moved = resample_bev(grid.tokens_to_map(prev_bev), prev2cur, grid)
+    return grid.map_to_tokens(moved)
 
 
 @dataclass(frozen=True)
@@ -178,9 +173,7 @@ class TemporalState:
         self,
         lidar2global: Tensor,
         scene_tokens: Sequence[str],
-        bev_h: int,
-        bev_w: int,
-        pc_range: Sequence[float],
+        grid: BEVGrid,
     ) -> tuple[Tensor, Tensor]:
         """Previous BEV on the current grid ``[B, Q, C]`` and which samples have one ``[B]``."""
         B = lidar2global.shape[0]
@@ -196,7 +189,7 @@ class TemporalState:
         cur = lidar2global.to(torch.float64)
         prev2cur = torch.linalg.inv(cur) @ self.lidar2global.to(cur)
         prev2cur = torch.where(valid[:, None, None].to(cur.device), prev2cur, torch.eye(4).to(cur))
-        aligned = align_prev_bev(self.bev, prev2cur.to(self.bev.device), bev_h, bev_w, pc_range)
+        aligned = align_prev_bev(self.bev, prev2cur.to(self.bev.device), grid)
         return aligned, valid
 
 

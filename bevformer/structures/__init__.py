@@ -1,4 +1,5 @@
-"""Coordinate frames, the 3D box vector and its conversions (``docs/CONVENTIONS.md``)."""
+"""Coordinate frames, the 3D box vector and its conversions, the BEV grid
+(``docs/CONVENTIONS.md``)."""
 
 from .boxes import (
     BOX_DIM,
@@ -28,15 +29,18 @@ from .boxes import (
     yaw_to_nus,
 )
 from .frames import apply, cam2lidar, invert, lidar2img, pose_matrix, project_points, transform_from
+from .grid import NUSCENES_PC_RANGE, BEVGrid
 
 __all__ = [
     "BOX_DIM",
+    "NUSCENES_PC_RANGE",
     "CLASSES",
     "CORNER_SIGNS",
     "H",
     "L",
     "VX",
     "VY",
+    "BEVGrid",
     "W",
     "X",
     "Y",

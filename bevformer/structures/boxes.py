@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
-from nuscenes.utils.data_classes import Box
-from pyquaternion import Quaternion
+
+if TYPE_CHECKING:  # imported where used: the devkit pulls matplotlib and more on import
+    from nuscenes.utils.data_classes import Box
+    from pyquaternion import Quaternion
 
 __all__ = [
     "X",
@@ -183,6 +185,9 @@ def boxes_to_nusc(
     names: Sequence[str] | None = None,
 ) -> list[Box]:
     """``[M, 9]`` -> nuScenes ``Box`` es in the lidar frame (velocity ``(vx, vy, 0)``)."""
+    from nuscenes.utils.data_classes import Box
+    from pyquaternion import Quaternion
+
     if isinstance(boxes, torch.Tensor):
         boxes = boxes.detach().cpu().double().numpy()
     boxes = np.asarray(boxes, dtype=np.float64)
@@ -204,6 +209,8 @@ def boxes_to_nusc(
 
 
 def _rotation(transform: np.ndarray) -> Quaternion:
+    from pyquaternion import Quaternion
+
     return Quaternion(matrix=np.asarray(transform, dtype=np.float64)[:3, :3], atol=1e-6)
 
 

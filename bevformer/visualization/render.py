@@ -354,8 +354,8 @@ def detector_bev_heatmap(
     import torch
 
     from bevformer.builder import build_dataset, build_model
+    from bevformer.checkpoint import load_model_weights
     from bevformer.data.collate import collate
-    from bevformer.engine.launch import load_model_weights
 
     model = build_model(cfg.model)
     load_model_weights(model, checkpoint)
@@ -370,7 +370,7 @@ def detector_bev_heatmap(
     )
     dataset = build_dataset(dataset_cfg)
     index = {dataset.infos[i]["token"]: n for n, i in enumerate(dataset.indices)}
-    enc = model.encoder
+    grid = model.grid
 
     def heat(token: str) -> tuple[np.ndarray, Sequence[float]]:
         if token not in index:
@@ -378,7 +378,7 @@ def detector_bev_heatmap(
         with torch.no_grad():
             out = model(**collate([dataset[index[token]]]), mode="tensor")
         bev = out["bev_embed"][0]  # [Q, C], Q = H * W row-major
-        return bev.abs().mean(-1).reshape(enc.bev_h, enc.bev_w).numpy(), enc.pc_range
+        return bev.abs().mean(-1).reshape(grid.shape).numpy(), grid.pc_range
 
     return heat
 

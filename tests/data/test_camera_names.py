@@ -17,6 +17,7 @@ from bevformer.data.infos import CAMERA_NAMES, create_infos, load_infos, save_in
 from bevformer.data.transforms import CropResizeFlipImage, LoadMultiViewImages, PadMultiViewImage
 from bevformer.models.detector import BEVFormerV2
 from bevformer.models.encoder import BEVEncoder
+from bevformer.structures.grid import BEVGrid
 
 GEOMETRY = ("img", "lidar2img", "intrinsics", "cam2lidar")
 
@@ -121,8 +122,7 @@ def _stand_in_detector(camera_names=CAMERA_NAMES) -> BEVFormerV2:
     encoder = BEVEncoder(
         embed_dims=8,
         num_layers=1,
-        bev_h=2,
-        bev_w=2,
+        grid=BEVGrid(2, 2),
         num_heads=2,
         ffn_dims=8,
         camera_names=camera_names,
@@ -132,6 +132,8 @@ def _stand_in_detector(camera_names=CAMERA_NAMES) -> BEVFormerV2:
         img_neck=nn.Identity(),
         encoder=encoder,
         pts_bbox_head=nn.Identity(),
+        criterion=nn.Identity(),
+        post_processor=nn.Identity(),
         use_grid_mask=False,
     )
 
@@ -161,11 +163,11 @@ def test_detector_refuses_a_batch_of_other_cameras(canonical, tmp_path):
 
 def test_encoder_camera_count_follows_camera_names():
     with pytest.raises(ValueError, match="num_cams=6 but camera_names lists 2 cameras"):
-        BEVEncoder(camera_names=["CAM_FRONT", "CAM_BACK"], num_cams=6)
+        BEVEncoder(grid=BEVGrid(), camera_names=["CAM_FRONT", "CAM_BACK"], num_cams=6)
     with pytest.raises(ValueError, match="once each"):
-        BEVEncoder(camera_names=[])
+        BEVEncoder(grid=BEVGrid(), camera_names=[])
     enc = BEVEncoder(
-        embed_dims=8, num_layers=1, bev_h=2, bev_w=2, num_heads=2, ffn_dims=8, num_levels=1
+        embed_dims=8, num_layers=1, grid=BEVGrid(2, 2), num_heads=2, ffn_dims=8, num_levels=1
     )
     feats = [torch.zeros(1, 5, 8, 4, 4)]  # five cameras for a six-camera encoder
     with pytest.raises(ValueError, match=r"embeddings for 6 cameras \['CAM_FRONT'.*got features"):

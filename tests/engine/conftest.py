@@ -23,13 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_OPTIONS: dict[str, Any] = {
     "model.img_backbone.depths": (1, 1, 1, 1),
     "model.encoder.num_layers": 1,
-    "model.encoder.bev_h": 25,
-    "model.encoder.bev_w": 25,
-    "model.pts_bbox_head.bev_h": 25,
-    "model.pts_bbox_head.bev_w": 25,
+    "model.encoder.grid.bev_h": 25,
+    "model.encoder.grid.bev_w": 25,
     "model.pts_bbox_head.num_query": 20,
     "model.pts_bbox_head.num_decoder_layers": 1,
-    "model.pts_bbox_head.max_num": 20,
+    "model.post_processor.max_num": 20,
     "train_dataloader.batch_size": 1,
     "train_dataloader.num_workers": 0,
     # index of CropResizeFlipImage in the tiny train pipeline (load, BDA, crop/resize/flip, ...)

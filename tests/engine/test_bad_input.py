@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bevformer.builder import build_model
-from bevformer.engine.launch import build_runner, load_config, load_model_weights
+from bevformer.checkpoint import load_model_weights
+from bevformer.engine.launch import build_runner, load_config
 from bevformer.engine.metric import NuScenesMetric
 from bevformer.visualization import render_results
 from conftest import REPO, TINY_CONFIG  # noqa: I001  (tests/engine is on sys.path)

@@ -84,7 +84,7 @@ def test_ctrl_c_prints_one_line_and_how_to_resume(monkeypatch, capsys):
 
 
 def test_a_top_k_above_the_evaluation_limit_is_refused_at_build_time():
-    cfg = load_config(str(TINY), {"model.pts_bbox_head.max_num": 600}, data_root="no/such/root")
+    cfg = load_config(str(TINY), {"model.post_processor.max_num": 600}, data_root="no/such/root")
     with pytest.raises(ValueError, match="max_num = 600: .* at most 500 boxes per sample"):
         build_runner(cfg, for_training=False)
 

@@ -12,8 +12,8 @@ import torchvision
 from mmengine.hooks import Hook
 
 from bevformer.builder import build_model
-from bevformer.checkpoint import StateDictMismatchError, load_weights
-from bevformer.engine.launch import build_runner, load_model_weights
+from bevformer.checkpoint import StateDictMismatchError, load_model_weights, load_weights
+from bevformer.engine.launch import build_runner
 from bevformer.engine.runner import seed_everything
 
 

@@ -11,7 +11,8 @@ import torch
 from mmengine.config import Config
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from bevformer.engine.launch import build_runner, load_config, load_model_weights, scale_schedule
+from bevformer.checkpoint import load_model_weights
+from bevformer.engine.launch import build_runner, load_config, scale_schedule
 from bevformer.engine.metric import merge_results
 from bevformer.engine.runner import (
     CheckpointStateHook,

@@ -20,6 +20,7 @@ from bevformer.models.detector import BEVFormerV2, check_finite_losses
 from bevformer.models.encoder import BEVEncoder
 from bevformer.models.temporal import ResNetFusion
 from bevformer.registry import MODELS
+from bevformer.structures.grid import BEVGrid
 
 C = 16
 BEV = 8
@@ -27,18 +28,33 @@ IMG_HW = (64, 96)
 
 
 class StandInHead(nn.Module):
-    """A minimal head with the detection head's interface: forward / loss / predict."""
+    """A minimal head with the detection head's interface: forward, queries_per_group,
+    first_group (its "codes" are box vectors, which StandInDecoder returns as they are)."""
 
-    def __init__(self, embed_dims: int, nan_term: str | None = None) -> None:
+    queries_per_group = 5
+
+    def __init__(self, embed_dims: int) -> None:
         super().__init__()
         self.cls = nn.Linear(embed_dims, 3)
         self.reg = nn.Linear(embed_dims, 9)
-        self.nan_term = nan_term
 
-    def forward(self, bev: torch.Tensor) -> dict:
+    def forward(self, bev: torch.Tensor, grid: BEVGrid) -> dict:
         return {"cls": self.cls(bev), "reg": self.reg(bev)}  # [B, Q, 3], [B, Q, 9]
 
-    def loss(self, outputs, gt_boxes, gt_labels) -> dict:
+    def first_group(self, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.queries_per_group
+        return outputs["cls"][:, :n].detach(), outputs["reg"][:, :n].detach()
+
+
+class StandInCriterion(nn.Module):
+    """The criterion's interface: (outputs, gt_boxes, gt_labels, queries_per_group) -> losses;
+    ``nan_term`` makes that term NaN."""
+
+    def __init__(self, nan_term: str | None = None) -> None:
+        super().__init__()
+        self.nan_term = nan_term
+
+    def forward(self, outputs, gt_boxes, gt_labels, queries_per_group) -> dict:
         losses = {
             "loss_cls": outputs["cls"].logsumexp(-1).mean(),
             "loss_bbox": sum(
@@ -49,10 +65,14 @@ class StandInHead(nn.Module):
             losses[self.nan_term] = losses[self.nan_term] * float("nan")
         return losses
 
-    def predict(self, outputs) -> list[dict]:
-        scores, labels = outputs["cls"].sigmoid().max(-1)
+
+class StandInDecoder:
+    """The post-processor's interface: decode(cls [B, Q, K], boxes [B, Q, 9]) -> per sample."""
+
+    def decode(self, cls, boxes) -> list[dict]:
+        scores, labels = cls.sigmoid().max(-1)
         return [
-            {"boxes": outputs["reg"][b, :5], "scores": scores[b, :5], "labels": labels[b, :5]}
+            {"boxes": boxes[b], "scores": scores[b], "labels": labels[b]}
             for b in range(scores.shape[0])
         ]
 
@@ -80,9 +100,11 @@ def tiny_detector(frames=(0,), temporal="fusion", nan_term=None, grid_mask=False
         ),
         img_neck=FPN([16, 32, 64], C, num_outs=5, add_extra_convs="on_output"),
         encoder=BEVEncoder(
-            embed_dims=C, num_layers=1, bev_h=BEV, bev_w=BEV, num_heads=2, ffn_dims=32
+            embed_dims=C, num_layers=1, grid=BEVGrid(BEV, BEV), num_heads=2, ffn_dims=32
         ),
-        pts_bbox_head=StandInHead(C, nan_term),
+        pts_bbox_head=StandInHead(C),
+        criterion=StandInCriterion(nan_term),
+        post_processor=StandInDecoder(),
         fusion=fusion,
         frames=frames,
         temporal=temporal,
@@ -133,6 +155,15 @@ def test_nan_loss_raises_naming_the_term(rig):
         check_finite_losses({"loss_ok": torch.tensor(1.0), "loss_x": torch.tensor(float("inf"))})
 
 
+def test_unknown_or_inconsistent_batch_keys_are_refused(rig):
+    model = tiny_detector().eval()
+    batch = rig_batch(rig, 1)
+    with pytest.raises(TypeError, match="gt_boxs"):
+        model(**{**batch, "gt_boxs": batch["gt_boxes"]}, mode="predict")
+    with pytest.raises(ValueError, match="padded image size"):
+        model(**{**batch, "img_shape": (IMG_HW[0] + 32, IMG_HW[1])}, mode="predict")
+
+
 def test_batch_of_two_equals_two_batches_of_one(rig):
     """Eval, fp64: sample 1's cameras are rotated, so its visibility masks differ."""
     model = tiny_detector().double().eval()
@@ -164,8 +195,8 @@ def test_bev_augmentation_resamples_the_encoder_output(rig):
         plain = model(**{**batch, "bda": None}, mode="tensor")["bev_embed"]
         augmented = model(**{**batch, "bda": bda}, mode="tensor")["bev_embed"]
     # [B, Q, C] -> [B, C, H, W], resampled, back
-    grid = plain.transpose(1, 2).reshape(2, C, BEV, BEV)
-    expected = resample_bev(grid, bda, model.encoder.pc_range).flatten(2).transpose(1, 2)
+    bev_map = plain.transpose(1, 2).reshape(2, C, BEV, BEV)
+    expected = resample_bev(bev_map, bda, model.grid).flatten(2).transpose(1, 2)
     torch.testing.assert_close(augmented, expected, rtol=0, atol=1e-12)
     assert not torch.allclose(augmented, plain)
 
@@ -265,7 +296,8 @@ def test_streaming_state_is_returned_and_used(rig, pose):
 
 
 def test_builder_builds_nested_modules_and_names_unknown_keys():
-    enc_cfg = dict(type="BEVEncoder", embed_dims=C, num_layers=1, bev_h=4, bev_w=4)
+    grid_cfg = dict(type="BEVGrid", bev_h=4, bev_w=4)
+    enc_cfg = dict(type="BEVEncoder", embed_dims=C, num_layers=1, grid=grid_cfg)
     enc = build_from_cfg(enc_cfg, MODELS)
     assert isinstance(enc, BEVEncoder) and len(enc.layers) == 1
     fusion = build_from_cfg(dict(type="ResNetFusion", in_channels=2 * C, out_channels=C), MODELS)

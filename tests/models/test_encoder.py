@@ -13,11 +13,9 @@ import pytest
 import torch
 
 from bevformer.models.attention import BEVSelfAttention, SpatialCrossAttention
-from bevformer.models.bda import bev_grid_xy, resample_bev
+from bevformer.models.bda import resample_bev
 from bevformer.models.encoder import (
     BEVEncoder,
-    bev_reference_points_2d,
-    pillar_reference_points_3d,
     project_reference_points,
 )
 from bevformer.models.grid_mask import GridMask
@@ -29,6 +27,7 @@ from bevformer.models.temporal import (
     fill_missing_frames,
 )
 from bevformer.structures.frames import invert
+from bevformer.structures.grid import BEVGrid
 
 PC = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 
@@ -38,9 +37,7 @@ def tiny_encoder(levels: int = 2, layers: int = 2, bev: int = 10) -> BEVEncoder:
     enc = BEVEncoder(
         embed_dims=16,
         num_layers=layers,
-        bev_h=bev,
-        bev_w=bev,
-        pc_range=PC,
+        grid=BEVGrid(bev, bev, PC),
         num_levels=levels,
         num_cams=6,
         num_heads=2,
@@ -67,7 +64,7 @@ def feats_for(batch: int, hw: tuple[int, int], levels: int, seed: int) -> list[t
 
 # ------------------------------------------------------------------ geometry of the queries
 def test_pillar_anchors_match_official_heights():
-    ref = pillar_reference_points_3d(2, 4, PC, 4, torch.float64)  # [D, Q, 3]
+    ref = BEVGrid(2, 4, PC).pillar_points(4, torch.float64)  # [D, Q, 3]
     assert ref.shape == (4, 8, 3)
     # official: z = -5 + 8 * linspace(0.5, 7.5, 4) / 8
     heights = torch.tensor([-4.5, -2.5 + 1 / 3, 0.5 - 1 / 3, 2.5], dtype=torch.float64)
@@ -76,7 +73,7 @@ def test_pillar_anchors_match_official_heights():
     assert ref[0, 0, :2].tolist() == pytest.approx([-51.2 + 12.8, -51.2 + 25.6])
     assert ref[0, 1, :2].tolist() == pytest.approx([-51.2 + 38.4, -51.2 + 25.6])
     assert ref[0, 4, :2].tolist() == pytest.approx([-51.2 + 12.8, 51.2 - 25.6])
-    ref2 = bev_reference_points_2d(2, 4, torch.float64)
+    ref2 = BEVGrid(2, 4, PC).reference_points_2d(torch.float64)
     assert ref2[1].tolist() == pytest.approx([0.375, 0.25])
     assert ref2[4].tolist() == pytest.approx([0.125, 0.75])
 
@@ -119,7 +116,7 @@ def test_batch_two_equals_two_batches_of_one(rig_small, pose):
     with torch.no_grad():
         both = enc(feats, lidar2img, (H, W))
         one = [enc([f[b : b + 1] for f in feats], lidar2img[b : b + 1], (H, W)) for b in range(2)]
-    ref3d = pillar_reference_points_3d(10, 10, PC, 4, torch.float64)
+    ref3d = BEVGrid(10, 10, PC).pillar_points(4, torch.float64)
     _, mask = project_reference_points(ref3d, lidar2img, (H, W))
     seen = mask.any(-1)  # [B, N, Q]
     assert not torch.equal(seen[0], seen[1])  # the two samples really see different cameras
@@ -135,7 +132,7 @@ def test_temporal_self_attention_batch_equivalence_with_previous_bev():
     torch.nn.init.normal_(attn.attention_weights.weight, std=0.1)
     B, H, W = 2, 6, 5
     q, pos, prev = (torch.randn(B, H * W, 16, dtype=torch.float64) for _ in range(3))
-    ref = bev_reference_points_2d(H, W, torch.float64)[None, :, None].expand(B, -1, -1, -1)
+    ref = BEVGrid(H, W, PC).reference_points_2d(torch.float64)[None, :, None].expand(B, -1, -1, -1)
     shapes = torch.tensor([[H, W]])
     pair = torch.stack([prev, q], 1)
     with torch.no_grad():
@@ -170,7 +167,7 @@ def _render_pole(rig, l2i_world: np.ndarray, pole: np.ndarray, hw, sigma: float 
 
 def _readout_sca(feats: torch.Tensor, lidar2img: torch.Tensor, hw, bev: int) -> torch.Tensor:
     """Spatial cross-attention with zero offsets and identity projections -> [Q] response."""
-    sca = SpatialCrossAttention(embed_dims=4, num_heads=1, num_levels=1, num_points=4, dropout=0)
+    sca = SpatialCrossAttention(embed_dims=4, num_heads=1, num_levels=1, num_points=4)
     da = sca.deformable_attention
     with torch.no_grad():
         for lin in (da.sampling_offsets, da.attention_weights):
@@ -180,7 +177,7 @@ def _readout_sca(feats: torch.Tensor, lidar2img: torch.Tensor, hw, bev: int) -> 
             lin.weight.copy_(torch.eye(4))
             lin.bias.zero_()
     sca = sca.double().eval()
-    ref3d = pillar_reference_points_3d(bev, bev, PC, 4, torch.float64)
+    ref3d = BEVGrid(bev, bev, PC).pillar_points(4, torch.float64)
     ref_cam, mask = project_reference_points(ref3d, lidar2img, hw)
     H, W = hw
     value = feats.flatten(3).transpose(2, 3)  # [1, N, H*W, C]
@@ -200,7 +197,7 @@ def test_past_frame_bev_puts_a_static_object_in_the_current_cell(make_rig, pose)
     )  # 6 m behind, heading 10 degrees different
     lidar2global_cur = g_cur @ rig.lidar2ego
     # a static pole on the pillar of cell (row 33, col 27) of the current frame (front-left)
-    ref3d = pillar_reference_points_3d(bev, bev, PC, 4, torch.float64).numpy()
+    ref3d = BEVGrid(bev, bev, PC).pillar_points(4, torch.float64).numpy()
     cell = 33 * bev + 27
     pole_cur = ref3d[:, cell]  # [D, 3] current lidar frame
     pole_world = pole_cur @ lidar2global_cur[:3, :3].T + lidar2global_cur[:3, 3]
@@ -232,7 +229,7 @@ def test_past_frame_bev_puts_a_static_object_in_the_current_cell(make_rig, pose)
 
 # ------------------------------------------------------------------ BEV data augmentation
 def _blob(bev_hw, centre_xy, sigma=4.0):
-    grid = bev_grid_xy(*bev_hw, PC, torch.float64, None)  # [H, W, 2]
+    grid = BEVGrid(*bev_hw, PC).cell_centres(torch.float64)  # [H, W, 2]
     d2 = ((grid - torch.tensor(centre_xy, dtype=torch.float64)) ** 2).sum(-1)
     return torch.exp(-d2 / (2 * sigma**2))
 
@@ -254,7 +251,7 @@ def test_bda_moves_a_feature_blob_where_the_gt_box_goes(rot, scale, fx, fy):
     bda = _bda(rot, scale, fx, fy)
     moved_xy = (bda[:2, :2] @ torch.tensor(box_xy, dtype=torch.float64)).tolist()
     bev = _blob(bev_hw, box_xy)[None, None].repeat(1, 3, 1, 1)  # [1, C, H, W]
-    out = resample_bev(bev, bda[None], PC)
+    out = resample_bev(bev, bda[None], BEVGrid(*bev_hw, PC))
     peak = int(out[0, 0].argmax())
     row, col = divmod(peak, bev_hw[1])
     cell = 102.4 / 64
@@ -267,7 +264,8 @@ def test_bda_moves_a_feature_blob_where_the_gt_box_goes(rot, scale, fx, fy):
 
 def test_bda_identity_is_exact():
     bev = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    assert torch.equal(resample_bev(bev, torch.eye(4).repeat(2, 1, 1).double(), PC), bev)
+    identity = torch.eye(4).repeat(2, 1, 1).double()
+    assert torch.equal(resample_bev(bev, identity, BEVGrid(8, 8, PC)), bev)
 
 
 def test_align_prev_bev_moves_static_feature_into_current_cell(pose):
@@ -276,16 +274,16 @@ def test_align_prev_bev_moves_static_feature_into_current_cell(pose):
     p_prev = torch.tensor([10.0, 15.0], dtype=torch.float64)
     p_cur = prev2cur[:2, :2] @ p_prev + prev2cur[:2, 3]
     prev = _blob(bev_hw, p_prev.tolist()).flatten()[None, :, None]  # [1, Q, 1]
-    out = align_prev_bev(prev, prev2cur[None], *bev_hw, PC)
+    out = align_prev_bev(prev, prev2cur[None], BEVGrid(*bev_hw, PC))
     expected = _blob(bev_hw, p_cur.tolist()).flatten()
     assert float((out[0, :, 0] - expected).abs().max()) < 0.05  # bilinear error
     # the state carries the same alignment given the two poses
     state = TemporalState(prev, torch.eye(4, dtype=torch.float64)[None], ("s",))
     cur_pose = invert(prev2cur.numpy())[None]
-    aligned, valid = state.aligned_to(torch.from_numpy(cur_pose), ["s"], *bev_hw, PC)
+    aligned, valid = state.aligned_to(torch.from_numpy(cur_pose), ["s"], BEVGrid(*bev_hw, PC))
     assert valid.tolist() == [True]
     torch.testing.assert_close(aligned, out)
-    _, valid = state.aligned_to(torch.from_numpy(cur_pose), ["other"], *bev_hw, PC)
+    _, valid = state.aligned_to(torch.from_numpy(cur_pose), ["other"], BEVGrid(*bev_hw, PC))
     assert valid.tolist() == [False]
 
 

@@ -12,12 +12,15 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from bevformer.models.coder import normalize_bbox
+from bevformer.models.coder import NMSFreeCoder, codes_from_deltas, normalize_bbox
+from bevformer.models.criterion import SetCriterion3D
 from bevformer.models.decoder import BEVCrossAttention, DetectionTransformerDecoder
 from bevformer.models.head import BEVFormerHead
 from bevformer.models.losses import detection_losses
+from bevformer.structures.grid import BEVGrid
 
 C, BEV_H, BEV_W, NQ = 32, 6, 8, 10
+GRID = BEVGrid(BEV_H, BEV_W)  # nuScenes pc_range
 
 GT_BOXES = torch.tensor(
     [
@@ -29,6 +32,16 @@ GT_BOXES = torch.tensor(
 GT_LABELS = torch.tensor([0, 8, 3])
 
 
+def loss(head: BEVFormerHead, outputs, gt_boxes, gt_labels, **criterion) -> dict:
+    """The detector's loss path: the set criterion on the head's outputs."""
+    return SetCriterion3D(**criterion)(outputs, gt_boxes, gt_labels, head.queries_per_group)
+
+
+def predict(head: BEVFormerHead, outputs, **coder) -> list[dict]:
+    """The detector's predict path: the post-processor on the head's first group."""
+    return NMSFreeCoder(head.num_classes, **coder).decode(*head.first_group(outputs))
+
+
 def make_head(**kwargs) -> BEVFormerHead:
     cfg = dict(
         embed_dims=C,
@@ -38,8 +51,6 @@ def make_head(**kwargs) -> BEVFormerHead:
         num_heads=4,
         num_points=2,
         ffn_dims=64,
-        bev_h=BEV_H,
-        bev_w=BEV_W,
     )
     cfg.update(kwargs)
     torch.manual_seed(0)
@@ -49,11 +60,11 @@ def make_head(**kwargs) -> BEVFormerHead:
 def test_forward_shapes_train_and_eval():
     head = make_head()
     bev = torch.randn(2, BEV_H * BEV_W, C)
-    out = head(bev)  # training: G * Q queries
+    out = head(bev, GRID)  # training: G * Q queries
     assert out["cls_scores"].shape == (2, 2, 2 * NQ, 10)
     assert out["bbox_preds"].shape == (2, 2, 2 * NQ, 10)
     head.eval()
-    out = head(bev)  # eval: the first group only
+    out = head(bev, GRID)  # eval: the first group only
     assert out["cls_scores"].shape == (2, 2, NQ, 10)
     assert out["bbox_preds"].shape == (2, 2, NQ, 10)
     # centres are inside pc_range (sigmoids mapped to metres)
@@ -61,7 +72,7 @@ def test_forward_shapes_train_and_eval():
     assert bool((centres[..., :2].abs() <= 51.2).all())
     assert bool((centres[..., 2] >= -5.0).all() and (centres[..., 2] <= 3.0).all())
     with pytest.raises(ValueError, match="bev_embed must be"):
-        head(torch.randn(2, BEV_H * BEV_W + 1, C))
+        head(torch.randn(2, BEV_H * BEV_W + 1, C), GRID)
 
 
 def test_without_box_refinement_references_stay_fixed():
@@ -75,7 +86,7 @@ def test_without_box_refinement_references_stay_fixed():
     assert deltas is None
     torch.testing.assert_close(refs[0], ref)
     torch.testing.assert_close(refs[1], ref)
-    assert head(bev)["bbox_preds"].shape == (2, 1, NQ, 10)
+    assert head(bev, GRID)["bbox_preds"].shape == (2, 1, NQ, 10)
 
 
 def test_init_as_official():
@@ -95,11 +106,10 @@ def test_init_as_official():
 
 
 def test_codes_map_references_to_metres():
-    head = make_head()
     refs = torch.tensor([[0.5, 0.5, 0.5], [0.25, 0.75, 0.125]])
     deltas = torch.zeros(2, 10)
     deltas[:, 2:4] = 0.7
-    codes = head._codes(deltas, refs)
+    codes = codes_from_deltas(deltas, refs, GRID)
     # x: -51.2 + 102.4 * r_x, y likewise, z: -5 + 8 * r_z; raw log sizes pass through
     expected_xyz = [[0.0, 0.0, -1.0], [-25.6, 25.6, -4.0]]
     assert codes[:, [0, 1, 4]].tolist() == [pytest.approx(r, abs=1e-5) for r in expected_xyz]
@@ -109,7 +119,7 @@ def test_codes_map_references_to_metres():
 def test_cross_attention_reads_the_bev_row_major():
     """A reference at the centre of cell (row r = y bin, col c = x bin) reads BEV[r * W + c]."""
     torch.manual_seed(0)
-    attn = BEVCrossAttention(embed_dims=4, num_heads=1, num_points=2, dropout=0.0)
+    attn = BEVCrossAttention(embed_dims=4, num_heads=1, num_points=2)
     with torch.no_grad():
         attn.sampling_offsets.bias.zero_()  # every point at the reference
         for linear in (attn.value_proj, attn.output_proj):
@@ -129,10 +139,10 @@ def test_group_detr_blocks_attention_across_groups():
     head = make_head(dropout=0.0, group_detr=2)
     head.train()  # groups are active in training
     bev = torch.randn(1, BEV_H * BEV_W, C)
-    before = head(bev)
+    before = head(bev, GRID)
     with torch.no_grad():
         head.query_embedding.weight[NQ:] += torch.randn(NQ, 2 * C)  # perturb group 1
-    after = head(bev)
+    after = head(bev, GRID)
     for key in ("cls_scores", "bbox_preds"):
         torch.testing.assert_close(after[key][:, :, :NQ], before[key][:, :, :NQ])
         assert (after[key][:, :, NQ:] - before[key][:, :, NQ:]).abs().max() > 1e-3
@@ -152,9 +162,9 @@ def test_group_detr_blocks_attention_across_groups():
 def test_batch_of_two_equals_two_batches_of_one():
     head = make_head().double().eval()
     bev = torch.randn(2, BEV_H * BEV_W, C, dtype=torch.float64)
-    both = head(bev)
+    both = head(bev, GRID)
     for b in range(2):
-        one = head(bev[b : b + 1])
+        one = head(bev[b : b + 1], GRID)
         for key in ("cls_scores", "bbox_preds"):
             torch.testing.assert_close(one[key][:, 0], both[key][:, b], atol=1e-10, rtol=0)
 
@@ -171,9 +181,9 @@ def _forced_outputs(boxes, labels, query_ids, num_query=NQ, num_classes=10):
 
 
 def test_predict_on_forced_outputs_returns_the_gt():
-    head = make_head(score_threshold=0.5).eval()
+    head = make_head().eval()
     query_ids = [7, 2, 5]
-    results = head.predict(_forced_outputs(GT_BOXES, GT_LABELS, query_ids))
+    results = predict(head, _forced_outputs(GT_BOXES, GT_LABELS, query_ids), score_threshold=0.5)
     assert len(results) == 1
     res = results[0]
     assert res["labels"].tolist() == GT_LABELS.tolist()  # sorted by score = GT order here
@@ -181,7 +191,7 @@ def test_predict_on_forced_outputs_returns_the_gt():
     # centre z is the gravity centre: nothing is subtracted
     assert res["boxes"][:, 2].tolist() == pytest.approx(GT_BOXES[:, 2].tolist())
     # without a threshold all Q*K pairs come back (max_num 300 > 100), the GT first
-    res = make_head().predict(_forced_outputs(GT_BOXES, GT_LABELS, query_ids))[0]
+    res = predict(head, _forced_outputs(GT_BOXES, GT_LABELS, query_ids))[0]
     assert len(res["scores"]) == NQ * 10
     torch.testing.assert_close(res["boxes"][:3], GT_BOXES.double(), atol=1e-5, rtol=0)
 
@@ -219,13 +229,13 @@ def test_group_loss_is_the_mean_over_groups():
     """Two groups: the loss equals the mean of the per-group losses (official group head)."""
     head = make_head(group_detr=2)
     bev = torch.randn(1, BEV_H * BEV_W, C)
-    out = head(bev)
-    losses = head.loss(out, [GT_BOXES], [GT_LABELS])
+    out = head(bev, GRID)
+    losses = loss(head, out, [GT_BOXES], [GT_LABELS])
     single = make_head(group_detr=1)
     per_group = []
     for g in range(2):
         part = {k: v[:, :, g * NQ : (g + 1) * NQ] for k, v in out.items()}
-        per_group.append(single.loss(part, [GT_BOXES], [GT_LABELS]))
+        per_group.append(loss(single, part, [GT_BOXES], [GT_LABELS]))
     for key, value in losses.items():
         mean = (per_group[0][key] + per_group[1][key]) / 2
         assert value.item() == pytest.approx(mean.item(), rel=1e-5)
@@ -239,7 +249,7 @@ def test_loss_keys_finite_and_decreasing():
     optimiser = torch.optim.AdamW(head.parameters(), lr=2e-3)
     totals = []
     for _ in range(20):
-        losses = head.loss(head(bev), [GT_BOXES], [GT_LABELS])
+        losses = loss(head, head(bev, GRID), [GT_BOXES], [GT_LABELS])
         assert set(losses) == {"loss_cls", "loss_bbox", "d0.loss_cls", "d0.loss_bbox"}
         assert all(bool(torch.isfinite(v)) for v in losses.values())
         total = sum(losses.values())
@@ -253,9 +263,9 @@ def test_loss_keys_finite_and_decreasing():
 def test_sample_without_gt_is_all_background():
     head = make_head()
     bev = torch.randn(2, BEV_H * BEV_W, C)
-    out = head(bev)
+    out = head(bev, GRID)
     empty_boxes, empty_labels = torch.zeros(0, 9), torch.zeros(0, dtype=torch.long)
-    losses = head.loss(out, [empty_boxes, empty_boxes], [empty_labels, empty_labels])
+    losses = loss(head, out, [empty_boxes, empty_boxes], [empty_labels, empty_labels])
     assert losses["loss_bbox"].item() == 0.0
     # every query is background; normaliser clamped to 1, averaged over the 2 groups
     cls = out["cls_scores"][-1]
@@ -264,18 +274,18 @@ def test_sample_without_gt_is_all_background():
     sum(losses.values()).backward()  # gradients exist with no GT at all
     assert head.cls_branches[-1][-1].bias.grad.abs().sum() > 0
     # one sample with GT, one without
-    losses = head.loss(head(bev), [GT_BOXES, empty_boxes], [GT_LABELS, empty_labels])
+    losses = loss(head, head(bev, GRID), [GT_BOXES, empty_boxes], [GT_LABELS, empty_labels])
     assert all(bool(torch.isfinite(v)) for v in losses.values())
     assert losses["loss_bbox"].item() > 0
 
 
 def test_loss_rejects_bad_labels():
     head = make_head()
-    out = head(torch.randn(1, BEV_H * BEV_W, C))
+    out = head(torch.randn(1, BEV_H * BEV_W, C), GRID)
     with pytest.raises(ValueError, match="GT labels must be in"):
-        head.loss(out, [GT_BOXES], [torch.tensor([0, 10, 1])])
+        loss(head, out, [GT_BOXES], [torch.tensor([0, 10, 1])])
     with pytest.raises(ValueError, match="batch 1"):
-        head.loss(out, [GT_BOXES, GT_BOXES], [GT_LABELS, GT_LABELS])
+        loss(head, out, [GT_BOXES, GT_BOXES], [GT_LABELS, GT_LABELS])
 
 
 def _official_head_keys(num_layers: int) -> list[str]:

@@ -13,10 +13,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bevformer.models.coder import NMSFreeCoder
+from bevformer.models.criterion import SetCriterion3D
 from bevformer.models.head import BEVFormerHead
 from bevformer.models.hybrid import HybridQueries, lift_detections, sample_image_features
+from bevformer.structures.grid import BEVGrid
 
 PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+GRID = BEVGrid(4, 4, PC_RANGE)  # the 16-token BEV of the small head
 
 
 def cam2lidar() -> torch.Tensor:
@@ -55,7 +59,7 @@ def two_camera_detections() -> list[dict]:
 
 
 def test_lift_detections_by_hand():
-    p = lift_detections(two_camera_detections(), cam2lidar(), 3, PC_RANGE, score_threshold=0.0)
+    p = lift_detections(two_camera_detections(), cam2lidar(), 3, GRID, score_threshold=0.0)
     # kept, best first: back (0.7) -> lidar (1, -20, -0.5); front (0.5) -> (3, 12, -1);
     # front (0.01) -> (1, 7, 0). The 0.9 detection is outside pc_range (y = 62).
     expected = torch.tensor([[1.0, -20.0, -0.5], [3.0, 12.0, -1.0], [1.0, 7.0, 0.0]])
@@ -73,23 +77,23 @@ def test_lift_detections_by_hand():
 def test_lift_detections_pads_thresholds_and_applies_bda():
     dets = two_camera_detections()
     bda = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))[None]  # BEV flip x -> -x
-    p = lift_detections(dets, cam2lidar(), 4, PC_RANGE, bda=bda, score_threshold=0.1)
+    p = lift_detections(dets, cam2lidar(), 4, GRID, bda=bda, score_threshold=0.1)
     assert p.valid[0].tolist() == [True, True, False, False]
     assert p.labels[0].tolist() == [8, 0, -1, -1]
     torch.testing.assert_close(p.centers[0, :2], torch.tensor([[-1.0, -20, -0.5], [-3, 12, -1]]))
     assert p.scores[0, 2:].tolist() == [0.0, 0.0]
     # images with no detections at all
     empty = [detections([], [], []) for _ in range(2)]
-    p = lift_detections(empty, cam2lidar(), 2, PC_RANGE)
+    p = lift_detections(empty, cam2lidar(), 2, GRID)
     assert not p.valid.any() and p.reference.shape == (1, 2, 3)
     with pytest.raises(ValueError, match="one detection dict per image"):
-        lift_detections(empty[:1], cam2lidar(), 2, PC_RANGE)
+        lift_detections(empty[:1], cam2lidar(), 2, GRID)
 
 
 def test_proposals_are_detached():
     dets = two_camera_detections()
     dets[0]["boxes3d"].requires_grad_(True)
-    p = lift_detections(dets, cam2lidar(), 3, PC_RANGE)
+    p = lift_detections(dets, cam2lidar(), 3, GRID)
     assert not p.centers.requires_grad and not p.reference.requires_grad
 
 
@@ -113,8 +117,8 @@ def test_sample_image_features_reads_the_pixel_position():
 
 def test_hybrid_queries_module():
     torch.manual_seed(0)
-    module = HybridQueries(num_queries=4, embed_dims=8, num_classes=10, pc_range=PC_RANGE)
-    p = lift_detections(two_camera_detections(), cam2lidar(), 4, PC_RANGE)
+    module = HybridQueries(num_queries=4, embed_dims=8, num_classes=10)
+    p = lift_detections(two_camera_detections(), cam2lidar(), 4, GRID)
     assert p.valid[0].tolist() == [True, True, True, False]
     feats = [torch.randn(1, 2, 8, 16, 32, requires_grad=True)]  # [B, N, C, h, w]
     out = module(p, feats, (128, 256))
@@ -133,7 +137,7 @@ def test_hybrid_queries_module():
     (out["query"][:, :3] * torch.arange(8.0)).sum().backward()
     assert float(feats[0].grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="expected 4 proposals"):
-        module(lift_detections(two_camera_detections(), cam2lidar(), 3, PC_RANGE), feats, (8, 8))
+        module(lift_detections(two_camera_detections(), cam2lidar(), 3, GRID), feats, (8, 8))
 
 
 # ----------------------------------------------------------------------------- the head
@@ -146,8 +150,6 @@ def small_head(**kw) -> BEVFormerHead:
         num_decoder_layers=1,
         num_heads=2,
         ffn_dims=32,
-        bev_h=4,
-        bev_w=4,
         dropout=0.0,
         num_hybrid_queries=3,
     )
@@ -167,22 +169,22 @@ def hybrid_inputs(B: int = 1, k: int = 3, C: int = 16) -> dict:
 def test_head_appends_hybrid_queries_to_every_group():
     head = small_head().train()
     bev = torch.randn(1, 16, 16)
-    out = head(bev, hybrid_inputs())
+    out = head(bev, GRID, hybrid_inputs())
     assert out["cls_scores"].shape == (1, 1, 2 * (2 + 3), 10)  # [Ldec, B, G*(nq+k), K]
     head.eval()
     with torch.no_grad():
-        out = head(bev, hybrid_inputs())
+        out = head(bev, GRID, hybrid_inputs())
     assert out["cls_scores"].shape == (1, 1, 2 + 3, 10)
     # predict reads the hybrid queries too: make the last hybrid query (index 4) class 7
     out["cls_scores"][-1, 0, 4, 7] = 20.0
-    top = head.predict(out)[0]
+    top = NMSFreeCoder(10).decode(*head.first_group(out))[0]
     assert int(top["labels"][0]) == 7 and float(top["scores"][0]) > 0.99
     with pytest.raises(ValueError, match="num_hybrid_queries=3"):
-        head(bev)
+        head(bev, GRID)
     with pytest.raises(ValueError, match=r"hybrid\['reference'\]"):
-        head(bev, {**hybrid_inputs(), "reference": torch.rand(1, 2, 3)})
+        head(bev, GRID, {**hybrid_inputs(), "reference": torch.rand(1, 2, 3)})
     with pytest.raises(ValueError, match="num_hybrid_queries=0"):
-        small_head(num_hybrid_queries=0)(bev, hybrid_inputs())
+        small_head(num_hybrid_queries=0)(bev, GRID, hybrid_inputs())
 
 
 def test_every_group_gets_its_learned_queries_then_the_hybrid_ones():
@@ -198,7 +200,7 @@ def test_every_group_gets_its_learned_queries_then_the_hybrid_ones():
 
     head.decoder.forward = spy
     extra = hybrid_inputs()
-    head(torch.randn(1, 16, 16), extra)
+    head(torch.randn(1, 16, 16), GRID, extra)
     per_group = 2 + 3
     for g in range(2):
         block = slice(g * per_group + 2, (g + 1) * per_group)  # the hybrid block of group g
@@ -214,12 +216,14 @@ def test_matching_covers_hybrid_queries_of_every_group():
     """2 learned + 3 hybrid queries per group and 5 GT boxes: every query of both groups is
     matched, so the matched indices are exactly 0..9 and 3 per group are >= num_query."""
     head = small_head().train()
-    out = head(torch.randn(1, 16, 16), hybrid_inputs())
+    out = head(torch.randn(1, 16, 16), GRID, hybrid_inputs())
     gt = torch.tensor([[float(i), 2.0 * i, 0.0, 1.0, 2.0, 1.5, 0.1, 0.0, 0.0] for i in range(5)])
     labels = torch.tensor([0, 1, 2, 3, 4])
-    query_idx, gt_idx = head._match(out["cls_scores"][-1, 0], out["bbox_preds"][-1, 0], gt, labels)
+    criterion = SetCriterion3D()
+    cls, bbox = out["cls_scores"][-1, 0], out["bbox_preds"][-1, 0]
+    query_idx, gt_idx = criterion.match(cls, bbox, gt, labels, head.queries_per_group)
     assert sorted(query_idx.tolist()) == list(range(10))
     assert sorted(gt_idx.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert int(((query_idx % 5) >= 2).sum()) == 6
-    losses = head.loss(out, [gt], [labels])
+    losses = criterion(out, [gt], [labels], head.queries_per_group)
     assert all(torch.isfinite(v) for v in losses.values())

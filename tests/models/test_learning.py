@@ -44,8 +44,7 @@ def dataroot(tmp_path_factory):
 
 def small_tiny_config():
     cfg = load_config("tiny")
-    for part in (cfg.model.encoder, cfg.model.pts_bbox_head):
-        part.bev_h = part.bev_w = BEV
+    cfg.model.encoder.grid.update(bev_h=BEV, bev_w=BEV)
     cfg.model.pts_bbox_head.num_query = 50
     return cfg
 

@@ -20,12 +20,15 @@ from torch import nn
 
 from bevformer.builder import build_model
 from bevformer.data.transforms import CropResizeFlipImage
+from bevformer.models.coder import NMSFreeCoder
+from bevformer.models.criterion import SetCriterion3D
 from bevformer.models.detector import BEVFormerV2
 from bevformer.models.encoder import BEVEncoder
 from bevformer.models.head import BEVFormerHead
 from bevformer.models.perspective import PerspectiveHead, targets_from_batch
 from bevformer.models.perspective.coder import box3d_corners
 from bevformer.structures.frames import cam2lidar as cam2lidar_of
+from bevformer.structures.grid import BEVGrid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "projects", "configs", "bevformerv2")
@@ -212,17 +215,19 @@ def small_detector(mono_loss_weight: float = 1.0, mono_cameras: str = "all") -> 
     return BEVFormerV2(
         img_backbone=PointwiseBackbone(C),
         img_neck=PoolingNeck(),
-        encoder=BEVEncoder(embed_dims=C, num_layers=1, bev_h=8, bev_w=8, num_heads=2, ffn_dims=32),
+        encoder=BEVEncoder(
+            embed_dims=C, num_layers=1, grid=BEVGrid(8, 8), num_heads=2, ffn_dims=32
+        ),
         pts_bbox_head=BEVFormerHead(
             embed_dims=C,
             num_query=6,
             num_decoder_layers=1,
             num_heads=2,
             ffn_dims=32,
-            bev_h=8,
-            bev_w=8,
             dropout=0.0,
         ),
+        criterion=SetCriterion3D(),
+        post_processor=NMSFreeCoder(10),
         mono_head=PerspectiveHead(in_channels=C, num_convs=1),
         use_grid_mask=False,
         mono_loss_weight=mono_loss_weight,
@@ -334,20 +339,20 @@ def test_perspective_head_runs_at_test_time_only_for_hybrid_queries(flip_rig):
 # ------------------------------------------------------------------------ hybrid config
 def _count_matches(model, batch, mode="loss"):
     """Runs a loss and records, per (layer, sample), the matched query indices."""
-    head = model.pts_bbox_head
+    criterion = model.criterion
     record = []
-    original = head._match
+    original = criterion.match
 
     def recording(*args):
         query_idx, gt_idx = original(*args)
         record.append(query_idx.clone())
         return query_idx, gt_idx
 
-    head._match = recording
+    criterion.match = recording
     try:
         losses = model(**batch, mode=mode)
     finally:
-        del head._match
+        del criterion.match
     return losses, record
 
 

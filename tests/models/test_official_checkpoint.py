@@ -41,11 +41,9 @@ T2_OPTIONS = {
 }
 # a small variant (20 x 20 BEV, one encoder and decoder layer, 20 queries) for forward passes
 SMALL_OPTIONS = {
-    "model.encoder.bev_h": 20,
-    "model.encoder.bev_w": 20,
+    "model.encoder.grid.bev_h": 20,
+    "model.encoder.grid.bev_w": 20,
     "model.encoder.num_layers": 1,
-    "model.pts_bbox_head.bev_h": 20,
-    "model.pts_bbox_head.bev_w": 20,
     "model.pts_bbox_head.num_decoder_layers": 1,
     "model.pts_bbox_head.num_query": 20,
 }
@@ -419,8 +417,7 @@ def test_official_file_loads_directly_where_tools_test_and_load_from_read_it(
     tmp_path, official_t1_base, caplog
 ):
     """``tools/test.py CONFIG OFFICIAL.pth`` (strict) and ``load_from`` convert in memory."""
-    from bevformer.checkpoint import load_weights
-    from bevformer.engine.launch import load_model_weights
+    from bevformer.checkpoint import load_model_weights, load_weights
 
     path = tmp_path / "bevformerv2-r50-t1-base-24ep.pth"
     torch.save(mmcv_checkpoint(official_t1_base, "r50-t1-base"), path)

@@ -72,15 +72,14 @@ def small_config(
         model.frames = t2.frames
         model.fusion = t2.fusion
     model.mono_head = None  # training-only in the official detector (never run at test time)
-    model.encoder.update(bev_h=bev, bev_w=bev, num_layers=encoder_layers)
-    model.pts_bbox_head.update(
-        bev_h=bev, bev_w=bev, num_query=num_query, num_decoder_layers=decoder_layers
-    )
+    model.encoder.update(num_layers=encoder_layers)
+    model.encoder.grid.update(bev_h=bev, bev_w=bev)
+    model.pts_bbox_head.update(num_query=num_query, num_decoder_layers=decoder_layers)
     enc, head = model.encoder, model.pts_bbox_head
     settings = OfficialSettings(
         bev_h=bev,
         bev_w=bev,
-        pc_range=tuple(enc.pc_range),
+        pc_range=tuple(enc.grid.pc_range),
         frames=tuple(model.frames),
         embed_dims=enc.embed_dims,
         pos_feats=enc.embed_dims // 2,
@@ -99,8 +98,8 @@ def small_config(
         decoder_points=head.num_points,
         num_query=num_query,
         num_classes=head.num_classes,
-        max_num=head.max_num,
-        post_center_range=tuple(head.post_center_range),
+        max_num=model.post_processor.max_num,
+        post_center_range=tuple(model.post_processor.post_center_range),
         num_fusion=model.fusion.num_layers if temporal else 3,
         inter_channels=model.fusion.get("inter_channels") if temporal else None,
     )
@@ -162,7 +161,7 @@ def run_project(model, img, lidar2img, frame_valid=None) -> tuple[dict, dict]:
     )
     with torch.no_grad():
         outputs = model(img, lidar2img, mode="tensor", **batch)
-        result = model.pts_bbox_head.predict(outputs)[0]
+        result = model.post_processor.decode(*model.pts_bbox_head.first_group(outputs))[0]
     return outputs, result
 
 

@@ -14,6 +14,5 @@ model = dict(
         num_queries=num_hybrid_queries,
         embed_dims=_base_.embed_dims,
         num_classes=len(_base_.class_names),
-        pc_range=_base_.point_cloud_range,
     ),
 )

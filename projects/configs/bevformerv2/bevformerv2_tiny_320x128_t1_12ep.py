@@ -101,8 +101,7 @@ model = dict(
     encoder=dict(
         embed_dims=embed_dims,
         num_layers=2,
-        bev_h=bev_h,
-        bev_w=bev_w,
+        grid=dict(bev_h=bev_h, bev_w=bev_w),
         num_heads=num_heads,
         ffn_dims=ffn_dims,
     ),
@@ -113,8 +112,6 @@ model = dict(
         num_decoder_layers=2,
         num_heads=num_heads,
         ffn_dims=ffn_dims,
-        bev_h=bev_h,
-        bev_w=bev_w,
     ),
 )
 

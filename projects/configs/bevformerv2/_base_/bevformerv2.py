@@ -62,9 +62,9 @@ model = dict(
         type="BEVEncoder",
         embed_dims=embed_dims,
         num_layers=6,
-        bev_h=bev_h,
-        bev_w=bev_w,
-        pc_range=point_cloud_range,
+        # the BEV grid of the whole model: the encoder builds it; the detector hands it to the
+        # head, the hybrid queries, the BEV augmentation and the temporal alignment
+        grid=dict(type="BEVGrid", bev_h=bev_h, bev_w=bev_w, pc_range=point_cloud_range),
         num_points_in_pillar=4,
         num_levels=num_levels,
         camera_names=camera_names,
@@ -86,15 +86,24 @@ model = dict(
         num_points=4,
         ffn_dims=ffn_dims,
         dropout=0.1,
-        bev_h=bev_h,
-        bev_w=bev_w,
-        pc_range=point_cloud_range,
+        with_box_refine=True,
+    ),
+    # the head's losses: Hungarian matching per query group, focal + smooth-L1 (official
+    # FocalLoss 2.0, SmoothL1Loss 0.75, HungarianAssigner3D with the same cost weights)
+    criterion=dict(
+        type="SetCriterion3D",
         code_weights=[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2],
         loss_cls_weight=2.0,
         loss_bbox_weight=0.75,
+        cls_cost_weight=2.0,
+        reg_cost_weight=0.75,
+    ),
+    # test-time decoding: top max_num (query, class) pairs, centres inside post_center_range
+    post_processor=dict(
+        type="NMSFreeCoder",
+        num_classes=len(_base_.class_names),
         max_num=300,
         post_center_range=[-61.2, -61.2, -10.0, 61.2, 61.2, 10.0],
-        with_box_refine=True,
     ),
     mono_head=None,
     # official ``forward_mono_train``: the perspective head sees only the cameras with boxes
