@@ -1,8 +1,9 @@
 """Benchmark of the deformable sampling kernels against the grid_sample references.
 
 Measures, in one run and at the model's real shapes, forward and forward+backward wall time and
-peak memory of the compiled kernel and of the pure-PyTorch reference, and the kernel forward's
-achieved memory throughput against the machine's measured copy bandwidth. Used by
+peak memory of the compiled kernel and of the pure-PyTorch reference, and the kernel's achieved
+memory throughput, forward and backward, against the machine's measured copy bandwidth (and,
+where ``perf`` can count instructions, the kernel's instructions per sampling point). Used by
 ``tools/benchmark.py ops``.
 
 Peak memory (CPU) is the growth of the process's peak resident set (VmHWM, reset through
@@ -10,13 +11,27 @@ Peak memory (CPU) is the growth of the process's peak resident set (VmHWM, reset
 with glibc's mmap threshold pinned so that freed tensors return to the OS. Inputs are not
 counted; outputs, saved tensors, temporaries and gradients are. On CUDA the allocator's peak is
 used instead.
+
+Bytes counted for the throughput (float32, 4 bytes per element):
+    compulsory forward   the inputs read once and the output written once;
+    compulsory backward  the inputs and grad_output read once, the three gradients written
+                         once;
+    gathered forward     four bilinear corner rows (C channels) read per sampling point;
+    gathered backward    four corner rows read and four gradient rows read and written per
+                         sampling point (mostly cache hits: can exceed the copy bandwidth).
+The backward time is that of ``out.backward()`` alone, measured inside the forward+backward
+runs.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import os
+import shutil
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,20 +44,45 @@ from ops.dcnv3 import dcnv3_core
 from ops.ms_deform_attn import ms_deform_attn
 from ops.reference import dcnv3_core_reference, dcnv3_output_size, ms_deform_attn_reference
 
-__all__ = ["SHAPES", "Case", "bench_case", "copy_bandwidth", "run"]
+__all__ = ["SHAPES", "Case", "Traffic", "bench_case", "copy_bandwidth", "perf_instructions", "run"]
 
 # FPN levels of a 1600x640 image at strides 8, 16, 32, 64: (h, w).
 FPN_1600x640 = ((80, 200), (40, 100), (20, 50), (10, 25))
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """Bytes and sampling points of one call (see the module docstring for what is counted)."""
+
+    points: int
+    forward_bytes: int
+    backward_bytes: int
+    gather_forward_bytes: int
+    gather_backward_bytes: int
+
+
+def _traffic(inputs: list[Tensor], out_numel: int, points: int, channels: int) -> Traffic:
+    item = inputs[0].element_size()
+    in_bytes = sum(t.numel() for t in inputs) * item
+    row = channels * item  # one corner row
+    return Traffic(
+        points=points,
+        forward_bytes=in_bytes + out_numel * item,
+        backward_bytes=2 * in_bytes + out_numel * item,
+        gather_forward_bytes=points * 4 * row,
+        gather_backward_bytes=points * 4 * row * 3,
+    )
+
+
+@dataclass(frozen=True)
 class Case:
-    """One benchmark shape; ``make`` returns (kernel fn, reference fn, inputs needing grad)."""
+    """One benchmark shape; ``make`` returns (kernel fn, reference fn, inputs needing grad,
+    traffic of one call)."""
 
     name: str
     op: str
     description: str
-    make: Callable[[torch.device, bool], tuple[Callable, Callable, list[Tensor], int, int]]
+    make: Callable[[torch.device, bool], tuple[Callable, Callable, list[Tensor], Traffic]]
 
 
 def _dcnv3_case(N, H, W, C, G, offset_scale, device, quick):
@@ -61,11 +101,8 @@ def _dcnv3_case(N, H, W, C, G, offset_scale, device, quick):
     def reference(a, b, c):
         return dcnv3_core_reference(a, b, c, *params)
 
-    # Compulsory traffic: read input, offset, mask once, write the output once.
-    fwd_bytes = (x.numel() + offset.numel() + mask.numel() + N * Ho * Wo * C) * 4
-    # Gathered bytes: 4 corners x Cg channels per sampling point.
-    gather_bytes = N * Ho * Wo * G * 9 * 4 * Cg * 4
-    return kernel, reference, [x, offset, mask], fwd_bytes, gather_bytes
+    inputs = [x, offset, mask]
+    return kernel, reference, inputs, _traffic(inputs, N * Ho * Wo * C, mask.numel(), Cg)
 
 
 def _msda_case(B, levels, Q, H, C, P, device, quick, ordered=True):
@@ -91,9 +128,8 @@ def _msda_case(B, levels, Q, H, C, P, device, quick, ordered=True):
     def reference(v, lc, w):
         return ms_deform_attn_reference(v, spatial, starts, lc, w)
 
-    fwd_bytes = (value.numel() + loc.numel() + weights.numel() + B * Q * H * C) * 4
-    gather_bytes = B * Q * H * L * P * 4 * C * 4
-    return kernel, reference, [value, loc, weights], fwd_bytes, gather_bytes
+    inputs = [value, loc, weights]
+    return kernel, reference, inputs, _traffic(inputs, B * Q * H * C, weights.numel(), C)
 
 
 def _bev_queries(quick: bool) -> int:
@@ -198,38 +234,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _run_once(fn: Callable, inputs: list[Tensor], backward: bool) -> None:
-    if backward:
-        leaves = [t.detach().requires_grad_() for t in inputs]
-        out = fn(*leaves)
-        out.backward(torch.ones_like(out))
-        del leaves, out
-    else:
+def _run_once(fn: Callable, inputs: list[Tensor], backward: bool,
+              device: torch.device | None = None) -> float:  # fmt: skip
+    """One forward (no_grad) or forward + backward; returns the seconds of the backward alone
+    (0 for a forward)."""
+    if not backward:
         with torch.no_grad():
             out = fn(*inputs)
         del out
+        return 0.0
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    grad = torch.ones_like(out)
+    if device is not None:
+        _sync(device)
+    t0 = time.perf_counter()
+    out.backward(grad)
+    if device is not None:
+        _sync(device)
+    seconds = time.perf_counter() - t0
+    del leaves, out, grad
+    return seconds
+
+
+@dataclass
+class Timing:
+    """Medians over the repeats: wall and process CPU seconds, backward-only wall seconds
+    (forward+backward runs), and the peak memory growth in bytes."""
+
+    wall: float
+    cpu: float
+    backward: float
+    peak: int
 
 
 def measure(fn: Callable, inputs: list[Tensor], backward: bool, repeats: int,
-            device: torch.device) -> tuple[float, float, int]:  # fmt: skip
-    """(median wall seconds, median process CPU seconds, peak bytes) of fn on inputs, forward
-    only or forward + backward. CPU time (all threads) is less sensitive to other processes
-    competing for the cores than wall time."""
+            device: torch.device) -> Timing:  # fmt: skip
+    """Times fn on inputs, forward only or forward + backward. CPU time (all threads) is less
+    sensitive to other processes competing for the cores than wall time."""
     _run_once(fn, inputs, backward)  # warm-up (and JIT build of the extension)
     _set_malloc(128 * 1024)
     with PeakMemory(device) as mem:
         _run_once(fn, inputs, backward)
     _set_malloc(64 * 2**20)
     _run_once(fn, inputs, backward)
-    times, cpu_times = [], []
+    times, cpu_times, backward_times = [], [], []
     for _ in range(repeats):
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        _run_once(fn, inputs, backward)
+        backward_times.append(_run_once(fn, inputs, backward, device))
         _sync(device)
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-    return statistics.median(times), statistics.median(cpu_times), mem.peak
+    median = statistics.median
+    return Timing(median(times), median(cpu_times), median(backward_times), mem.peak)
 
 
 def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> float:
@@ -248,32 +306,71 @@ def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> fl
     return 2 * src.numel() * 4 / best
 
 
+def perf_instructions(fn: Callable[[], object], calls: int = 2) -> tuple[float | None, str]:
+    """User-space instructions that ``calls`` calls of fn execute, counted by ``perf stat``
+    attached to this process (all its threads), and a note; (None, reason) where perf is
+    missing, not permitted or has no hardware counters (most VMs)."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return None, "perf not found on PATH"
+    cmd = [perf, "stat", "-x", ",", "-e", "instructions:u", "-p", str(os.getpid())]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError as err:
+        return None, f"perf could not start ({err})"
+    time.sleep(0.5)  # let perf attach before the counted calls
+    if proc.poll() is not None:  # exited at once: not permitted (perf_event_paranoid) or broken
+        err = proc.stderr.read().strip().splitlines()
+        return None, "perf stat failed: " + (err[-1] if err else f"exit code {proc.returncode}")
+    for _ in range(calls):
+        fn()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None, "perf stat did not stop"
+    return parse_perf_instructions(err)
+
+
+def parse_perf_instructions(text: str) -> tuple[float | None, str]:
+    """The instruction count of ``perf stat -x ,`` output, or (None, reason)."""
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) >= 3 and fields[2].startswith("instructions"):
+            value = fields[0].strip()
+            if value.replace(".", "", 1).isdigit():
+                return float(value), "perf stat -e instructions:u"
+            return None, f"perf reports the instructions counter as {value} (no hardware counters)"
+    return None, "perf printed no instruction count"
+
+
 @dataclass
 class Result:
+    """Kernel and reference timings of one shape and mode ("fwd" or "fwd+bwd")."""
+
     case: str
     mode: str
-    kernel_s: float
-    reference_s: float
-    kernel_cpu_s: float
-    reference_cpu_s: float
-    kernel_bytes: int
-    reference_bytes: int
+    kernel: Timing
+    reference: Timing
 
 
 def bench_case(
     case: Case, device: torch.device, quick: bool, repeats: int
-) -> tuple[list[Result], float, int, int]:
-    """Results for forward and forward+backward, and (kernel forward seconds, traffic bytes)."""
-    kernel, reference, inputs, fwd_bytes, gather_bytes = case.make(device, quick)
+) -> tuple[list[Result], Traffic, tuple[Callable, Callable]]:
+    """Results for forward and forward+backward, the traffic of one call and the kernel's
+    forward and forward+backward as argument-less callables (for counting instructions)."""
+    kernel, reference, inputs, traffic = case.make(device, quick)
     results = []
-    kernel_fwd = 0.0
     for mode, backward in (("fwd", False), ("fwd+bwd", True)):
-        k_s, k_cpu, k_mem = measure(kernel, inputs, backward, repeats, device)
-        r_s, r_cpu, r_mem = measure(reference, inputs, backward, max(1, repeats // 2), device)
-        results.append(Result(case.name, mode, k_s, r_s, k_cpu, r_cpu, k_mem, r_mem))
-        if not backward:
-            kernel_fwd = k_s
-    return results, kernel_fwd, fwd_bytes, gather_bytes
+        k = measure(kernel, inputs, backward, repeats, device)
+        r = measure(reference, inputs, backward, max(1, repeats // 2), device)
+        results.append(Result(case.name, mode, k, r))
+    calls = (
+        lambda: _run_once(kernel, inputs, False),
+        lambda: _run_once(kernel, inputs, True),
+    )
+    return results, traffic, calls
 
 
 def _mib(b: int) -> str:
@@ -302,30 +399,59 @@ def run(shapes: list[str] | None = None, threads: int = 2, quick: bool = False,
     )
     print(header)
     print("-" * len(header))
-    all_results, traffic = [], []
+    all_results, rows = [], []
     for name in names:
         case = SHAPES[name]
-        results, k_fwd, fwd_bytes, gather_bytes = bench_case(case, dev, quick, repeats)
+        results, traffic, calls = bench_case(case, dev, quick, repeats)
         for r in results:
-            mem_ratio = r.reference_bytes / max(r.kernel_bytes, 1)
+            k, ref = r.kernel, r.reference
             print(
-                f"{r.case:24s} {r.mode:8s} {r.kernel_s * 1e3:10.2f} {r.reference_s * 1e3:10.2f} "
-                f"{r.reference_s / r.kernel_s:7.1f}x "
-                f"{r.reference_cpu_s / max(r.kernel_cpu_s, 1e-9):5.1f}x "
-                f"{_mib(r.kernel_bytes):>10s} "
-                f"{_mib(r.reference_bytes):>10s} {mem_ratio:8.1f}x"
+                f"{r.case:24s} {r.mode:8s} {k.wall * 1e3:10.2f} {ref.wall * 1e3:10.2f} "
+                f"{ref.wall / k.wall:7.1f}x {ref.cpu / max(k.cpu, 1e-9):5.1f}x "
+                f"{_mib(k.peak):>10s} {_mib(ref.peak):>10s} {ref.peak / max(k.peak, 1):8.1f}x"
             )
         all_results += results
-        traffic.append((name, k_fwd, fwd_bytes, gather_bytes))
-    print("\nkernel forward throughput (compulsory = inputs read once + output written once;")
-    print("gathered = 4 bilinear corners x channels per sampling point, mostly from cache)")
-    for name, k_fwd, fwd_bytes, gather_bytes in traffic:
-        print(
-            f"{name:24s} compulsory {fwd_bytes / k_fwd / 1e9:7.2f} GB/s "
-            f"({100 * fwd_bytes / k_fwd / bandwidth:5.1f}% of copy bw), gathered "
-            f"{gather_bytes / k_fwd / 1e9:7.2f} GB/s "
-            f"({100 * gather_bytes / k_fwd / bandwidth:5.1f}%)"
-        )
+        rows.append((name, results, traffic, calls))
+    _print_throughput(rows, bandwidth, dev)
     for name in names:
         print(f"  {name}: {SHAPES[name].description}")
     return all_results
+
+
+def _print_throughput(rows, bandwidth: float, device: torch.device) -> None:
+    print("\nkernel throughput against the copy bandwidth (compulsory: inputs, output, grad_output")
+    print("and gradients read or written once; gathered: 4 corner rows per sampling point, read")
+    print("(fwd) / read + gradient read-modify-write (bwd), mostly from cache); bwd time is")
+    print("out.backward() alone")
+    header = (
+        f"{'shape':24s} {'pass':4s} {'ms':>8s} {'compulsory GB/s':>16s} {'% copy':>7s} "
+        f"{'gathered GB/s':>14s} {'% copy':>7s} {'instr/point':>11s}"
+    )
+    print(header)
+    print("-" * len(header))
+    notes = set()
+    for name, results, traffic, (forward, step) in rows:
+        fwd_s, bwd_s = results[0].kernel.wall, results[1].kernel.backward
+        instructions = {"fwd": None, "bwd": None}
+        if device.type == "cpu":
+            count_fwd, note = perf_instructions(forward)
+            count_step, _ = perf_instructions(step) if count_fwd is not None else (None, note)
+            notes.add(note)
+            if count_fwd is not None and count_step is not None:
+                instructions["fwd"] = count_fwd / (2 * traffic.points)
+                instructions["bwd"] = (count_step - count_fwd) / (2 * traffic.points)
+        for label, seconds, compulsory, gathered in (
+            ("fwd", fwd_s, traffic.forward_bytes, traffic.gather_forward_bytes),
+            ("bwd", bwd_s, traffic.backward_bytes, traffic.gather_backward_bytes),
+        ):
+            rate, gather_rate = compulsory / seconds, gathered / seconds
+            ins = instructions[label]
+            print(
+                f"{name:24s} {label:4s} {seconds * 1e3:8.2f} {rate / 1e9:16.2f} "
+                f"{100 * rate / bandwidth:6.1f}% {gather_rate / 1e9:14.2f} "
+                f"{100 * gather_rate / bandwidth:6.1f}% "
+                f"{'-' if ins is None else f'{ins:.0f}':>11s}"
+            )
+    if device.type == "cpu":
+        for note in sorted(notes):
+            print(f"instructions per point: {note}")
