@@ -430,13 +430,7 @@ class BEVFormerV2(BaseModel):
         bev, feats, state = self.bev_features(
             img, lidar2img, frame_valid, bda, flip, prev_state, meta, want_state=return_state
         )
-        if self.hybrid_queries is None:
-            outputs = dict(self.pts_bbox_head(bev, self.grid))
-        else:
-            mono_outputs = self.mono_head(self._mono_feats(feats))
-            hybrid, proposals = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
-            outputs = dict(self.pts_bbox_head(bev, self.grid, hybrid))
-            outputs["proposals"] = proposals
+        outputs, _ = self.decode_queries(bev, feats, intrinsics, cam2lidar, bda, img)
         outputs["bev_embed"] = bev
         if mode == "tensor":
             result: Any = outputs
@@ -446,6 +440,27 @@ class BEVFormerV2(BaseModel):
                 result[b] = dict(result[b])
                 result[b]["token"] = _meta_attr(meta[b], "token") if meta is not None else None
         return (result, state) if return_state else result
+
+    def decode_queries(
+        self,
+        bev: Tensor,
+        feats: list[Tensor],
+        intrinsics: Tensor | None,
+        cam2lidar: Tensor | None,
+        bda: Tensor | None,
+        img: Tensor,
+    ) -> tuple[dict[str, Any], dict | None]:
+        """The head's outputs on ``bev [B, Q, C]``: its learned queries, plus the hybrid ones
+        built from the perspective head's detections when the model has them. Returns the
+        outputs (with ``"proposals"`` in the hybrid case) and the perspective head's outputs
+        on all B*N images (None without hybrid queries), which the perspective loss reuses."""
+        if self.hybrid_queries is None:
+            return dict(self.pts_bbox_head(bev, self.grid)), None
+        mono_outputs = self.mono_head(self._mono_feats(feats))
+        hybrid, proposals = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
+        outputs = dict(self.pts_bbox_head(bev, self.grid, hybrid))
+        outputs["proposals"] = proposals
+        return outputs, mono_outputs
 
     # ---------------------------------------------------------------- perspective head
     def _mono_feats(self, feats: list[Tensor], index: Tensor | None = None) -> list[Tensor]:
@@ -540,13 +555,7 @@ class BEVFormerV2(BaseModel):
             _require_mono(mono)
             self._current(intrinsics, "intrinsics", img)
         bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
-        mono_outputs = None
-        if self.hybrid_queries is None:
-            outputs = self.pts_bbox_head(bev, self.grid)
-        else:
-            mono_outputs = self.mono_head(self._mono_feats(feats))
-            hybrid, _ = self._hybrid(mono_outputs, feats, intrinsics, cam2lidar, bda, img)
-            outputs = self.pts_bbox_head(bev, self.grid, hybrid)
+        outputs, mono_outputs = self.decode_queries(bev, feats, intrinsics, cam2lidar, bda, img)
         per_group = self.pts_bbox_head.queries_per_group
         losses = dict(self.criterion(outputs, list(gt_boxes), list(gt_labels), per_group))
         if self.mono_head is not None:

@@ -33,6 +33,7 @@ from pyquaternion import Quaternion
 from bevformer.data.infos import load_infos
 from bevformer.structures.boxes import boxes_from_global
 from bevformer.structures.frames import invert, lidar2img
+from bevformer.structures.grid import NUSCENES_PC_RANGE
 from bevformer.visualization.draw import (
     PAST_COLOR,
     POINT_COLOR,
@@ -296,7 +297,7 @@ def render_sample(
     show_gt: bool = True,
     camera_labels: bool = True,
     bev_heat: np.ndarray | None = None,
-    pc_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+    pc_range: Sequence[float] = NUSCENES_PC_RANGE,
     primitives: list[Primitive] | None = None,
     tiles: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
