@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--dataroot", required=True)
     parser.add_argument("--results", help="nuScenes submission JSON (GT only when omitted)")
     add_selection_args(parser)
-    parser.add_argument("--out-dir", default="work_dirs/vis")
+    parser.add_argument(
+        "--out-dir", default="work_dirs/vis", help="folder of the PNGs and clips (%(default)s)"
+    )
     parser.add_argument("--video", choices=["mp4", "gif"], help="one clip per scene")
     parser.add_argument("--fps", type=float, default=2.0, help="clip frame rate (keyframes: 2 Hz)")
     parser.add_argument("--rerun", metavar="OUT.rrd", help="also write a Rerun recording")
@@ -62,25 +64,30 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.config) != bool(args.checkpoint):
         parser.error("the BEV heat map needs both --config and --checkpoint")
-    heat = None
-    if args.config:
-        cfg = load_config(args.config, data_root=args.dataroot)
-        heat = detector_bev_heatmap(cfg, args.checkpoint, args.dataroot, args.infos)
-    render_results(
-        args.infos,
-        args.dataroot,
-        args.out_dir,
-        results_file=args.results,
-        score_thr=args.score_thr,
-        max_samples=args.max_samples,
-        video=args.video,
-        fps=args.fps,
-        bev_heatmap=heat,
-        scenes=args.scene,
-        samples=args.sample,
-        rerun_file=args.rerun,
-        camera_labels=not args.no_camera_labels,
-    )
+    try:
+        heat = None
+        if args.config:
+            cfg = load_config(args.config, data_root=args.dataroot)
+            heat = detector_bev_heatmap(cfg, args.checkpoint, args.dataroot, args.infos)
+        render_results(
+            args.infos,
+            args.dataroot,
+            args.out_dir,
+            results_file=args.results,
+            score_thr=args.score_thr,
+            max_samples=args.max_samples,
+            video=args.video,
+            fps=args.fps,
+            bev_heatmap=heat,
+            scenes=args.scene,
+            samples=args.sample,
+            rerun_file=args.rerun,
+            camera_labels=not args.no_camera_labels,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        # unknown scene/sample, missing files, bad results: the message says what to do
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise SystemExit(f"error: {message}") from None
 
 
 if __name__ == "__main__":

@@ -480,7 +480,8 @@ def render_results(
         for scene, frames in by_scene.items():
             writer([cv2.imread(f) for f in frames], osp.join(out_dir, f"{scene}.{video}"), fps)
     if log is not None:
-        line = f"drew {len(written)} samples to {out_dir}"
+        noun = "sample" if len(written) == 1 else "samples"
+        line = f"drew {len(written)} {noun} to {out_dir}"
         if thresholds:
             lo, hi = min(thresholds), max(thresholds)
             thr = f"{lo:.2f}" if lo == hi else f"{lo:.2f}-{hi:.2f}"

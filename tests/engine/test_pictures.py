@@ -197,3 +197,19 @@ def test_mp4_is_h264(tiny_dataroot, tmp_path):
     with open(clip, "rb") as f:  # +faststart: the index (moov) before the media (mdat)
         data = f.read()
     assert data.index(b"moov") < data.index(b"mdat")
+
+
+def test_visualize_cli_names_an_unknown_scene_without_traceback(tiny_dataroot, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "visualize.py"
+    info_file = tiny_dataroot / "nuscenes_infos_temporal_val.json"
+    args = ["--infos", str(info_file), "--dataroot", str(tiny_dataroot), "--out-dir", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, str(tool), *args, "--scene", "scene-9999"], capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert "error: scene(s) ['scene-9999'] are not in the info file; it has" in run.stderr
+    assert "Traceback" not in run.stderr
