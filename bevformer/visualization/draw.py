@@ -59,9 +59,11 @@ LABEL_SCALE = 0.4
 # LIDAR_TOP sits about 1.8 m above the road: points below this lidar-frame z are ground
 GROUND_Z = -1.4
 GROUND_POINT_COLOR = (205, 205, 205)
-POINT_COLOR = (110, 110, 110)
+# darker than every class colour's grey (barrier: 127) so points and boxes stay apart
+POINT_COLOR = (70, 70, 70)
+# the ego path: the legend's one swatch covers both (line: past, dots: future)
 PAST_COLOR = (0, 0, 0)
-FUTURE_COLOR = (140, 140, 140)
+FUTURE_COLOR = PAST_COLOR
 # Edges of the 8 corners in ``box_corners`` order (0-3 front face, 4-7 back face), then a
 # cross on the front face so that the heading shows.
 _EDGES = (
