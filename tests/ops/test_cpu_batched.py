@@ -117,8 +117,8 @@ def test_dcnv3_border_corners_and_zero_offsets(ext, two_threads):
     torch.testing.assert_close(gx_ours, gx_ref, rtol=1e-10, atol=1e-10)
 
 
-def test_dcnv3_one_and_two_threads_agree(ext):
-    inputs, fn, _ = _dcnv3_inputs(3, 20, 18, 2, 16, spread=3.0)
+def _one_and_two_threads(fn, inputs):
+    """(outputs and gradients with one thread, the same with two)."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -127,6 +127,12 @@ def test_dcnv3_one_and_two_threads_agree(ext):
         two = _grads(fn, inputs)
     finally:
         torch.set_num_threads(before)
+    return one, two
+
+
+def test_dcnv3_one_and_two_threads_agree(ext):
+    inputs, fn, _ = _dcnv3_inputs(3, 20, 18, 2, 16, spread=3.0)
+    one, two = _one_and_two_threads(fn, inputs)
     _assert_all_close(two, one, DCN_NAMES, 1e-12)
 
 
@@ -219,12 +225,5 @@ def test_msda_vector_gradcheck(ext):
 
 def test_msda_one_and_two_threads_agree(ext):
     inputs, fn, _ = _msda_inputs(1, 8, 32, 50, 4, LEVELS)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _grads(fn, inputs)
-        torch.set_num_threads(2)
-        two = _grads(fn, inputs)
-    finally:
-        torch.set_num_threads(before)
+    one, two = _one_and_two_threads(fn, inputs)
     _assert_all_close(two, one, MSDA_NAMES, 1e-12)
