@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bevformer.models.blocks import DeformableAttention
+from bevformer.models.blocks import DeformableAttention, xavier_linear
 
 __all__ = ["BEVSelfAttention", "MSDeformableAttention3D", "SpatialCrossAttention"]
 
@@ -123,8 +123,7 @@ class SpatialCrossAttention(nn.Module):
             embed_dims, num_heads, num_levels, num_points
         )
         self.output_proj = nn.Linear(embed_dims, embed_dims)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        xavier_linear(self.output_proj)
 
     def forward(
         self,

@@ -36,10 +36,11 @@ from torch import Tensor, nn
 
 import ops
 
-__all__ = ["FFN", "DeformableAttention"]
+__all__ = ["FFN", "DeformableAttention", "xavier_linear"]
 
 
-def _xavier(linear: nn.Linear) -> None:
+def xavier_linear(linear: nn.Linear) -> None:
+    """Xavier-uniform weight, zero bias (mmcv ``xavier_init(m, distribution="uniform")``)."""
     nn.init.xavier_uniform_(linear.weight)
     nn.init.zeros_(linear.bias)
 
@@ -95,9 +96,9 @@ class DeformableAttention(nn.Module):
             self.sampling_offsets.bias.copy_(bias.flatten())
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
-        _xavier(self.value_proj)
+        xavier_linear(self.value_proj)
         if self.output_proj is not None:
-            _xavier(self.output_proj)
+            xavier_linear(self.output_proj)
 
     def project_value(self, value: Tensor) -> Tensor:
         """``value [M, S, C]`` -> projected, split into heads ``[M, S, h, C/h]``."""

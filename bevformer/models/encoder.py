@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from bevformer.data.infos import CAMERA_NAMES
 from bevformer.models.attention import BEVSelfAttention, SpatialCrossAttention
-from bevformer.models.blocks import FFN
+from bevformer.models.blocks import FFN, xavier_linear
 from bevformer.models.positional import LearnedPositionalEncoding
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
@@ -88,8 +88,7 @@ class BEVEncoderLayer(nn.Module):
         self.ffn = FFN(embed_dims, ffn_dims, dropout)
         for m in self.ffn:
             if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                xavier_linear(m)
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
 

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from bevformer.models.blocks import xavier_linear
 from bevformer.models.coder import CODE_SIZE, codes_from_deltas
 from bevformer.models.decoder import DetectionTransformerDecoder
 from bevformer.registry import MODELS
@@ -153,8 +154,7 @@ class BEVFormerHead(nn.Module):
     def init_weights(self) -> None:
         """Official init: decoder as the transformer, xavier references, cls bias for p = 0.01."""
         self.decoder.init_weights()
-        nn.init.xavier_uniform_(self.reference_points.weight)
-        nn.init.zeros_(self.reference_points.bias)
+        xavier_linear(self.reference_points)
         bias = -math.log((1 - 0.01) / 0.01)  # mmcv bias_init_with_prob(0.01)
         for branch in self.cls_branches:
             nn.init.constant_(branch[-1].bias, bias)

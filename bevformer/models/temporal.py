@@ -151,8 +151,7 @@ def align_prev_bev(prev_bev: Tensor, prev2cur: Tensor, grid: BEVGrid) -> Tensor:
     static point lands in the cell that contains the point now. Cells that were outside the
     previous grid read zeros.
     """
-    grid.check_tokens(prev_bev, "prev_bev")
-    moved = resample_bev(grid.tokens_to_map(prev_bev), prev2cur, grid)
+    moved = resample_bev(grid.tokens_to_map(prev_bev, "prev_bev"), prev2cur, grid)
     return grid.map_to_tokens(moved)
 
 

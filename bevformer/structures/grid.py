@@ -157,9 +157,10 @@ class BEVGrid:
                 "(model.encoder.grid) sets the BEV size"
             )
 
-    def tokens_to_map(self, bev: Tensor) -> Tensor:
-        """``[B, Q, C]`` tokens -> ``[B, C, H, W]`` map."""
-        self.check_tokens(bev)
+    def tokens_to_map(self, bev: Tensor, name: str = "bev") -> Tensor:
+        """``[B, Q, C]`` tokens -> ``[B, C, H, W]`` map (``ValueError`` naming ``name`` for
+        another shape, :meth:`check_tokens`)."""
+        self.check_tokens(bev, name)
         B, _, C = bev.shape
         return bev.transpose(1, 2).reshape(B, C, self.bev_h, self.bev_w)
 
