@@ -65,6 +65,23 @@ def make_tiny_cfg(dataroot: Path, config: str = TINY_CONFIG, **options: Any) -> 
 
 
 @pytest.fixture(scope="session")
+def iteration_cfg(tiny_cfg):
+    """``iteration_cfg(max_iters, **options)`` -> the shrunk config trained for ``max_iters``
+    iterations, without validation, checkpointing every iteration (iteration-based loop and
+    logs)."""
+
+    def make(max_iters: int, **options: Any) -> Config:
+        cfg = tiny_cfg(**options)
+        cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=10**6)
+        cfg.val_cfg = None
+        cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, by_epoch=False)
+        cfg.log_processor.by_epoch = False
+        return cfg
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_cfg(tiny_dataroot: Path):
     """``tiny_cfg(config=TINY_CONFIG, **options)`` -> the shrunk config on ``tiny_dataroot``."""
 

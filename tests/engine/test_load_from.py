@@ -46,15 +46,6 @@ class FirstStep(Hook):
         runner.logger.removeHandler(self.log)
 
 
-def _one_iteration(tiny_cfg, **options):
-    cfg = tiny_cfg(**options)
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=1, val_interval=10**6)
-    cfg.val_cfg = None
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, by_epoch=False)
-    cfg.log_processor.by_epoch = False
-    return cfg
-
-
 def _perturbed(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """The model's weights plus noise, so that every float tensor differs from any init."""
     gen = torch.Generator().manual_seed(seed)
@@ -73,8 +64,8 @@ def _train(cfg, work_dir: Path, **kwargs) -> FirstStep:
     return probe
 
 
-def test_init_cfg_then_load_from_before_the_first_step(tiny_cfg, tmp_path):
-    cfg = _one_iteration(tiny_cfg)
+def test_init_cfg_then_load_from_before_the_first_step(iteration_cfg, tmp_path):
+    cfg = iteration_cfg(1)
     seed_everything(7)
     source = build_model(cfg.model)
     backbone = {k: v for k, v in _perturbed(source.img_backbone, 1).items()}
@@ -105,8 +96,8 @@ def test_init_cfg_then_load_from_before_the_first_step(tiny_cfg, tmp_path):
     assert f"{len(whole)} tensors loaded" in load_lines[0] and "missing keys" in load_lines[0]
 
 
-def test_flag_wins_over_the_config(tiny_cfg, tmp_path):
-    cfg = _one_iteration(tiny_cfg)
+def test_flag_wins_over_the_config(iteration_cfg, tmp_path):
+    cfg = iteration_cfg(1)
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": build_model(cfg.model).state_dict()}, path)
     cfg.load_from = str(tmp_path / "not_this_one.pth")
@@ -115,8 +106,8 @@ def test_flag_wins_over_the_config(tiny_cfg, tmp_path):
     assert runner._load_from is None  # mmengine's own load_from stays unused
 
 
-def test_missing_file_names_the_key(tiny_cfg, tmp_path):
-    cfg = _one_iteration(tiny_cfg)
+def test_missing_file_names_the_key(iteration_cfg, tmp_path):
+    cfg = iteration_cfg(1)
     cfg.load_from = str(tmp_path / "ckpts" / "fcos_r50_coco_2mmdet.pth")
     with pytest.raises(FileNotFoundError) as err:
         build_runner(cfg, work_dir=str(tmp_path / "run"))
@@ -143,8 +134,8 @@ def test_checkpoint_of_another_architecture(tiny_cfg, tmp_path):
         assert torch.equal(v, before[k]), k
 
 
-def test_strict_load_from_in_a_run(tiny_cfg, tmp_path):
-    cfg = _one_iteration(tiny_cfg)
+def test_strict_load_from_in_a_run(iteration_cfg, tmp_path):
+    cfg = iteration_cfg(1)
     partial = {k: v for k, v in build_model(cfg.model).state_dict().items() if "img_neck" not in k}
     path = tmp_path / "partial.pth"
     torch.save({"state_dict": partial}, path)
@@ -156,12 +147,12 @@ def test_strict_load_from_in_a_run(tiny_cfg, tmp_path):
         runner.train()
 
 
-def test_resume_ignores_load_from(tiny_cfg, tmp_path):
+def test_resume_ignores_load_from(iteration_cfg, tmp_path):
     work_dir = tmp_path / "run"
-    _train(_one_iteration(tiny_cfg), work_dir)
+    _train(iteration_cfg(1), work_dir)
     resumed_from = torch.load(work_dir / "iter_1.pth", map_location="cpu", weights_only=True)
 
-    cfg = _one_iteration(tiny_cfg)
+    cfg = iteration_cfg(1)
     cfg.train_cfg.max_iters = 2
     other = tmp_path / "other.pth"
     torch.save({"state_dict": _perturbed(build_model(cfg.model), 3)}, other)

@@ -33,15 +33,6 @@ class StepProbe(Hook):
         self.steps += 1
 
 
-def _cfg(tiny_cfg, **options):
-    cfg = tiny_cfg(**options)
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=2, val_interval=10**6)
-    cfg.val_cfg = None
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, by_epoch=False)
-    cfg.log_processor.by_epoch = False
-    return cfg
-
-
 def _train_one(cfg, work_dir: Path) -> Path:
     cfg.train_cfg.max_iters = 1
     runner = build_runner(cfg, work_dir=str(work_dir))
@@ -50,9 +41,9 @@ def _train_one(cfg, work_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def good_checkpoint(tiny_cfg, tmp_path_factory) -> Path:
+def good_checkpoint(iteration_cfg, tmp_path_factory) -> Path:
     """A checkpoint of the tiny config after one training iteration."""
-    return _train_one(_cfg(tiny_cfg), tmp_path_factory.mktemp("good"))
+    return _train_one(iteration_cfg(2), tmp_path_factory.mktemp("good"))
 
 
 def _resume_fails(cfg, work_dir: Path, resume, error: type[Exception]) -> str:
@@ -75,35 +66,35 @@ def _resume_fails(cfg, work_dir: Path, resume, error: type[Exception]) -> str:
 
 
 @pytest.mark.parametrize("layout", ["state_dict", "bare"])
-def test_weights_only_points_to_load_from(tiny_cfg, good_checkpoint, tmp_path, layout):
+def test_weights_only_points_to_load_from(iteration_cfg, good_checkpoint, tmp_path, layout):
     state = read_checkpoint(good_checkpoint)["state_dict"]
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": state} if layout == "state_dict" else state, path)
-    message = _resume_fails(_cfg(tiny_cfg), tmp_path / "run", str(path), ResumeCheckError)
+    message = _resume_fails(iteration_cfg(2), tmp_path / "run", str(path), ResumeCheckError)
     assert message.splitlines()[0] == (
         f"{path} holds weights only (no optimizer state / meta), so a run cannot resume from "
         f"it; start a new run from its weights with --load-from {path}"
     )
 
 
-def test_auto_resume_runs_the_same_checks(tiny_cfg, good_checkpoint, tmp_path):
+def test_auto_resume_runs_the_same_checks(iteration_cfg, good_checkpoint, tmp_path):
     work_dir = tmp_path / "run"
     work_dir.mkdir()
     path = work_dir / "iter_1.pth"
     torch.save({"state_dict": read_checkpoint(good_checkpoint)["state_dict"]}, path)
     (work_dir / "last_checkpoint").write_text(str(path))
-    message = _resume_fails(_cfg(tiny_cfg), work_dir, True, ResumeCheckError)
+    message = _resume_fails(iteration_cfg(2), work_dir, True, ResumeCheckError)
     assert "holds weights only" in message and f"--load-from {path}" in message
     assert "last_checkpoint" in message  # says where the path came from
 
 
-def test_one_differing_shape_is_named(tiny_cfg, good_checkpoint, tmp_path):
+def test_one_differing_shape_is_named(iteration_cfg, good_checkpoint, tmp_path):
     checkpoint = read_checkpoint(good_checkpoint)
     weight = checkpoint["state_dict"][_SHAPE_KEY]
     checkpoint["state_dict"][_SHAPE_KEY] = torch.zeros(weight.shape[0] + 1, *weight.shape[1:])
     path = tmp_path / "other_shape.pth"
     torch.save(checkpoint, path)
-    message = _resume_fails(_cfg(tiny_cfg), tmp_path / "run", str(path), ResumeCheckError)
+    message = _resume_fails(iteration_cfg(2), tmp_path / "run", str(path), ResumeCheckError)
     first = message.splitlines()[0]
     assert first.startswith(f"checkpoint {path} does not fit this model")
     assert "another config" in first and "1 shape mismatches" in first
@@ -113,17 +104,17 @@ def test_one_differing_shape_is_named(tiny_cfg, good_checkpoint, tmp_path):
     assert f"{_SHAPE_KEY}: model {shape} vs checkpoint {wider}" in message
 
 
-def test_fewer_layers_is_refused_before_the_first_step(tiny_cfg, tmp_path):
-    deeper = _train_one(_cfg(tiny_cfg, **{"model.encoder.num_layers": 2}), tmp_path / "deep")
-    message = _resume_fails(_cfg(tiny_cfg), tmp_path / "run", str(deeper), ResumeCheckError)
+def test_fewer_layers_is_refused_before_the_first_step(iteration_cfg, tmp_path):
+    deeper = _train_one(iteration_cfg(2, **{"model.encoder.num_layers": 2}), tmp_path / "deep")
+    message = _resume_fails(iteration_cfg(2), tmp_path / "run", str(deeper), ResumeCheckError)
     first = message.splitlines()[0]
     assert first.startswith(f"checkpoint {deeper} does not fit this model")
     assert "0 missing keys" in first and "0 shape mismatches" in first
     assert "unexpected keys" in message and "encoder.layers.1." in message
 
 
-def test_another_optimizer_layout_is_refused(tiny_cfg, good_checkpoint, tmp_path):
-    cfg = _cfg(tiny_cfg)  # trained with paramwise_cfg: one parameter group per parameter
+def test_another_optimizer_layout_is_refused(iteration_cfg, good_checkpoint, tmp_path):
+    cfg = iteration_cfg(2)  # trained with paramwise_cfg: one parameter group per parameter
     cfg.optim_wrapper.pop("paramwise_cfg")  # resumed with one group for all
     message = _resume_fails(cfg, tmp_path / "run", str(good_checkpoint), ResumeCheckError)
     assert message.splitlines()[0].startswith(
@@ -134,14 +125,14 @@ def test_another_optimizer_layout_is_refused(tiny_cfg, good_checkpoint, tmp_path
 
 
 @pytest.mark.parametrize("damage", ["random", "truncated"])
-def test_not_a_checkpoint(tiny_cfg, good_checkpoint, tmp_path, damage):
+def test_not_a_checkpoint(iteration_cfg, good_checkpoint, tmp_path, damage):
     path = tmp_path / "broken.pth"
     data = good_checkpoint.read_bytes()
     if damage == "random":
         path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
     else:
         path.write_bytes(data[: len(data) // 2])
-    message = _resume_fails(_cfg(tiny_cfg), tmp_path / "run", str(path), CheckpointReadError)
+    message = _resume_fails(iteration_cfg(2), tmp_path / "run", str(path), CheckpointReadError)
     assert f"not a checkpoint (or truncated): {path}" in message.splitlines()[0]
 
 
