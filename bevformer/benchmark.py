@@ -129,7 +129,7 @@ def benchmark_dataset(
     ds_cfg["transforms"] = _resized(pipeline, image_size)
     ds_cfg["info_file"] = str(Path(dataroot) / f"{prefix}_infos_temporal_{split}.json")
     ds_cfg["data_root"] = str(dataroot)
-    ds_cfg["with_mono"] = cfg.model.get("mono_head") is not None
+    ds_cfg["with_mono"] = cfg.model.get("perspective") is not None
     return build_dataset(ds_cfg)
 
 

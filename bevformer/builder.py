@@ -27,6 +27,7 @@ from mmengine.registry import Registry
 import backbones.layer_decay  # noqa: F401  (LayerDecayOptimWrapperConstructor, in mmengine)
 import bevformer.data.dataset  # noqa: F401  (DATASETS: NuScenesTemporalDataset)
 import bevformer.data.transforms  # noqa: F401  (TRANSFORMS: the pipeline steps)
+import bevformer.models.bev  # noqa: F401  (MODELS: TemporalBEV)
 import bevformer.models.coder  # noqa: F401  (MODELS: NMSFreeCoder)
 import bevformer.models.criterion  # noqa: F401  (MODELS: SetCriterion3D)
 import bevformer.models.detector  # noqa: F401  (MODELS: BEVFormerV2)
@@ -34,6 +35,7 @@ import bevformer.models.encoder  # noqa: F401  (MODELS: BEVEncoder)
 import bevformer.models.head  # noqa: F401  (MODELS: BEVFormerHead)
 import bevformer.models.hybrid  # noqa: F401  (MODELS: HybridQueries)
 import bevformer.models.perspective.head  # noqa: F401  (MODELS: PerspectiveHead)
+import bevformer.models.perspective.stage  # noqa: F401  (MODELS: PerspectiveStage)
 import bevformer.models.temporal  # noqa: F401  (MODELS: ResNetFusion)
 from backbones.fpn import FPN
 from backbones.internimage import InternImage

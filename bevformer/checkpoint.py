@@ -7,6 +7,8 @@ checkpoint ``tools/test.py`` evaluates.
 - bare state dicts, and either with DDP ``module.`` prefixes;
 - official BEVFormer v2 checkpoints (mmcv 1.x / mmdet3d 0.17 names), converted by
   ``bevformer.models.official.convert_if_official``;
+- this project's checkpoints of an earlier state-dict layout (the model's ``layout_renames``;
+  :func:`migrate_layout`), renamed to today's keys in their order;
 - foreign files generally (e.g. the official R50 configs' ``fcos_r50_coco_2mmdet.pth``): with
   ``strict=False`` every tensor whose name and shape match is loaded, as mmcv's
   ``load_checkpoint(strict=False)`` does for the official ``load_from``; mmdet detector files
@@ -44,6 +46,7 @@ __all__ = [
     "StateDictMismatchError",
     "load_model_weights",
     "load_weights",
+    "migrate_layout",
 ]
 
 
@@ -64,6 +67,36 @@ def _convert_official(
     from bevformer.models.official import convert_if_official
 
     return convert_if_official(state, model, strict=strict)
+
+
+def layout_renames(model: nn.Module) -> list[tuple[str, str]]:
+    """``(old prefix, new prefix)`` pairs that bring keys of an earlier state-dict layout of
+    ``model`` to today's (its class attribute ``layout_renames``); only pairs whose old first
+    name is not a sub-module of the model today, so a current key is never renamed."""
+    if is_model_wrapper(model):
+        model = model.module
+    children = {name for name, _ in model.named_children()}
+    pairs = getattr(model, "layout_renames", ())
+    return [(old, new) for old, new in pairs if old.split(".", 1)[0] not in children]
+
+
+def migrate_layout(state: Mapping[str, Any], model: nn.Module) -> tuple[dict[str, Any], str | None]:
+    """``(state with today's keys, description or None)`` for a state dict of ``model``'s
+    class written in an earlier layout (e.g. ``encoder.*`` before the detector's BEV stage
+    became ``bev``: ``bev.encoder.*``). Keys keep their order, so the parameter order -- by
+    which an optimizer state is restored -- is that of the file. A state without old keys is
+    returned as a copy with None."""
+    active = [
+        (old, new) for old, new in layout_renames(model) if any(k.startswith(old) for k in state)
+    ]
+    if not active:
+        return dict(state), None
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        old, new = next(((o, n) for o, n in active if key.startswith(o)), ("", ""))
+        out[new + key[len(old) :]] = value
+    renamed = ", ".join(f"{o}* -> {n}*" for o, n in active)
+    return out, f"keys of an earlier checkpoint layout renamed ({renamed})"
 
 
 # mmdet single-view detectors (FCOS, FCOS3D) name the parts the BEV detector calls img_*.
@@ -131,6 +164,9 @@ def load_weights(
     state, official = _convert_official(state, model, strict)
     if official:
         fmt = official
+    state, migrated = migrate_layout(state, model)
+    if migrated:
+        fmt += f", {migrated}"
     state, renamed = _from_mmdet_detector(state, model)
     if renamed:
         fmt += ", mmdet detector names backbone./neck. -> img_backbone./img_neck."

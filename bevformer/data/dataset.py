@@ -128,7 +128,7 @@ class NuScenesTemporalDataset(Dataset):
     strictly increasing, containing 0. ``transforms`` are callables or ``TRANSFORMS`` config
     dicts (default: only :class:`LoadMultiViewImages`). ``camera_names`` are the cameras an
     item stacks, in this order (the model's list: the launcher writes
-    ``model.encoder.camera_names`` into every dataset node); the info file's cameras are
+    ``model.bev.encoder.camera_names`` into every dataset node); the info file's cameras are
     matched by name, so infos with more cameras or another order give the same items, and infos
     without one of them are refused (``ValueError`` naming both lists). Without it, the info
     file's cameras in its order. ``test_mode`` makes the random transforms deterministic and
@@ -251,7 +251,7 @@ class NuScenesTemporalDataset(Dataset):
                     f"{list(self.camera_names)}; the info file has {list(have)}{where}, "
                     f"without {missing}: rebuild the infos with these cameras "
                     "(tools/create_data.py --cameras) or set model camera_names "
-                    "(model.encoder.camera_names) to cameras the infos have"
+                    "(model.bev.encoder.camera_names) to cameras the infos have"
                 )
 
     def _gt(self, info: dict) -> tuple[np.ndarray, np.ndarray]:

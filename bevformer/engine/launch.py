@@ -154,12 +154,12 @@ def _propagate_top_level(cfg: Config, file_values: dict[str, Any], path: str) ->
     a run, whose nodes carry the values written here, loads without one and follows
     ``--data-root`` like any other.
 
-    The model's cameras (``model.encoder.camera_names``, by default the encoder's default
+    The model's cameras (``model.bev.encoder.camera_names``, by default the encoder's default
     :data:`~bevformer.data.infos.CAMERA_NAMES`) are written into every dataset node as its
     ``camera_names`` in the same way, so that training, test, streaming and visualisation stack
     the info file's images in the order of the model's camera embeddings.
     """
-    encoder = _node(cfg, "model.encoder")
+    encoder = _node(cfg, "model.bev.encoder")
     if encoder is not None:
         names = list(encoder.get("camera_names") or CAMERA_NAMES)
         for dotted in _DATASET_NODES:
@@ -170,7 +170,7 @@ def _propagate_top_level(cfg: Config, file_values: dict[str, Any], path: str) ->
             if own is not None and list(own) != names:
                 warnings.warn(
                     f"{path}: {dotted}.camera_names = {list(own)} is replaced by the model's "
-                    f"model.encoder.camera_names = {names}; the cameras are set once, in the "
+                    f"model.bev.encoder.camera_names = {names}; the cameras are set once, in the "
                     "model's encoder",
                     stacklevel=3,
                 )
@@ -328,7 +328,7 @@ def _dataloader(cfg: Config | None) -> dict | None:
 
 def is_streaming(cfg: Config) -> bool:
     """Whether the config's detector carries a temporal state between samples."""
-    return cfg.model.get("temporal", "fusion") == "streaming"
+    return (cfg.model.get("bev") or {}).get("temporal", "fusion") == "streaming"
 
 
 def _streaming_eval(loader: dict, loop_cfg: dict | None, loop_type: type) -> tuple[dict, dict]:

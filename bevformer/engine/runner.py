@@ -33,6 +33,7 @@ import logging
 import os
 import os.path as osp
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,7 +49,13 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from torch import Tensor, nn
 
 from backbones.checkpoint import LoadReport, read_checkpoint_with_skipped
-from bevformer.checkpoint import CheckpointReadError, StateDictMismatchError, load_weights
+from bevformer.checkpoint import (
+    CheckpointReadError,
+    StateDictMismatchError,
+    layout_renames,
+    load_weights,
+    migrate_layout,
+)
 
 __all__ = [
     "BEVRunner",
@@ -248,6 +255,26 @@ def _optimizer_differences(saved: Any, optimizer: torch.optim.Optimizer) -> list
     return diffs
 
 
+def _check_parameter_order(state: Mapping[str, Any], model: nn.Module, path: str) -> None:
+    """The parameters of ``state`` (a state dict, in the order the model that wrote it had)
+    must come in ``model.named_parameters()`` order: torch restores an optimizer state by
+    position, so another order would give each tensor another one's moments."""
+    own = [name for name, _ in model.named_parameters()]
+    params = set(own)
+    saved = [str(k).removeprefix("module.") for k in state]
+    saved = [k for k in saved if k in params]
+    if saved == own:
+        return
+    first = next(i for i, (a, b) in enumerate(zip(saved, own, strict=True)) if a != b)
+    raise ResumeCheckError(
+        f"checkpoint {path}: its parameters are in another order than this model's (first "
+        f"difference at parameter {first}: {saved[first]} in the checkpoint, {own[first]} in "
+        "the model), and an optimizer state is restored by position, so it would give each "
+        "tensor another one's moments; nothing was restored. Resume with the code version "
+        f"that wrote it, or start a new run from its weights with --load-from {path}"
+    )
+
+
 def check_resume_checkpoint(
     checkpoint: Any,
     path: str,
@@ -261,11 +288,14 @@ def check_resume_checkpoint(
     In order: it must be a dict with ``meta`` (``epoch``, ``iter``) and ``optimizer`` (else it
     holds weights only: ``--load-from`` starts a new run from them), ``state_dict`` and
     ``message_hub``; every key and shape of ``state_dict`` (``module.`` stripped) must equal
-    ``model.state_dict()``'s; the optimizer state must have the parameter groups, parameters
-    per group and state tensor shapes of ``optim_wrapper``'s optimizer (per name for an
-    ``OptimWrapperDict``; skipped when ``optim_wrapper`` is None); the checkpoint's
-    ``param_schedulers`` must be as many as ``param_schedulers`` (built or config entries;
-    skipped when either is absent), since mmengine pairs them by position.
+    ``model.state_dict()``'s, after renaming the keys of an earlier layout
+    (:func:`bevformer.checkpoint.migrate_layout`); the parameters must be in the model's
+    order (an optimizer state is restored by position); the optimizer state must have the
+    parameter groups, parameters per group and state tensor shapes of ``optim_wrapper``'s
+    optimizer (per name for an ``OptimWrapperDict``; skipped when ``optim_wrapper`` is
+    None); the checkpoint's ``param_schedulers`` must be as many as ``param_schedulers``
+    (built or config entries; skipped when either is absent), since mmengine pairs them by
+    position.
 
     Raises :class:`ResumeCheckError` (a ``ValueError``) naming what differs.
     """
@@ -295,7 +325,8 @@ def check_resume_checkpoint(
             f"{', '.join(lacking)}), so a run cannot resume from it; start a new run from its "
             f"weights with --load-from {path}"
         )
-    report = _model_report(checkpoint["state_dict"], model, path)
+    state, _ = migrate_layout(checkpoint["state_dict"], model)
+    report = _model_report(state, model, path)
     if not report.complete:
         origin = ""
         if isinstance(meta, Mapping) and "mmengine_version" not in meta:
@@ -311,6 +342,7 @@ def check_resume_checkpoint(
             f"start a new run from its weights with --load-from {path}.\n" + report.problems()
         )
     if optim_wrapper is not None:
+        _check_parameter_order(state, model, path)
         saved = checkpoint["optimizer"]
         if isinstance(optim_wrapper, OptimWrapperDict):
             names = sorted(optim_wrapper.optim_wrappers)
@@ -497,8 +529,24 @@ class BEVRunner(Runner):
             )
         except ResumeCheckError as err:
             raise ResumeCheckError(f"{err}{picked}") from err
+        _, migrated = migrate_layout(checkpoint["state_dict"], model)
+        if migrated:
+            self.logger.info(f"resuming from {filename}: {migrated}")
         del checkpoint  # mmengine reads the file again, onto the run's device
         super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+
+    def load_checkpoint(
+        self,
+        filename: str,
+        map_location: str | Callable = "cpu",
+        strict: bool = False,
+        revise_keys: Sequence[tuple[str, str]] = ((r"^module\.", ""),),
+    ) -> dict:
+        """mmengine's load (used by :meth:`resume`), with the keys of an earlier state-dict
+        layout of the model renamed (:func:`bevformer.checkpoint.migrate_layout`)."""
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        renames = [(f"^{re.escape(old)}", new) for old, new in layout_renames(model)]
+        return super().load_checkpoint(filename, map_location, strict, [*revise_keys, *renames])
 
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-__all__ = ["detection_losses", "reduce_mean"]
+__all__ = ["check_finite_losses", "detection_losses", "reduce_mean"]
 
 
 def reduce_mean(value: Tensor) -> Tensor:
@@ -91,3 +91,15 @@ def detection_losses(
     per_entry = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)  # [P, D]
     loss_bbox = (per_entry * weights).sum() / normaliser * bbox_weight
     return loss_cls, loss_bbox
+
+
+def check_finite_losses(losses: dict[str, Tensor]) -> None:
+    """Raises ``FloatingPointError`` naming the first loss term that is NaN or infinite."""
+    for name, value in losses.items():
+        if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
+            others = {k: float(v.detach().float().mean()) for k, v in losses.items() if k != name}
+            raise FloatingPointError(
+                f"loss term '{name}' is not finite ({value.detach().cpu().tolist()}); other "
+                f"terms: {others}. Lower the learning rate, check the inputs of this term, or "
+                "train in fp32 to find where it diverges"
+            )

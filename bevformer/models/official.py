@@ -1,12 +1,14 @@
 """Official BEVFormer v2 checkpoints (fundamentalvision/BEVFormer ``bevformerv2-r50-*``, mmdet3d
 0.17 / mmcv 1.x) converted into this project's :class:`~bevformer.models.detector.BEVFormerV2`.
 
-The official detector nests everything BEV-related under ``pts_bbox_head`` (``transformer.encoder``,
-``transformer.decoder``, ``transformer.fusion``, ``bev_embedding``, ``positional_encoding``) and
-calls the perspective head ``fcos3d_bbox_head``; this project splits them into ``encoder``,
-``fusion``, ``pts_bbox_head`` and ``mono_head``. Each component's official-name map lives at the
-bottom of the module it describes (``OFFICIAL_BEVFORMERV2_KEYS``: rules of a regex matched at the
-start of the official key and the replacement of the matched part; timm's
+The official detector nests everything BEV-related under ``pts_bbox_head``
+(``transformer.encoder``, ``transformer.decoder``, ``transformer.fusion``, ``bev_embedding``,
+``positional_encoding``) and calls the perspective head ``fcos3d_bbox_head``; this project
+splits them into ``bev.encoder``, ``bev.fusion`` (:class:`~bevformer.models.bev.TemporalBEV`),
+``pts_bbox_head`` and ``perspective.mono_head``
+(:class:`~bevformer.models.perspective.stage.PerspectiveStage`). Each component's official-name
+map lives at the bottom of the module it describes (``OFFICIAL_BEVFORMERV2_KEYS``: rules of a
+regex matched at the start of the official key and the replacement of the matched part; timm's
 ``checkpoint_filter_fn`` pattern); this module composes them and then
 
 - reorders every class-indexed tensor from the official class order (the configs'
@@ -33,9 +35,8 @@ encoder layers' norm order.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ from backbones import resnet as resnet_module
 from bevformer.models import encoder as encoder_module
 from bevformer.models import head as head_module
 from bevformer.models import temporal as temporal_module
+from bevformer.models.official_report import ConversionReport, add_notes, check_fit
 from bevformer.models.perspective import head as perspective_module
 from bevformer.structures.boxes import CLASSES
 
@@ -86,9 +88,9 @@ _COMPONENTS = (
         hint="the official BEVFormer v2 models use a ResNet-50 (bevformerv2_r50_* configs)",
     ),
     _Component("img_neck", fpn_module.FPN, fpn_module.OFFICIAL_BEVFORMERV2_KEYS),
-    _Component("encoder", encoder_module.BEVEncoder, encoder_module.OFFICIAL_BEVFORMERV2_KEYS),
+    _Component("bev.encoder", encoder_module.BEVEncoder, encoder_module.OFFICIAL_BEVFORMERV2_KEYS),
     _Component(
-        "fusion",
+        "bev.fusion",
         temporal_module.ResNetFusion,
         temporal_module.OFFICIAL_BEVFORMERV2_KEYS,
         hint="the checkpoint fuses several frames (official t2/t8): use the config "
@@ -102,54 +104,26 @@ _COMPONENTS = (
         class_channels=head_module.official_class_channels,
     ),
     _Component(
-        "mono_head",
+        "perspective.mono_head",
         perspective_module.PerspectiveHead,
         perspective_module.OFFICIAL_BEVFORMERV2_KEYS,
         dropped=perspective_module.OFFICIAL_BEVFORMERV2_DROPPED,
         class_channels=perspective_module.official_class_channels,
         scalars=perspective_module.OFFICIAL_BEVFORMERV2_SCALARS,
         hint="the checkpoint has the perspective head (fcos3d_bbox_head, on in every official "
-        "config): set model.mono_head as the bevformerv2 configs do",
+        "config): set model.perspective as the bevformerv2 configs do",
     ),
 )
 
 
-@dataclass
-class ConversionReport:
-    """What :func:`convert_official_bevformerv2` did, key by key (project keys unless noted)."""
-
-    official_keys: int = 0
-    renamed: list[tuple[str, str]] = field(default_factory=list)  # (official, project)
-    permuted: list[str] = field(default_factory=list)  # class rows reordered
-    reshaped: list[str] = field(default_factory=list)  # official [1] -> 0-d scalar
-    dropped: list[str] = field(default_factory=list)  # official keys left out on purpose
-    skipped: list[str] = field(default_factory=list)  # strict=False: official keys not fitting
-    official_classes: tuple[str, ...] = ()
-    classes: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line: the counts."""
-        kept = self.official_keys - len(self.dropped)
-        kept -= len(self.skipped)
-        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
-        return (
-            f"official BEVFormer v2 checkpoint converted: {self.official_keys} keys -> {kept} "
-            f"({len(self.renamed)} renamed, {len(self.permuted)} class-permuted, "
-            f"{len(self.reshaped)} reshaped, {len(self.dropped)} dropped{skipped})"
-        )
-
-    def format(self) -> str:
-        """The summary, the class orders, every dropped key and the notes."""
-        lines = [
-            self.summary(),
-            f"  official class order: {', '.join(self.official_classes)}",
-            f"  project class order:  {', '.join(self.classes)}",
-        ]
-        lines += [f"  dropped: {key}" for key in self.dropped]
-        lines += [f"  skipped (does not fit the model): {key}" for key in self.skipped]
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    """``model``'s sub-module at the dotted ``path``, None where a part is missing or None."""
+    module: Any = model
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
 
 
 def _unwrap(state: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...] | None]:
@@ -206,22 +180,6 @@ def _permute_classes(value: Tensor, channels: int, order: Tensor, key: str) -> T
     return value.reshape(channels, K, *value.shape[1:])[:, order].reshape(value.shape)
 
 
-def _group(keys: Sequence[str], limit: int = 12) -> str:
-    """Keys summarised by module (up to the first index), e.g. ``encoder.layers.3 (26)``."""
-
-    def module_of(key: str) -> str:
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if part.isdigit():
-                return ".".join(parts[: min(i + 1, 3)])
-        return ".".join(parts[: min(len(parts) - 1, 2)] or parts)
-
-    counts = Counter(module_of(k) for k in keys)
-    shown = [f"{name} ({n})" for name, n in list(counts.items())[:limit]]
-    more = f", ... {len(counts) - limit} more modules" if len(counts) > limit else ""
-    return ", ".join(shown) + more + f"; e.g. {keys[0]}"
-
-
 def convert_official_bevformerv2(
     state: Mapping[str, Tensor],
     model: nn.Module,
@@ -257,7 +215,7 @@ def convert_official_bevformerv2(
 
     present: dict[str, nn.Module] = {}
     for comp in _COMPONENTS:
-        module = getattr(model, comp.attr, None)
+        module = _submodule(model, comp.attr)
         if module is None or (not strict and not isinstance(module, comp.kind)):
             continue
         if not isinstance(module, comp.kind):
@@ -321,77 +279,11 @@ def convert_official_bevformerv2(
                     report.reshaped.append(key)
 
     if strict:
-        _check_fit(converted, own, unmapped, absent)
+        check_fit(converted, own, unmapped, absent, {c.attr: c.hint for c in _COMPONENTS})
     else:
         report.skipped = unmapped + [k for keys in absent.values() for k in keys]
-    _add_notes(report, sd, model)
+    add_notes(report, sd, model)
     return converted, report
-
-
-def _check_fit(
-    converted: dict[str, Tensor],
-    own: Mapping[str, Tensor],
-    unmapped: list[str],
-    absent: dict[str, list[str]],
-) -> None:
-    problems = []
-    if unmapped:
-        hint = ""
-        if any("can_bus_mlp" in k for k in unmapped):
-            hint = " (can_bus_mlp: this looks like a BEVFormer v1 checkpoint, not v2)"
-        problems.append(
-            f"{len(unmapped)} official keys that no BEVFormer v2 rule maps{hint}: "
-            + _group(unmapped)
-        )
-    for attr, keys in absent.items():
-        comp = next(c for c in _COMPONENTS if c.attr == attr)
-        problems.append(
-            f"{len(keys)} official keys of model.{attr}, which the model does not have ("
-            f"{comp.hint or 'build the model from the matching config'}): " + _group(keys)
-        )
-    missing = [k for k in own if k not in converted]
-    if missing:
-        problems.append(f"{len(missing)} model tensors the checkpoint lacks: " + _group(missing))
-    unexpected = [k for k in converted if k not in own]
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} checkpoint tensors the model does not have: " + _group(unexpected)
-        )
-    shapes = [
-        f"{k}: model {list(own[k].shape)} vs checkpoint {list(v.shape)}"
-        for k, v in converted.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:12]))
-    query = "pts_bbox_head.query_embedding.weight"
-    if query in converted and query in own and converted[query].shape != own[query].shape:
-        rows, mine = converted[query].shape[0], own[query].shape[0]
-        problems.append(
-            f"{query} has {rows} rows and the model {mine}: num_query x group_detr differs "
-            "(official t1-base: 900 x 1; t1/t2/t8: 900 x 11); set pts_bbox_head.group_detr"
-        )
-    if problems:
-        raise ValueError(
-            "the official BEVFormer v2 checkpoint does not fit this model:\n- "
-            + "\n- ".join(problems)
-            + "\nBuild the model from the config matching the checkpoint (official "
-            "bevformerv2-r50-t1-base-24ep: projects/configs/bevformerv2/"
-            "bevformerv2_r50_1600x640_t1-base_24ep.py; other official configs: the same with "
-            "pts_bbox_head.group_detr=11 and, for t2/t8, frames and a ResNetFusion)"
-        )
-
-
-def _add_notes(report: ConversionReport, sd: Mapping[str, Any], model: nn.Module) -> None:
-    official = sd.get("pts_bbox_head.code_weights")
-    mine = getattr(getattr(model, "criterion", None), "code_weights", None)
-    if isinstance(official, Tensor) and isinstance(mine, Tensor):
-        if official.shape != mine.shape or not torch.allclose(official.float(), mine.float()):
-            report.notes.append(
-                f"the checkpoint's code_weights {[round(float(v), 4) for v in official]} "
-                f"differ from the model config's {[round(float(v), 4) for v in mine]} (they "
-                "weight the training loss only)"
-            )
 
 
 def convert_if_official(

@@ -154,7 +154,7 @@ class BEVGrid:
             raise ValueError(
                 f"{name} must be [B, bev_h*bev_w, C] = [B, {self.num_cells}, C] for the "
                 f"{self.bev_h}x{self.bev_w} grid, got {tuple(bev.shape)}; the encoder's grid "
-                "(model.encoder.grid) sets the BEV size"
+                "(model.bev.encoder.grid) sets the BEV size"
             )
 
     def tokens_to_map(self, bev: Tensor, name: str = "bev") -> Tensor:

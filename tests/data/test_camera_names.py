@@ -15,6 +15,8 @@ from bevformer.data.collate import collate
 from bevformer.data.dataset import NuScenesTemporalDataset
 from bevformer.data.infos import CAMERA_NAMES, create_infos, load_infos, save_infos
 from bevformer.data.transforms import CropResizeFlipImage, LoadMultiViewImages, PadMultiViewImage
+from bevformer.models.batch import check_cameras
+from bevformer.models.bev import TemporalBEV
 from bevformer.models.detector import BEVFormerV2
 from bevformer.models.encoder import BEVEncoder
 from bevformer.structures.grid import BEVGrid
@@ -130,7 +132,7 @@ def _stand_in_detector(camera_names=CAMERA_NAMES) -> BEVFormerV2:
     return BEVFormerV2(
         img_backbone=nn.Identity(),
         img_neck=nn.Identity(),
-        encoder=encoder,
+        bev=TemporalBEV(encoder),
         pts_bbox_head=nn.Identity(),
         criterion=nn.Identity(),
         post_processor=nn.Identity(),
@@ -142,9 +144,9 @@ def test_detector_refuses_a_batch_of_other_cameras(canonical, tmp_path):
     dataroot, info_file = canonical
     model = _stand_in_detector()
     assert model.camera_names == CAMERA_NAMES
-    assert model.encoder.num_cams == 6 and model.encoder.cams_embeds.shape == (6, 8)
+    assert model.bev.encoder.num_cams == 6 and model.bev.encoder.cams_embeds.shape == (6, 8)
     good = _batch(_dataset(dataroot, info_file, camera_names=CAMERA_NAMES))
-    model.check_cameras(good["meta"])  # the model's own cameras: accepted
+    check_cameras(good["meta"], model.camera_names)  # the model's own cameras: accepted
 
     shuffled = [CAMERA_NAMES[i] for i in (1, 0, 2, 3, 4, 5)]
     other = _rewrite(info_file, str(tmp_path / "swapped.json"), shuffled)
@@ -156,7 +158,7 @@ def test_detector_refuses_a_batch_of_other_cameras(canonical, tmp_path):
     assert f"model was built for the cameras {list(CAMERA_NAMES)}" in text
     # a 5-camera model refuses the 6-camera batch the same way
     five = _stand_in_detector(CAMERA_NAMES[:5])
-    assert five.encoder.cams_embeds.shape == (5, 8)
+    assert five.bev.encoder.cams_embeds.shape == (5, 8)
     with pytest.raises(ValueError, match=r"built for the cameras \['CAM_FRONT'"):
         five(**good, mode="loss")
 

@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 TINY_OPTIONS: dict[str, Any] = {
     "model.img_backbone.depths": (1, 1, 1, 1),
-    "model.encoder.num_layers": 1,
-    "model.encoder.grid.bev_h": 25,
-    "model.encoder.grid.bev_w": 25,
+    "model.bev.encoder.num_layers": 1,
+    "model.bev.encoder.grid.bev_h": 25,
+    "model.bev.encoder.grid.bev_w": 25,
     "model.pts_bbox_head.num_query": 20,
     "model.pts_bbox_head.num_decoder_layers": 1,
     "model.post_processor.max_num": 20,
@@ -66,12 +66,12 @@ def make_tiny_cfg(dataroot: Path, config: str = TINY_CONFIG, **options: Any) -> 
 
 @pytest.fixture(scope="session")
 def iteration_cfg(tiny_cfg):
-    """``iteration_cfg(max_iters, **options)`` -> the shrunk config trained for ``max_iters``
-    iterations, without validation, checkpointing every iteration (iteration-based loop and
-    logs)."""
+    """``iteration_cfg(max_iters, config=TINY_CONFIG, **options)`` -> the shrunk config
+    trained for ``max_iters`` iterations, without validation, checkpointing every iteration
+    (iteration-based loop and logs)."""
 
-    def make(max_iters: int, **options: Any) -> Config:
-        cfg = tiny_cfg(**options)
+    def make(max_iters: int, config: str = TINY_CONFIG, **options: Any) -> Config:
+        cfg = tiny_cfg(config, **options)
         cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=10**6)
         cfg.val_cfg = None
         cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, by_epoch=False)

@@ -21,18 +21,18 @@ from conftest import REPO, TINY_CONFIG  # noqa: I001  (tests/engine is on sys.pa
 def test_missing_config_and_unknown_key(tiny_cfg):
     with pytest.raises(FileNotFoundError, match="does not exist; configs live in"):
         load_config("projects/configs/bevformerv2/no_such_config.py")
-    with pytest.raises(KeyError, match=r"'model.encoder.num_layer'.*Keys at that level: \[.*"
+    with pytest.raises(KeyError, match=r"'model.bev.encoder.num_layer'.*Keys at that level: \[.*"
                        r"'num_layers'"):  # fmt: skip
-        tiny_cfg(**{"model.encoder.num_layer": 1})
+        tiny_cfg(**{"model.bev.encoder.num_layer": 1})
 
 
 def test_checkpoint_of_another_model(tiny_cfg, tmp_path):
     model = build_model(tiny_cfg().model)
-    other = build_model(tiny_cfg(**{"model.encoder.num_layers": 2}).model)
+    other = build_model(tiny_cfg(**{"model.bev.encoder.num_layers": 2}).model)
     path = tmp_path / "other.pth"
     torch.save({"state_dict": other.state_dict(), "meta": {}}, path)
     with pytest.raises(ValueError, match=r"does not fit this model.*0 missing keys.*unexpected "
-                       r"keys \['encoder\.layers\.1\."):  # fmt: skip
+                       r"keys \['bev\.encoder\.layers\.1\."):  # fmt: skip
         load_model_weights(model, str(path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model_weights(model, str(tmp_path / "none.pth"))

@@ -16,15 +16,15 @@ FIVE = [c for c in CAMERA_NAMES if c != "CAM_BACK"]
 
 def test_model_camera_names_reach_every_dataset_node(tiny_cfg):
     cfg = tiny_cfg()
-    assert list(cfg.model.encoder.camera_names) == list(CAMERA_NAMES)
-    assert "num_cams" not in cfg.model.encoder
+    assert list(cfg.model.bev.encoder.camera_names) == list(CAMERA_NAMES)
+    assert "num_cams" not in cfg.model.bev.encoder
     for loader in DATASET_NODES:
         assert list(cfg[loader].dataset.camera_names) == list(CAMERA_NAMES)
-    cfg = tiny_cfg(**{"model.encoder.camera_names": FIVE})
+    cfg = tiny_cfg(**{"model.bev.encoder.camera_names": FIVE})
     for loader in DATASET_NODES:
         assert list(cfg[loader].dataset.camera_names) == FIVE
     # a dataset node that names other cameras is overruled by the model, with a warning
-    with pytest.warns(UserWarning, match="replaced by the model's model.encoder.camera_names"):
+    with pytest.warns(UserWarning, match="replaced by the model's model.bev.encoder.camera_names"):
         cfg = tiny_cfg(**{"+train_dataloader.dataset.camera_names": ["CAM_FRONT"]})
     assert list(cfg.train_dataloader.dataset.camera_names) == list(CAMERA_NAMES)
 
@@ -36,13 +36,13 @@ class _FirstBatch(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         self.batch = data_batch
-        self.embeds = runner.model.encoder.cams_embeds.detach().clone()
+        self.embeds = runner.model.bev.encoder.cams_embeds.detach().clone()
 
 
 def test_a_five_camera_model_trains_a_step_on_six_camera_infos(tiny_cfg, tiny_dataroot, tmp_path):
     info = (tiny_dataroot / "nuscenes_infos_temporal_train.json").read_text()
     assert all(f'"{c}"' in info for c in CAMERA_NAMES)  # the infos have all six cameras
-    cfg = tiny_cfg(**{"model.encoder.camera_names": FIVE})
+    cfg = tiny_cfg(**{"model.bev.encoder.camera_names": FIVE})
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=1, val_interval=10**6)
     cfg.val_cfg = None
     cfg.log_processor.by_epoch = False
@@ -52,9 +52,9 @@ def test_a_five_camera_model_trains_a_step_on_six_camera_infos(tiny_cfg, tiny_da
     runner.train()
 
     model = runner.model
-    assert model.camera_names == tuple(FIVE) and model.encoder.cams_embeds.shape[0] == 5
+    assert model.camera_names == tuple(FIVE) and model.bev.encoder.cams_embeds.shape[0] == 5
     assert probe.batch is not None and probe.batch["img"].shape[2] == 5
     assert [m.camera_names for m in probe.batch["meta"]] == [tuple(FIVE)] * len(probe.batch["meta"])
     assert all("CAM_BACK/" not in p for m in probe.batch["meta"] for p in m.image_paths[-1])
     # the step updated the five camera embeddings
-    assert not torch.equal(model.encoder.cams_embeds.detach(), probe.embeds)
+    assert not torch.equal(model.bev.encoder.cams_embeds.detach(), probe.embeds)

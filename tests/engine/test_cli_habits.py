@@ -90,12 +90,13 @@ def test_a_top_k_above_the_evaluation_limit_is_refused_at_build_time():
 
 
 def test_cfg_options_add_keys_on_purpose_but_catch_typos():
-    with pytest.raises(KeyError, match=r"prefix it with '\+' \(--cfg-options \+model\.encoder"):
-        load_config(str(TINY), {"model.encoder.num_layer": 2})
+    typo = r"prefix it with '\+' \(--cfg-options \+model\.bev\.encoder"
+    with pytest.raises(KeyError, match=typo):
+        load_config(str(TINY), {"model.bev.encoder.num_layer": 2})
     # a key the config does not set, added on purpose: it reaches the config (the builder then
     # checks that the constructor accepts it)
-    cfg = load_config(str(TINY), {"+model.encoder.new_option": 3})
-    assert cfg.model.encoder.new_option == 3
+    cfg = load_config(str(TINY), {"+model.bev.encoder.new_option": 3})
+    assert cfg.model.bev.encoder.new_option == 3
     # new keys inside mmengine's own sections need no prefix
     cfg = load_config(str(TINY), {"env_cfg.cudnn_benchmark": True, "randomness.deterministic": 1})
     assert cfg.env_cfg.cudnn_benchmark is True and cfg.randomness.deterministic == 1

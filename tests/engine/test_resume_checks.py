@@ -18,7 +18,7 @@ from bevformer.engine.launch import build_runner
 from bevformer.engine.runner import ResumeCheckError, check_resume_checkpoint
 
 # a tensor of the detector that every variant of the tiny config has (the BEV queries)
-_SHAPE_KEY = "encoder.bev_embedding.weight"
+_SHAPE_KEY = "bev.encoder.bev_embedding.weight"
 
 
 class StepProbe(Hook):
@@ -105,12 +105,12 @@ def test_one_differing_shape_is_named(iteration_cfg, good_checkpoint, tmp_path):
 
 
 def test_fewer_layers_is_refused_before_the_first_step(iteration_cfg, tmp_path):
-    deeper = _train_one(iteration_cfg(2, **{"model.encoder.num_layers": 2}), tmp_path / "deep")
+    deeper = _train_one(iteration_cfg(2, **{"model.bev.encoder.num_layers": 2}), tmp_path / "deep")
     message = _resume_fails(iteration_cfg(2), tmp_path / "run", str(deeper), ResumeCheckError)
     first = message.splitlines()[0]
     assert first.startswith(f"checkpoint {deeper} does not fit this model")
     assert "0 missing keys" in first and "0 shape mismatches" in first
-    assert "unexpected keys" in message and "encoder.layers.1." in message
+    assert "unexpected keys" in message and "bev.encoder.layers.1." in message
 
 
 def test_another_optimizer_layout_is_refused(iteration_cfg, good_checkpoint, tmp_path):
@@ -122,6 +122,27 @@ def test_another_optimizer_layout_is_refused(iteration_cfg, good_checkpoint, tmp
         "config builds"
     )
     assert "parameter groups in the checkpoint, 1 in the optimizer the config builds" in message
+
+
+def test_parameters_in_another_order_are_refused(iteration_cfg, good_checkpoint, tmp_path):
+    """A file whose model had its parameters in another order (the keys fit): the optimizer
+    state, restored by position, would give each tensor another one's moments."""
+    checkpoint = read_checkpoint(good_checkpoint)
+    state = checkpoint["state_dict"]
+    keys = list(state)
+    first, second = keys.index("img_neck.lateral_convs.0.conv.weight"), keys.index(_SHAPE_KEY)
+    keys[first], keys[second] = keys[second], keys[first]
+    checkpoint["state_dict"] = {k: state[k] for k in keys}
+    path = tmp_path / "reordered.pth"
+    torch.save(checkpoint, path)
+    message = _resume_fails(iteration_cfg(2), tmp_path / "run", str(path), ResumeCheckError)
+    assert message.splitlines()[0].startswith(
+        f"checkpoint {path}: its parameters are in another order than this model's"
+    )
+    assert f"{_SHAPE_KEY} in the checkpoint, img_neck.lateral_convs.0.conv.weight in the " in (
+        message
+    )
+    assert f"--load-from {path}" in message
 
 
 @pytest.mark.parametrize("damage", ["random", "truncated"])

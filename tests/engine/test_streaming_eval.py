@@ -49,7 +49,7 @@ def test_streaming_test_loop_carries_the_state(tiny_cfg, tmp_path):
     cfg = tiny_cfg(
         STREAM_CONFIG,
         **{
-            "model.frames": (0,),
+            "model.bev.frames": (0,),
             "test_dataloader.dataset.frames": (0,),
             "test_dataloader.batch_size": 2,  # the loop forces 1
         },

@@ -51,14 +51,14 @@ def test_the_expected_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_loads_and_is_consistent(path):
     cfg = Config.fromfile(path)
-    frames = tuple(cfg.model.frames)
+    frames = tuple(cfg.model.bev.frames)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         assert tuple(cfg[loader].dataset.frames) == frames, loader
-    if cfg.model.temporal == "fusion" and len(frames) > 1:
-        assert cfg.model.fusion.in_channels == len(frames) * cfg.model.encoder.embed_dims
+    if cfg.model.bev.temporal == "fusion" and len(frames) > 1:
+        assert cfg.model.bev.fusion.in_channels == len(frames) * cfg.model.bev.encoder.embed_dims
     else:
-        assert cfg.model.fusion is None
-    enc, head = cfg.model.encoder, cfg.model.pts_bbox_head
+        assert cfg.model.bev.fusion is None
+    enc, head = cfg.model.bev.encoder, cfg.model.pts_bbox_head
     assert enc.embed_dims == head.embed_dims
     assert enc.num_levels == cfg.model.num_levels <= cfg.model.img_neck.num_outs
     assert cfg.train_cfg.by_epoch and cfg.train_cfg.max_epochs == cfg.param_scheduler[1].end
@@ -93,7 +93,7 @@ def test_official_xl_settings():
     assert (warmup.type, warmup.end, warmup.by_epoch) == ("LinearLR", 2000, False)
     assert warmup.start_factor == pytest.approx(1 / 3)
     assert (step.milestones, step.gamma, cfg.train_cfg.max_epochs) == ([20], 0.1, 24)
-    enc = cfg.model.encoder
+    enc = cfg.model.bev.encoder
     assert (enc.grid.bev_h, enc.num_layers, enc.num_points_in_pillar, enc.cross_attn_points) == (
         200,
         6,
@@ -103,7 +103,8 @@ def test_official_xl_settings():
     head = cfg.model.pts_bbox_head
     assert (head.num_query, head.group_detr, head.num_decoder_layers) == (900, 11, 6)
     t8 = load("bevformerv2_internimage-xl_1600x640_t8_24ep.py")
-    assert tuple(t8.model.frames) == tuple(range(-7, 1)) and t8.model.fusion.inter_channels == 512
+    assert tuple(t8.model.bev.frames) == tuple(range(-7, 1))
+    assert t8.model.bev.fusion.inter_channels == 512
     base = load("bevformerv2_r50_1600x640_t1-base_24ep.py")
     assert base.model.pts_bbox_head.group_detr == 1
     steps = [s.type for s in base.train_dataloader.dataset.transforms]
@@ -143,7 +144,7 @@ def test_config_builds(path, head_module):
     with torch.device("meta"):  # shapes only: the XL model would take seconds and 1.5 GB
         model = build_model(cfg.model)
     assert type(model).__name__ == "BEVFormerV2"
-    assert model.frames == tuple(cfg.model.frames)
+    assert model.frames == tuple(cfg.model.bev.frames)
 
 
 def _empty_mono(num_cams: int) -> dict:
@@ -192,7 +193,7 @@ def test_tiny_config_training_step(name, head_module, make_rig):
     assert losses and all(torch.isfinite(v).all() for v in losses.values())
     total = sum(v for k, v in losses.items() if "loss" in k)
     total.backward()
-    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    grads = [p.grad for p in model.bev.encoder.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
 
 

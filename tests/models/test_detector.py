@@ -16,8 +16,10 @@ from torch import nn
 from backbones import FPN, InternImage
 from bevformer.builder import build_from_cfg
 from bevformer.models.bda import resample_bev
-from bevformer.models.detector import BEVFormerV2, check_finite_losses
+from bevformer.models.bev import TemporalBEV
+from bevformer.models.detector import BEVFormerV2
 from bevformer.models.encoder import BEVEncoder
+from bevformer.models.losses import check_finite_losses
 from bevformer.models.temporal import ResNetFusion
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
@@ -99,15 +101,17 @@ def tiny_detector(frames=(0,), temporal="fusion", nan_term=None, grid_mask=False
             out_indices=(1, 2, 3),
         ),
         img_neck=FPN([16, 32, 64], C, num_outs=5, add_extra_convs="on_output"),
-        encoder=BEVEncoder(
-            embed_dims=C, num_layers=1, grid=BEVGrid(BEV, BEV), num_heads=2, ffn_dims=32
+        bev=TemporalBEV(
+            BEVEncoder(
+                embed_dims=C, num_layers=1, grid=BEVGrid(BEV, BEV), num_heads=2, ffn_dims=32
+            ),
+            fusion,
+            frames,
+            temporal,
         ),
         pts_bbox_head=StandInHead(C),
         criterion=StandInCriterion(nan_term),
         post_processor=StandInDecoder(),
-        fusion=fusion,
-        frames=frames,
-        temporal=temporal,
         use_grid_mask=grid_mask,
     )
     return model
@@ -142,7 +146,7 @@ def test_loss_step_backpropagates_to_backbone_and_encoder(rig):
     assert set(losses) == {"loss_cls", "loss_bbox"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    for name in ("img_backbone.patch_embed.conv1.weight", "encoder.bev_embedding.weight"):
+    for name in ("img_backbone.patch_embed.conv1.weight", "bev.encoder.bev_embedding.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and float(grad.abs().sum()) > 0, name
 
@@ -240,7 +244,7 @@ def test_history_has_no_gradient_and_missing_frames_ignore_their_images(rig):
     batch = rig_batch(rig, 2, frames=2)
     batch["img"].requires_grad_(True)
     losses = model(**batch, mode="loss")
-    assert model.training and model.encoder.training  # restored after the history pass
+    assert model.training and model.bev.encoder.training  # restored after the history pass
     sum(losses.values()).backward()
     grad = batch["img"].grad
     assert float(grad[:, 0].abs().sum()) == 0.0  # past frame: no gradient

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bevformer.models.detector import check_finite_losses
+from bevformer.models.losses import check_finite_losses
 
 
 def test_a_non_finite_loss_term_is_named():

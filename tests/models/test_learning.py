@@ -44,7 +44,7 @@ def dataroot(tmp_path_factory):
 
 def small_tiny_config():
     cfg = load_config("tiny")
-    cfg.model.encoder.grid.update(bev_h=BEV, bev_w=BEV)
+    cfg.model.bev.encoder.grid.update(bev_h=BEV, bev_w=BEV)
     cfg.model.pts_bbox_head.num_query = 50
     return cfg
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from bevformer.builder import build_model
 from bevformer.data.transforms import CropResizeFlipImage
+from bevformer.models.bev import TemporalBEV
 from bevformer.models.coder import NMSFreeCoder
 from bevformer.models.criterion import SetCriterion3D
 from bevformer.models.detector import BEVFormerV2
@@ -27,6 +28,7 @@ from bevformer.models.encoder import BEVEncoder
 from bevformer.models.head import BEVFormerHead
 from bevformer.models.perspective import PerspectiveHead, targets_from_batch
 from bevformer.models.perspective.coder import box3d_corners
+from bevformer.models.perspective.stage import PerspectiveStage
 from bevformer.structures.frames import cam2lidar as cam2lidar_of
 from bevformer.structures.grid import BEVGrid
 
@@ -162,7 +164,7 @@ def _train(
 
 def test_tiny_config_without_perspective_head_trains(tiny_rig):
     model, history = _train("bevformerv2_tiny_320x128_t1_12ep.py", tiny_rig)
-    assert model.mono_head is None
+    assert model.perspective is None
     assert not any(k.endswith("_mono") for k in history[-1])
     assert all(math.isfinite(v) for h in history for v in h.values())
 
@@ -171,7 +173,7 @@ def test_tiny_mono_config_logs_mono_losses(tiny_rig):
     model, history = _train(
         "bevformerv2_tiny_320x128_t1-mono_12ep.py", tiny_rig, mono_grad_check=True
     )
-    assert isinstance(model.mono_head, PerspectiveHead)
+    assert isinstance(model.perspective.mono_head, PerspectiveHead)
     names = set(history[-1])
     expected = {
         "loss_cls_mono",
@@ -215,8 +217,8 @@ def small_detector(mono_loss_weight: float = 1.0, mono_cameras: str = "all") -> 
     return BEVFormerV2(
         img_backbone=PointwiseBackbone(C),
         img_neck=PoolingNeck(),
-        encoder=BEVEncoder(
-            embed_dims=C, num_layers=1, grid=BEVGrid(8, 8), num_heads=2, ffn_dims=32
+        bev=TemporalBEV(
+            BEVEncoder(embed_dims=C, num_layers=1, grid=BEVGrid(8, 8), num_heads=2, ffn_dims=32)
         ),
         pts_bbox_head=BEVFormerHead(
             embed_dims=C,
@@ -228,10 +230,12 @@ def small_detector(mono_loss_weight: float = 1.0, mono_cameras: str = "all") -> 
         ),
         criterion=SetCriterion3D(),
         post_processor=NMSFreeCoder(10),
-        mono_head=PerspectiveHead(in_channels=C, num_convs=1),
+        perspective=PerspectiveStage(
+            PerspectiveHead(in_channels=C, num_convs=1),
+            cameras=mono_cameras,
+            loss_weight=mono_loss_weight,
+        ),
         use_grid_mask=False,
-        mono_loss_weight=mono_loss_weight,
-        mono_cameras=mono_cameras,
     )
 
 
@@ -247,13 +251,13 @@ def test_mono_losses_are_the_heads_losses_times_the_weight(flip_rig):
     losses = model(**batch, mode="loss")
     # the same head on the same current-frame maps, by hand
     feats = model.extract_feat(batch["img"][:, 0], None, augment=False)
-    outputs = model.mono_head([f.flatten(0, 1) for f in feats])  # L x [B*N, C, h, w]
+    outputs = model.perspective.mono_head([f.flatten(0, 1) for f in feats])  # L x [B*N, C, h, w]
     targets = targets_from_batch(batch["mono"], batch["intrinsics"][:, 0])
     assert (
         len(targets) == 12
         and targets[6]["labels"].tolist() == batch["mono"][1]["labels"][0].tolist()
     )
-    direct = model.mono_head.loss(outputs, targets)
+    direct = model.perspective.mono_head.loss(outputs, targets)
     assert set(direct) == {k for k in losses if k.endswith("_mono")}
     for name, value in direct.items():
         torch.testing.assert_close(losses[name], 0.5 * value, rtol=1e-5, atol=1e-7)
@@ -330,7 +334,7 @@ def test_perspective_head_runs_at_test_time_only_for_hybrid_queries(flip_rig):
     batch = make_batch(flip_rig, 1, (128, 256))
     model = small_detector().eval()
     calls = []
-    model.mono_head.register_forward_hook(lambda *args: calls.append(1))
+    model.perspective.mono_head.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
         result = model(**batch, mode="predict")
     assert calls == [] and result[0]["boxes"].shape[1] == 9
@@ -384,7 +388,7 @@ def test_hybrid_config_predicts_with_its_proposals(tiny_rig):
     with torch.no_grad():
         outputs = model(**batch, mode="tensor")
         result = model(**batch, mode="predict")
-    k = cfg.model.hybrid_queries.num_queries
+    k = cfg.model.perspective.hybrid.num_queries
     assert outputs["cls_scores"].shape[2] == cfg.model.pts_bbox_head.num_query + k
     proposals = outputs["proposals"]
     assert proposals.reference.shape == (2, k, 3)
@@ -420,5 +424,5 @@ def test_hybrid_config_trains_on_synthetic_nuscenes(tmp_path):
     assert {"loss_cls", "loss_bbox", "loss_cls_mono", "loss_depth_mono"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    grad = model.hybrid_queries.feature_proj[0].weight.grad
+    grad = model.perspective.hybrid.feature_proj[0].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0

@@ -33,17 +33,17 @@ T1_BASE = "projects/configs/bevformerv2/bevformerv2_r50_1600x640_t1-base_24ep.py
 # the official t2 (frames (-1, 0), group-DETR 11) on this project's R50 config, with the fusion
 # of the internimage-xl t2 config
 T2_OPTIONS = {
-    "model.frames": (-1, 0),
-    "model.fusion": dict(
+    "model.bev.frames": (-1, 0),
+    "model.bev.fusion": dict(
         _delete_=True, type="ResNetFusion", in_channels=512, out_channels=256, num_layers=3
     ),
     "model.pts_bbox_head.group_detr": 11,
 }
 # a small variant (20 x 20 BEV, one encoder and decoder layer, 20 queries) for forward passes
 SMALL_OPTIONS = {
-    "model.encoder.grid.bev_h": 20,
-    "model.encoder.grid.bev_w": 20,
-    "model.encoder.num_layers": 1,
+    "model.bev.encoder.grid.bev_h": 20,
+    "model.bev.encoder.grid.bev_w": 20,
+    "model.bev.encoder.num_layers": 1,
     "model.pts_bbox_head.num_decoder_layers": 1,
     "model.pts_bbox_head.num_query": 20,
 }
@@ -108,7 +108,7 @@ def test_r50_t1_base_converts_with_the_tool_and_loads_strictly(
 
     # values travel unchanged where nothing is permuted or reshaped
     pairs = {
-        "encoder.layers.2.cross_attn.deformable_attention.sampling_offsets.weight": (
+        "bev.encoder.layers.2.cross_attn.deformable_attention.sampling_offsets.weight": (
             "pts_bbox_head.transformer.encoder.layers.2.attentions.1.deformable_attention."
             "sampling_offsets.weight"
         ),
@@ -116,7 +116,7 @@ def test_r50_t1_base_converts_with_the_tool_and_loads_strictly(
             "pts_bbox_head.transformer.decoder.layers.5.attentions.0.attn.in_proj_weight"
         ),
         "img_backbone.layer3.5.bn2.running_var": "img_backbone.layer3.5.bn2.running_var",
-        "mono_head.box3d_tower.norms.2.4.running_mean": (
+        "perspective.mono_head.box3d_tower.norms.2.4.running_mean": (
             "fcos3d_bbox_head.fcos3d_head.box3d_tower.2.norm.4.running_mean"
         ),
     }
@@ -124,8 +124,8 @@ def test_r50_t1_base_converts_with_the_tool_and_loads_strictly(
     for mine, theirs in pairs.items():
         assert torch.equal(state[mine], official_t1_base[theirs]), mine
     scale = official_t1_base["fcos3d_bbox_head.fcos3d_head.scales_depth.3.scale"]
-    assert state["mono_head.scales_depth.3.scale"].shape == () and scale.shape == (1,)
-    assert state["mono_head.scales_depth.3.scale"] == scale[0]
+    assert state["perspective.mono_head.scales_depth.3.scale"].shape == () and scale.shape == (1,)
+    assert state["perspective.mono_head.scales_depth.3.scale"] == scale[0]
 
     # OUT == IN is refused, and so is a file that is not an official checkpoint
     assert tool["main"]([str(REPO / T1_BASE), str(src), str(src)]) == 1
@@ -143,7 +143,7 @@ def test_r50_t2_converts_into_the_fusion_model(t2, official_t2):
     assert (len(report.renamed), len(report.permuted), len(report.reshaped)) == (696, 23, 30)
     assert len(report.dropped) == 3 and len(converted) == 1127
     assert torch.equal(
-        converted["fusion.proj.weight"],
+        converted["bev.fusion.proj.weight"],
         official["pts_bbox_head.transformer.fusion.layer_norm.0.weight"],
     )
     assert converted["pts_bbox_head.query_embedding.weight"].shape == (9900, 512)
@@ -202,31 +202,34 @@ def test_every_class_indexed_tensor_follows_the_project_class_order(t1_base, off
     ckpt = mmcv_checkpoint(marked, "r50-t1-base")
     ckpt["meta"]["CLASSES"] = CLASSES
     same, _ = convert_official_bevformerv2(ckpt, t1_base)
-    assert same["mono_head.cls_logits.bias"].tolist() == list(range(K))
+    assert same["perspective.mono_head.cls_logits.bias"].tolist() == list(range(K))
 
 
 # official prefix -> project prefix, each pinned by a marked tensor
 PREFIXES = [
     ("img_backbone.layer2.0.downsample.0.", "img_backbone.layer2.0.downsample.0."),
     ("img_neck.fpn_convs.4.conv.", "img_neck.fpn_convs.4.conv."),
-    ("pts_bbox_head.bev_embedding.", "encoder.bev_embedding."),
-    ("pts_bbox_head.positional_encoding.row_embed.", "encoder.positional_encoding.row_embed."),
-    ("pts_bbox_head.positional_encoding.col_embed.", "encoder.positional_encoding.col_embed."),
-    ("pts_bbox_head.transformer.level_embeds", "encoder.level_embeds"),
-    ("pts_bbox_head.transformer.cams_embeds", "encoder.cams_embeds"),
-    ("pts_bbox_head.transformer.encoder.layers.1.attentions.0.", "encoder.layers.1.self_attn."),
+    ("pts_bbox_head.bev_embedding.", "bev.encoder.bev_embedding."),
+    ("pts_bbox_head.positional_encoding.row_embed.", "bev.encoder.positional_encoding.row_embed."),
+    ("pts_bbox_head.positional_encoding.col_embed.", "bev.encoder.positional_encoding.col_embed."),
+    ("pts_bbox_head.transformer.level_embeds", "bev.encoder.level_embeds"),
+    ("pts_bbox_head.transformer.cams_embeds", "bev.encoder.cams_embeds"),
+    ("pts_bbox_head.transformer.encoder.layers.1.attentions.0.", "bev.encoder.layers.1.self_attn."),
     (
         "pts_bbox_head.transformer.encoder.layers.1.attentions.1.deformable_attention.",
-        "encoder.layers.1.cross_attn.deformable_attention.",
+        "bev.encoder.layers.1.cross_attn.deformable_attention.",
     ),
     (
         "pts_bbox_head.transformer.encoder.layers.1.attentions.1.output_proj.",
-        "encoder.layers.1.cross_attn.output_proj.",
+        "bev.encoder.layers.1.cross_attn.output_proj.",
     ),
-    ("pts_bbox_head.transformer.encoder.layers.4.ffns.0.layers.0.0.", "encoder.layers.4.ffn.0."),
-    ("pts_bbox_head.transformer.encoder.layers.4.ffns.0.layers.1.", "encoder.layers.4.ffn.3."),
-    ("pts_bbox_head.transformer.encoder.layers.5.norms.0.", "encoder.layers.5.norms.0."),
-    ("pts_bbox_head.transformer.encoder.layers.5.norms.2.", "encoder.layers.5.norms.2."),
+    (
+        "pts_bbox_head.transformer.encoder.layers.4.ffns.0.layers.0.0.",
+        "bev.encoder.layers.4.ffn.0.",
+    ),
+    ("pts_bbox_head.transformer.encoder.layers.4.ffns.0.layers.1.", "bev.encoder.layers.4.ffn.3."),
+    ("pts_bbox_head.transformer.encoder.layers.5.norms.0.", "bev.encoder.layers.5.norms.0."),
+    ("pts_bbox_head.transformer.encoder.layers.5.norms.2.", "bev.encoder.layers.5.norms.2."),
     (
         "pts_bbox_head.transformer.decoder.layers.2.attentions.0.attn.",
         "pts_bbox_head.decoder.layers.2.self_attn.attn.",
@@ -259,36 +262,54 @@ PREFIXES = [
     ("pts_bbox_head.query_embedding.", "pts_bbox_head.query_embedding."),
     ("pts_bbox_head.cls_branches.5.4.", "pts_bbox_head.cls_branches.5.4."),
     ("pts_bbox_head.reg_branches.5.4.", "pts_bbox_head.reg_branches.5.4."),
-    ("fcos3d_bbox_head.fcos2d_head.cls_tower.3.weight", "mono_head.cls_tower.convs.3.weight"),
-    ("fcos3d_bbox_head.fcos2d_head.cls_tower.3.norm.4.", "mono_head.cls_tower.norms.3.4."),
-    ("fcos3d_bbox_head.fcos2d_head.box2d_tower.0.weight", "mono_head.box2d_tower.convs.0.weight"),
-    ("fcos3d_bbox_head.fcos2d_head.box2d_tower.0.norm.1.", "mono_head.box2d_tower.norms.0.1."),
-    ("fcos3d_bbox_head.fcos2d_head.box2d_reg.", "mono_head.box2d_reg."),
-    ("fcos3d_bbox_head.fcos2d_head.centerness.", "mono_head.centerness."),
-    ("fcos3d_bbox_head.fcos2d_head.scales_box2d_reg.2.", "mono_head.scales_box2d.2."),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_tower.1.weight", "mono_head.box3d_tower.convs.1.weight"),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_tower.1.norm.0.", "mono_head.box3d_tower.norms.1.0."),
-    ("fcos3d_bbox_head.fcos3d_head.scales_proj_ctr.4.", "mono_head.scales_proj_ctr.4."),
-    ("fcos3d_bbox_head.fcos3d_head.scales_size.0.", "mono_head.scales_size.0."),
-    ("fcos3d_bbox_head.fcos3d_head.scales_conf.1.", "mono_head.scales_conf.1."),
-    ("fcos3d_bbox_head.fcos3d_head.scales_depth.2.", "mono_head.scales_depth.2."),
-    ("fcos3d_bbox_head.fcos3d_head.offsets_depth.3.", "mono_head.offsets_depth.3."),
-    ("fcos3d_bbox_head.attr_logits.", "mono_head.attr_logits."),
-    ("fcos3d_bbox_head.speed.", "mono_head.speed."),
+    (
+        "fcos3d_bbox_head.fcos2d_head.cls_tower.3.weight",
+        "perspective.mono_head.cls_tower.convs.3.weight",
+    ),
+    (
+        "fcos3d_bbox_head.fcos2d_head.cls_tower.3.norm.4.",
+        "perspective.mono_head.cls_tower.norms.3.4.",
+    ),
+    (
+        "fcos3d_bbox_head.fcos2d_head.box2d_tower.0.weight",
+        "perspective.mono_head.box2d_tower.convs.0.weight",
+    ),
+    (
+        "fcos3d_bbox_head.fcos2d_head.box2d_tower.0.norm.1.",
+        "perspective.mono_head.box2d_tower.norms.0.1.",
+    ),
+    ("fcos3d_bbox_head.fcos2d_head.box2d_reg.", "perspective.mono_head.box2d_reg."),
+    ("fcos3d_bbox_head.fcos2d_head.centerness.", "perspective.mono_head.centerness."),
+    ("fcos3d_bbox_head.fcos2d_head.scales_box2d_reg.2.", "perspective.mono_head.scales_box2d.2."),
+    (
+        "fcos3d_bbox_head.fcos3d_head.box3d_tower.1.weight",
+        "perspective.mono_head.box3d_tower.convs.1.weight",
+    ),
+    (
+        "fcos3d_bbox_head.fcos3d_head.box3d_tower.1.norm.0.",
+        "perspective.mono_head.box3d_tower.norms.1.0.",
+    ),
+    ("fcos3d_bbox_head.fcos3d_head.scales_proj_ctr.4.", "perspective.mono_head.scales_proj_ctr.4."),
+    ("fcos3d_bbox_head.fcos3d_head.scales_size.0.", "perspective.mono_head.scales_size.0."),
+    ("fcos3d_bbox_head.fcos3d_head.scales_conf.1.", "perspective.mono_head.scales_conf.1."),
+    ("fcos3d_bbox_head.fcos3d_head.scales_depth.2.", "perspective.mono_head.scales_depth.2."),
+    ("fcos3d_bbox_head.fcos3d_head.offsets_depth.3.", "perspective.mono_head.offsets_depth.3."),
+    ("fcos3d_bbox_head.attr_logits.", "perspective.mono_head.attr_logits."),
+    ("fcos3d_bbox_head.speed.", "perspective.mono_head.speed."),
     # class-indexed ones (a constant survives the permutation)
     ("pts_bbox_head.cls_branches.2.6.", "pts_bbox_head.cls_branches.2.6."),
-    ("fcos3d_bbox_head.fcos2d_head.cls_logits.", "mono_head.cls_logits."),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_quat.0.", "mono_head.box3d.quat."),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_ctr.0.", "mono_head.box3d.proj_ctr."),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_depth.0.", "mono_head.box3d.depth."),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_size.0.", "mono_head.box3d.size."),
-    ("fcos3d_bbox_head.fcos3d_head.box3d_conf.0.", "mono_head.box3d.conf3d."),
+    ("fcos3d_bbox_head.fcos2d_head.cls_logits.", "perspective.mono_head.cls_logits."),
+    ("fcos3d_bbox_head.fcos3d_head.box3d_quat.0.", "perspective.mono_head.box3d.quat."),
+    ("fcos3d_bbox_head.fcos3d_head.box3d_ctr.0.", "perspective.mono_head.box3d.proj_ctr."),
+    ("fcos3d_bbox_head.fcos3d_head.box3d_depth.0.", "perspective.mono_head.box3d.depth."),
+    ("fcos3d_bbox_head.fcos3d_head.box3d_size.0.", "perspective.mono_head.box3d.size."),
+    ("fcos3d_bbox_head.fcos3d_head.box3d_conf.0.", "perspective.mono_head.box3d.conf3d."),
 ]
 FUSION_PREFIXES = [
-    ("pts_bbox_head.transformer.fusion.layers.0.conv1.", "fusion.layers.0.conv1."),
-    ("pts_bbox_head.transformer.fusion.layers.2.bn2.", "fusion.layers.2.bn2."),
-    ("pts_bbox_head.transformer.fusion.layer_norm.0.", "fusion.proj."),
-    ("pts_bbox_head.transformer.fusion.layer_norm.1.", "fusion.norm."),
+    ("pts_bbox_head.transformer.fusion.layers.0.conv1.", "bev.fusion.layers.0.conv1."),
+    ("pts_bbox_head.transformer.fusion.layers.2.bn2.", "bev.fusion.layers.2.bn2."),
+    ("pts_bbox_head.transformer.fusion.layer_norm.0.", "bev.fusion.proj."),
+    ("pts_bbox_head.transformer.fusion.layer_norm.1.", "bev.fusion.norm."),
 ]
 
 
@@ -341,11 +362,11 @@ def test_checkpoints_of_other_architectures_are_refused(t1_base, official_t1_bas
     v1 = {k: v for k, v in official_t1_base.items() if not k.startswith("fcos3d_bbox_head.")}
     v1["pts_bbox_head.transformer.can_bus_mlp.0.weight"] = torch.zeros(128, 18)
     with pytest.raises(ValueError, match=r"(?s)BEVFormer v1 checkpoint.*model tensors the "
-                       r"checkpoint lacks: mono_head\.cls_tower"):  # fmt: skip
+                       r"checkpoint lacks: perspective\.mono_head\.cls_tower"):  # fmt: skip
         convert_official_bevformerv2(v1, t1_base)
 
     # a t2 checkpoint (fusion, 11 query groups) into the single-frame t1-base model
-    with pytest.raises(ValueError, match=r"(?s)40 official keys of model\.fusion, which the "
+    with pytest.raises(ValueError, match=r"(?s)40 official keys of model\.bev\.fusion, which the "
                        r"model does not have.*bevformerv2_r50_1600x640_t2_24ep.*9900 rows and "
                        r"the model 900.*"
                        r"group_detr"):  # fmt: skip
@@ -359,10 +380,10 @@ def test_checkpoints_of_other_architectures_are_refused(t1_base, official_t1_bas
     assert set(converted) == set(t1_base.state_dict())
 
     # fewer encoder layers in the model than in the checkpoint
-    shallow = build({"model.encoder.num_layers": 3})
+    shallow = build({"model.bev.encoder.num_layers": 3})
     with pytest.raises(ValueError, match=r"78 checkpoint tensors the model does not have: "
-                       r"encoder\.layers\.3 \(26\), encoder\.layers\.4 \(26\), "
-                       r"encoder\.layers\.5 \(26\)"):  # fmt: skip
+                       r"bev\.encoder\.layers\.3 \(26\), bev\.encoder\.layers\.4 \(26\), "
+                       r"bev\.encoder\.layers\.5 \(26\)"):  # fmt: skip
         convert_official_bevformerv2(official_t1_base, shallow)
 
     # another backbone kind
@@ -425,7 +446,7 @@ def test_official_file_loads_directly_where_tools_test_and_load_from_read_it(
     report = load_model_weights(model, str(path))  # what tools/test.py calls
     assert report.complete and len(report.loaded) == 1087
     name = "pts_bbox_head.transformer.encoder.layers.0.attentions.0.value_proj.weight"
-    assert torch.equal(model.state_dict()["encoder.layers.0.self_attn.value_proj.weight"],
+    assert torch.equal(model.state_dict()["bev.encoder.layers.0.self_attn.value_proj.weight"],
                        official_t1_base[name])  # fmt: skip
     again = build()
     report = load_weights(again, str(path), strict=False)  # what load_from calls

@@ -69,18 +69,18 @@ def small_config(
     model = load_config(str(R50_T1_BASE)).model
     if temporal:
         t2 = load_config(str(XL_T2)).model
-        model.frames = t2.frames
-        model.fusion = t2.fusion
-    model.mono_head = None  # training-only in the official detector (never run at test time)
-    model.encoder.update(num_layers=encoder_layers)
-    model.encoder.grid.update(bev_h=bev, bev_w=bev)
+        model.bev.frames = t2.bev.frames
+        model.bev.fusion = t2.bev.fusion
+    model.perspective = None  # training-only in the official detector (never run at test time)
+    model.bev.encoder.update(num_layers=encoder_layers)
+    model.bev.encoder.grid.update(bev_h=bev, bev_w=bev)
     model.pts_bbox_head.update(num_query=num_query, num_decoder_layers=decoder_layers)
-    enc, head = model.encoder, model.pts_bbox_head
+    enc, head = model.bev.encoder, model.pts_bbox_head
     settings = OfficialSettings(
         bev_h=bev,
         bev_w=bev,
         pc_range=tuple(enc.grid.pc_range),
-        frames=tuple(model.frames),
+        frames=tuple(model.bev.frames),
         embed_dims=enc.embed_dims,
         pos_feats=enc.embed_dims // 2,
         ffn_dims=enc.ffn_dims,
@@ -100,8 +100,8 @@ def small_config(
         num_classes=head.num_classes,
         max_num=model.post_processor.max_num,
         post_center_range=tuple(model.post_processor.post_center_range),
-        num_fusion=model.fusion.num_layers if temporal else 3,
-        inter_channels=model.fusion.get("inter_channels") if temporal else None,
+        num_fusion=model.bev.fusion.num_layers if temporal else 3,
+        inter_channels=model.bev.fusion.get("inter_channels") if temporal else None,
     )
     return model, settings
 

@@ -1,8 +1,10 @@
 """Perspective supervision of BEVFormer v2: a DD3D-style FCOS2D + FCOS3D head on P3-P7.
 
-Modules: :mod:`.head` (towers, predictors, losses of a batch), :mod:`.targets` (FCOS target
+Modules: :mod:`.head` (the head: predictors, forward, official checkpoint keys),
+:mod:`.layers` (scales, towers, predictor convs, flattening helpers), :mod:`.batch_loss`
+(losses of a batch: assignment glue, 2D/3D/nuScenes terms), :mod:`.targets` (FCOS target
 assignment), :mod:`.losses` (loss functions), :mod:`.coder` (3D box encoding/decoding),
-:mod:`.inference` (per-camera 3D boxes after NMS).
+:mod:`.inference` (per-camera 3D boxes after NMS), :mod:`.stage` (the detector's perspective stage).
 
 Targets, one dict per image (B*N images, camera-major within each sample), M boxes:
 ``boxes2d`` (M, 4) x1 y1 x2 y2 pixels of the augmented image; ``labels`` (M,) int64 (< 0 is

@@ -3,7 +3,9 @@
 BEVFormer v2 supervises the image backbone directly with a monocular 3D detector on the FPN
 levels P3-P7 (strides 8-128); its losses are added to the BEV detector's. The official head is
 ``NuscenesDD3D`` (BEVFormer ``projects/mmdet3d_plugin/dd3d/modeling/{core.py, fcos2d.py,
-fcos3d.py, nuscenes_dd3d.py}``); this module rebuilds it from plain PyTorch and torchvision:
+fcos3d.py, nuscenes_dd3d.py}``); this module rebuilds it from plain PyTorch and torchvision
+(towers and scalars in :mod:`.layers`; the losses of a batch in :mod:`.batch_loss`, inference in
+:mod:`.inference`; the official checkpoint key rules at the end of this module):
 
 - FCOS2D: a classification and a box tower, each 4 x (conv3x3, BatchNorm per level, ReLU);
   class logits, ``ltrb = relu(scale_l * conv)`` (``scale_l`` starts at the stride) and
@@ -21,7 +23,7 @@ Official training details reproduced (docs/ARCHITECTURE.md "Training procedure: 
 behaviour and deliberate deviations"): the disentangled 3D-box loss uses DD3D's own smooth-L1
 (``box3d_smooth_l1_form="official"``: ``0.5 x^2`` below beta, no division by beta), the speed
 loss fvcore's standard one; the detector feeds the head only the cameras with boxes
-(``BEVFormerV2(mono_cameras="annotated")``).
+(``PerspectiveStage(cameras="annotated")``, config ``model.perspective.cameras``).
 
 Shapes: B*N images (B samples x N cameras, camera-major within a sample), C channels,
 K classes, L levels of size H_l x W_l, P = sum_l H_l*W_l locations of one image (level-major).
@@ -32,33 +34,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import sigmoid_focal_loss
 
-from bevformer.models.perspective.coder import (
-    BOX3D_CHANNELS,
-    NO_ATTRIBUTE,
-    NUM_ATTRIBUTES,
-    canonical_box_sizes,
-    decode_boxes3d,
-)
+from bevformer.models.perspective.batch_loss import batch_losses
+from bevformer.models.perspective.coder import BOX3D_CHANNELS, NUM_ATTRIBUTES, canonical_box_sizes
 from bevformer.models.perspective.inference import predict_boxes
-from bevformer.models.perspective.losses import (
-    BOX3D_PARTS,
-    centerness_targets,
-    check_smooth_l1_form,
-    disentangled_corner_loss,
-    ltrb_giou_loss,
-    smooth_l1,
-)
-from bevformer.models.perspective.targets import (
-    SIZE_RANGES,
-    assign_targets,
-    compute_locations,
-    usable_boxes,
-)
+from bevformer.models.perspective.layers import OUTPUT_KEYS, Offset, Scale, Tower, predictor
+from bevformer.models.perspective.losses import check_smooth_l1_form
+from bevformer.models.perspective.targets import SIZE_RANGES, compute_locations
 from bevformer.registry import MODELS
 
 __all__ = ["PerspectiveHead", "Scale", "Offset", "Tower"]
@@ -67,81 +51,6 @@ __all__ = ["PerspectiveHead", "Scale", "Offset", "Tower"]
 # (bevformerv2 configs ``fcos3d_cfg.mean/std_depth_per_level``).
 DEPTH_MEAN = (44.921, 20.252, 11.712, 7.166, 8.548)
 DEPTH_STD = (24.331, 9.833, 6.223, 4.611, 8.275)
-
-
-class Scale(nn.Module):
-    """Multiply by one learnable scalar."""
-
-    def __init__(self, init: float) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
-
-
-class Offset(nn.Module):
-    """Add one learnable scalar."""
-
-    def __init__(self, init: float) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.bias
-
-
-class Tower(nn.Module):
-    """``num_convs`` x (conv3x3 without bias, BatchNorm, ReLU), convs shared by the levels and
-    one BatchNorm per level (DD3D ``ModuleListDial``; here the level is passed explicitly)."""
-
-    def __init__(self, channels: int, num_convs: int, num_levels: int) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs)
-        )
-        self.norms = nn.ModuleList(
-            nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(num_levels))
-            for _ in range(num_convs)
-        )
-        for conv in self.convs:
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor, level: int) -> Tensor:
-        for conv, norms in zip(self.convs, self.norms):
-            x = F.relu(norms[level](conv(x)))
-        return x
-
-
-def _predictor(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
-    nn.init.kaiming_uniform_(conv.weight, a=1)
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-def _flatten(maps: Sequence[Tensor]) -> Tensor:
-    """Per-level maps (BN, C, H_l, W_l) -> (BN, P, C), levels concatenated."""
-    # (BN, C, H, W) -> (BN, H, W, C) -> (BN, H*W, C)
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
-
-
-def _pick_class(flat: Tensor, labels: Tensor, channels: int) -> Tensor:
-    """Class-specific outputs (P, channels*K) -> the labelled class's (P, channels)."""
-    # (P, channels*K) -> (P, channels, K); channel c*K + k is component c of class k
-    per_class = flat.reshape(flat.shape[0], channels, -1)
-    index = labels.view(-1, 1, 1).expand(-1, channels, 1)  # (P,) -> (P, channels, 1)
-    return per_class.gather(2, index).squeeze(2)
-
-
-def _mean_over_ranks(value: Tensor) -> Tensor:
-    """Average of a scalar over the distributed ranks (itself without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
 
 
 @MODELS.register_module()
@@ -218,14 +127,14 @@ class PerspectiveHead(nn.Module):
         self.cls_tower = Tower(c, num_convs, num_levels)
         self.box2d_tower = Tower(c, num_convs, num_levels)
         self.box3d_tower = Tower(c, num_convs, num_levels)
-        self.cls_logits = _predictor(c, num_classes)
-        self.box2d_reg = _predictor(c, 4)
-        self.centerness = _predictor(c, 1)
-        self.attr_logits = _predictor(c, NUM_ATTRIBUTES)
-        self.speed = _predictor(c, 1)
+        self.cls_logits = predictor(c, num_classes)
+        self.box2d_reg = predictor(c, 4)
+        self.centerness = predictor(c, 1)
+        self.attr_logits = predictor(c, NUM_ATTRIBUTES)
+        self.speed = predictor(c, 1)
         self.box3d = nn.ModuleDict(
             {
-                name: _predictor(c, ch * num_classes, bias=name != "depth")
+                name: predictor(c, ch * num_classes, bias=name != "depth")
                 for name, ch in BOX3D_CHANNELS.items()
             }
         )
@@ -248,8 +157,7 @@ class PerspectiveHead(nn.Module):
                 f"expected {len(self.strides)} feature maps (strides {self.strides}), "
                 f"found {len(feats)}"
             )
-        keys = ("cls_logits", "box2d", "centerness", "attr_logits", "speed", *BOX3D_CHANNELS)
-        out: dict[str, list[Tensor]] = {k: [] for k in (*keys, "locations")}
+        out: dict[str, list[Tensor]] = {k: [] for k in (*OUTPUT_KEYS, "locations")}
         for lvl, x in enumerate(feats):
             cls_feat = self.cls_tower(x, lvl)
             box_feat = self.box2d_tower(x, lvl)
@@ -270,164 +178,11 @@ class PerspectiveHead(nn.Module):
         return out
 
     # ------------------------------------------------------------------ loss
-    def _assign(self, locations: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
-        """Per-image assignment stacked to (BN, P, ...) targets; background label is K."""
-        labels, ltrb, gt_rows = [], [], []
-        device = locations[0].device
-        for tgt in targets:
-            lab = tgt["labels"].to(device=device, dtype=torch.long)
-            depth = tgt["depth"].to(device)
-            kept = usable_boxes(lab, depth, self.num_classes).nonzero().squeeze(1)  # (M',)
-            gt_index, reg = assign_targets(
-                locations,
-                self.strides,
-                tgt["boxes2d"].to(device)[kept],
-                radius=self.pos_radius,
-                size_ranges=self.size_ranges,
-            )
-            pos = gt_index >= 0
-            row = torch.full_like(gt_index, -1)  # (P,) row of the box in the target dict
-            row[pos] = kept[gt_index[pos]]
-            label = torch.full_like(gt_index, self.num_classes)
-            label[pos] = lab[row[pos]]
-            labels.append(label)
-            ltrb.append(reg)
-            gt_rows.append(row)
-        # per image (P, ...) -> (BN, P, ...)
-        return {
-            "labels": torch.stack(labels),
-            "ltrb": torch.stack(ltrb),
-            "rows": torch.stack(gt_rows),
-        }
-
     def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         """DD3D losses of one batch; ``targets`` holds one dict per image (see the module
-        docstring of :mod:`bevformer.models.perspective`). Keys end with ``_mono``."""
-        num_images = outputs["cls_logits"][0].shape[0]
-        if len(targets) != num_images:
-            raise ValueError(
-                f"expected one target dict per image ({num_images}), found {len(targets)}"
-            )
-        assigned = self._assign(outputs["locations"], targets)
-        # losses in float32 also under autocast (official ``force_fp32``)
-        keys = ("cls_logits", "box2d", "centerness", "attr_logits", "speed", *BOX3D_CHANNELS)
-        flat = {k: _flatten(outputs[k]).float() for k in keys}
-        locations = torch.cat(outputs["locations"])  # (P, 2)
-        labels = assigned["labels"]  # (BN, P)
-        pos_img, pos_loc = (labels < self.num_classes).nonzero(as_tuple=True)  # (Pos,) each
-        ltrb = assigned["ltrb"][pos_img, pos_loc]  # (Pos, 4)
-        ctr = centerness_targets(ltrb)  # (Pos,)
-        speed = self._gather_gt(targets, assigned, pos_img, pos_loc, "speeds").squeeze(1)
-        speed_known = ~torch.isnan(speed)  # (Pos,)
-        # normalisers averaged over the ranks, reduced on every rank (also without positives)
-        stats = torch.stack(
-            [ctr.new_tensor(float(pos_img.numel())), ctr.sum(), ctr[speed_known].sum()]
-        )
-        num_pos, ctr_sum, speed_ctr_sum = _mean_over_ranks(stats.detach()).tolist()
-        num_pos, denom = max(num_pos, 1.0), max(ctr_sum, 1e-6)
-        speed_denom = max(speed_ctr_sum, 1e-6)
-
-        logits = flat["cls_logits"]  # (BN, P, K)
-        cls_target = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(logits)
-        loss_cls = sigmoid_focal_loss(
-            logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
-        )
-        losses = {"loss_cls_mono": loss_cls / num_pos}
-        if pos_img.numel() == 0:
-            zero = sum(v.sum() for v in flat.values()) * 0.0
-            names = ("box2d", "centerness", *BOX3D_PARTS, "conf3d", "attr", "speed")
-            losses.update({f"loss_{n}_mono": zero for n in names})
-            return losses
-
-        giou = ltrb_giou_loss(flat["box2d"][pos_img, pos_loc], ltrb)
-        losses["loss_box2d_mono"] = (giou * ctr).sum() / denom
-        ctr_logit = flat["centerness"][pos_img, pos_loc, 0]
-        bce = F.binary_cross_entropy_with_logits(ctr_logit, ctr, reduction="sum")
-        losses["loss_centerness_mono"] = bce / num_pos
-
-        flat["locations"] = locations
-        losses.update(self._loss_3d(flat, targets, assigned, pos_img, pos_loc, ctr, denom))
-        nusc = self._loss_nuscenes(flat, targets, assigned, pos_img, pos_loc, ctr, speed_denom)
-        losses.update(nusc)
-        return losses
-
-    @staticmethod
-    def _gather_gt(targets: list[dict], assigned: dict, pos_img: Tensor, pos_loc: Tensor, key: str):
-        """Target ``key`` of the box assigned to each positive location, (Pos, D)."""
-        counts = torch.tensor([len(t["labels"]) for t in targets], device=pos_img.device)
-        offsets = torch.cumsum(counts, 0) - counts  # first row of each image in the concat
-        rows = offsets[pos_img] + assigned["rows"][pos_img, pos_loc]
-        # per image (M_i, ...) -> (sum M_i, D)
-        width = max(t[key][0].numel() if len(t[key]) else 1 for t in targets)
-        values = torch.cat([t[key].reshape(len(t["labels"]), width).float() for t in targets])
-        return values.to(pos_img.device)[rows]
-
-    def _loss_3d(self, flat, targets, assigned, pos_img, pos_loc, ctr, denom) -> dict:
-        lab = assigned["labels"][pos_img, pos_loc]  # (Pos,)
-        pred = {
-            k: _pick_class(flat[k][pos_img, pos_loc], lab, ch) for k, ch in BOX3D_CHANNELS.items()
-        }
-        inv_k = torch.stack([torch.linalg.inv(t["intrinsics"].to(ctr)) for t in targets])
-        inv_k = inv_k[pos_img]  # (Pos, 3, 3)
-        locations = flat["locations"][pos_loc]  # (Pos, 2)
-        decoded = decode_boxes3d(
-            pred["quat"],
-            pred["proj_ctr"],
-            pred["depth"].squeeze(1),
-            pred["size"],
-            locations,
-            inv_k,
-            self.canonical_sizes[lab],
-            min_depth=self.min_depth,
-            max_depth=self.max_depth,
-            depth_factor=self.depth_factor,
-        )
-        gt = {
-            "quat": self._gather_gt(targets, assigned, pos_img, pos_loc, "rotation_cam"),
-            "proj_ctr": self._gather_gt(targets, assigned, pos_img, pos_loc, "center2d"),
-            "depth": self._gather_gt(targets, assigned, pos_img, pos_loc, "depth").squeeze(1),
-            "size": self._gather_gt(targets, assigned, pos_img, pos_loc, "size_wlh"),
-        }
-        gt = {k: v.to(ctr) for k, v in gt.items()}
-        parts, l1 = disentangled_corner_loss(
-            decoded, gt, inv_k, self.smooth_l1_beta, self.box3d_smooth_l1_form
-        )
-        out = {
-            f"loss_{k}_mono": self.box3d_weight * (v * ctr).sum() / denom for k, v in parts.items()
-        }
-        conf_target = torch.exp(-l1 / self.conf3d_temperature)
-        bce = F.binary_cross_entropy_with_logits(
-            pred["conf3d"].squeeze(1), conf_target, reduction="none"
-        )
-        out["loss_conf3d_mono"] = self.conf3d_weight * (bce * ctr).sum() / denom
-        return out
-
-    def _loss_nuscenes(
-        self, flat, targets, assigned, pos_img, pos_loc, ctr, speed_denom: float
-    ) -> dict:
-        attr = self._gather_gt(targets, assigned, pos_img, pos_loc, "attributes").squeeze(1)
-        speed = self._gather_gt(targets, assigned, pos_img, pos_loc, "speeds").squeeze(1)
-        attr_logits = flat["attr_logits"][pos_img, pos_loc]  # (Pos, 3)
-        pred_speed = flat["speed"][pos_img, pos_loc, 0]  # (Pos,)
-        out = {}
-        valid = attr.long() != NO_ATTRIBUTE
-        if valid.any():
-            # Official: ``(cross_entropy(...) * w).sum() / w.sum()`` with a *mean*-reduced
-            # cross entropy, i.e. the plain mean over the valid locations.
-            ce = F.cross_entropy(attr_logits[valid], attr[valid].long())
-            out["loss_attr_mono"] = self.attr_weight * ce
-        else:
-            out["loss_attr_mono"] = attr_logits.sum() * 0.0
-        valid = ~torch.isnan(speed.float())
-        if valid.any():
-            w = ctr[valid]
-            # official NuscenesLoss: fvcore's (standard) smooth-L1 with beta 0.05
-            target = speed[valid].to(pred_speed)
-            err = smooth_l1(pred_speed[valid], target, self.smooth_l1_beta, "standard")
-            out["loss_speed_mono"] = self.speed_weight * (err * w).sum() / speed_denom
-        else:
-            out["loss_speed_mono"] = pred_speed.sum() * 0.0
-        return out
+        docstring of :mod:`bevformer.models.perspective`). Keys end with ``_mono``; computed by
+        :func:`~bevformer.models.perspective.batch_loss.batch_losses`."""
+        return batch_losses(self, outputs, targets)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -45,7 +45,7 @@ model = dict(
         init_cfg=dict(type="Pretrained", checkpoint="ckpts/internimage_xl_22k_192to384.pth"),
     ),
     img_neck=dict(in_channels=[backbone_channels * 2**i for i in backbone_out_indices]),
-    mono_head={"_delete_": True, **_base_.perspective_head},  # official: on in every config
+    perspective={"_delete_": True, **_base_.perspective},  # official: on in every config
 )
 optim_wrapper = dict(
     _delete_=True,

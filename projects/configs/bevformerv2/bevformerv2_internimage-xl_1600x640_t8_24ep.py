@@ -5,8 +5,12 @@ _base_ = ["./bevformerv2_internimage-xl_1600x640_t2_24ep.py"]
 
 frames = tuple(range(-7, 1))
 model = dict(
-    frames=frames,
-    fusion=dict(in_channels=len(frames) * _base_.embed_dims, inter_channels=2 * _base_.embed_dims),
+    bev=dict(
+        frames=frames,
+        fusion=dict(
+            in_channels=len(frames) * _base_.embed_dims, inter_channels=2 * _base_.embed_dims
+        ),
+    ),
 )
 train_dataloader = dict(dataset=dict(frames=frames))
 val_dataloader = dict(dataset=dict(frames=frames))

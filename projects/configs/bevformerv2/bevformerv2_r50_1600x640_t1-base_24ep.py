@@ -24,5 +24,5 @@ train_dataloader = dict(dataset=dict(transforms=train_pipeline, with_mono=True))
 load_from = "ckpts/fcos_r50_coco_2mmdet.pth"
 model = dict(
     pts_bbox_head=dict(group_detr=1),
-    mono_head={"_delete_": True, **_base_.perspective_head},  # official: on in every config
+    perspective={"_delete_": True, **_base_.perspective},  # official: on in every config
 )

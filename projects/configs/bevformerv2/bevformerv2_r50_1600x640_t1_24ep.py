@@ -12,4 +12,4 @@ train_dataloader = dict(dataset=dict(with_mono=True))
 # is the "R50" link of the fundamentalvision/BEVFormer README; without it, train from scratch
 # with --cfg-options load_from=None.
 load_from = "ckpts/fcos_r50_coco_2mmdet.pth"
-model = dict(mono_head={"_delete_": True, **_base_.perspective_head})  # official: always on
+model = dict(perspective={"_delete_": True, **_base_.perspective})  # official: always on

@@ -9,10 +9,13 @@ _base_ = ["./bevformerv2_tiny_320x128_t1-mono_12ep.py"]
 num_hybrid_queries = 30
 model = dict(
     pts_bbox_head=dict(num_hybrid_queries=num_hybrid_queries),
-    hybrid_queries=dict(
-        type="HybridQueries",
-        num_queries=num_hybrid_queries,
-        embed_dims=_base_.embed_dims,
-        num_classes=len(_base_.class_names),
+    perspective=dict(
+        hybrid=dict(
+            _delete_=True,
+            type="HybridQueries",
+            num_queries=num_hybrid_queries,
+            embed_dims=_base_.embed_dims,
+            num_classes=len(_base_.class_names),
+        ),
     ),
 )

@@ -9,13 +9,16 @@ _base_ = ["./bevformerv2_tiny_320x128_t1_12ep.py"]
 # smooth-L1 in the 3D-box loss, the head on every camera) so the results stay valid; the
 # official settings are the base's (docs/ARCHITECTURE.md "Training procedure").
 model = dict(
-    mono_head={
+    perspective={
         "_delete_": True,
-        **_base_.perspective_head,
-        "in_channels": _base_.embed_dims,
-        "box3d_smooth_l1_form": "standard",
+        **_base_.perspective,
+        "mono_head": {
+            **_base_.perspective.mono_head,
+            "in_channels": _base_.embed_dims,
+            "box3d_smooth_l1_form": "standard",
+        },
+        "loss_weight": 1.0,
+        "cameras": "all",
     },
-    mono_loss_weight=1.0,
-    mono_cameras="all",
 )
 train_dataloader = dict(dataset=dict(with_mono=True))

@@ -98,12 +98,14 @@ model = dict(
         in_channels=[backbone_channels * 2**i for i in backbone_out_indices],
         out_channels=embed_dims,
     ),
-    encoder=dict(
-        embed_dims=embed_dims,
-        num_layers=2,
-        grid=dict(bev_h=bev_h, bev_w=bev_w),
-        num_heads=num_heads,
-        ffn_dims=ffn_dims,
+    bev=dict(
+        encoder=dict(
+            embed_dims=embed_dims,
+            num_layers=2,
+            grid=dict(bev_h=bev_h, bev_w=bev_w),
+            num_heads=num_heads,
+            ffn_dims=ffn_dims,
+        ),
     ),
     pts_bbox_head=dict(
         embed_dims=embed_dims,

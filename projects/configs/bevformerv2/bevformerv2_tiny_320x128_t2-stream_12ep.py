@@ -4,7 +4,7 @@
 _base_ = ["./bevformerv2_tiny_320x128_t1_12ep.py"]
 
 frames = (-1, 0)
-model = dict(frames=frames, temporal="streaming")
+model = dict(bev=dict(frames=frames, temporal="streaming"))
 train_dataloader = dict(dataset=dict(frames=frames))
 val_dataloader = dict(dataset=dict(frames=frames))
 test_dataloader = dict(dataset=dict(frames=frames))

@@ -4,14 +4,16 @@ _base_ = ["./bevformerv2_tiny_320x128_t1_12ep.py"]
 
 frames = (-1, 0)
 model = dict(
-    frames=frames,
-    fusion=dict(
-        _delete_=True,
-        type="ResNetFusion",
-        in_channels=len(frames) * _base_.embed_dims,
-        out_channels=_base_.embed_dims,
-        num_layers=3,
-        norm=_base_.norm_layer,
+    bev=dict(
+        frames=frames,
+        fusion=dict(
+            _delete_=True,
+            type="ResNetFusion",
+            in_channels=len(frames) * _base_.embed_dims,
+            out_channels=_base_.embed_dims,
+            num_layers=3,
+            norm=_base_.norm_layer,
+        ),
     ),
 )
 train_dataloader = dict(dataset=dict(frames=frames))

@@ -194,13 +194,13 @@ def test_annotated_cameras_equal_the_head_on_those_images_alone():
     keep = has_usable_boxes(targets, 10)
     assert keep.nonzero().squeeze(1).tolist() == [0, 1, 10]  # image b * N + n
     index = keep.nonzero().squeeze(1)
-    outputs = model.mono_head([f.flatten(0, 1)[index] for f in feats])
-    direct = model.mono_head.loss(outputs, [targets[i] for i in index.tolist()])
+    outputs = model.perspective.mono_head([f.flatten(0, 1)[index] for f in feats])
+    direct = model.perspective.mono_head.loss(outputs, [targets[i] for i in index.tolist()])
     assert losses == pytest.approx({k: v.item() for k, v in direct.items()}, rel=1e-5)
     # outputs computed on every camera (the hybrid-query path) are subset the same way
-    all_outputs = model.mono_head([f.flatten(0, 1) for f in feats])
-    subset = model.mono_loss(feats, batch["mono"], batch["intrinsics"], batch["img"], all_outputs)
-    by_hand = model.mono_head.loss(
+    all_outputs = model.perspective.mono_head([f.flatten(0, 1) for f in feats])
+    subset = model.perspective.loss(feats, batch["mono"], batch["intrinsics"][:, 0], all_outputs)
+    by_hand = model.perspective.mono_head.loss(
         {k: v if k == "locations" else [m[index] for m in v] for k, v in all_outputs.items()},
         [targets[i] for i in index.tolist()],
     )
@@ -216,7 +216,7 @@ def test_a_batch_without_any_box_gives_zero_losses_with_the_graph_intact():
     mono = {k: v for k, v in losses.items() if k.endswith("_mono")}
     assert mono and all(v.item() == 0.0 for v in mono.values())
     sum(losses.values()).backward()
-    for name, p in model.mono_head.named_parameters():
+    for name, p in model.perspective.mono_head.named_parameters():
         assert p.grad is not None and float(p.grad.abs().sum()) == 0.0, name
     # under "all" the same batch trains the classifier on the negatives
     every = _detector("all")
@@ -224,7 +224,7 @@ def test_a_batch_without_any_box_gives_zero_losses_with_the_graph_intact():
 
 
 def test_unknown_camera_selection_is_rejected():
-    with pytest.raises(ValueError, match="mono_cameras"):
+    with pytest.raises(ValueError, match="perspective cameras must be one of"):
         _detector("some")
 
 
@@ -243,7 +243,7 @@ def test_the_config_lists_are_complete():
     with_head = [
         n
         for n in CONFIGS
-        if "_tiny_" in n and Config.fromfile(os.path.join(CONFIG_DIR, n)).model.mono_head
+        if "_tiny_" in n and Config.fromfile(os.path.join(CONFIG_DIR, n)).model.perspective
     ]
     assert sorted(with_head) == sorted(TINY_MONO)
 
@@ -251,16 +251,16 @@ def test_the_config_lists_are_complete():
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_official_setting_configs_train_as_the_official_code(name):
     cfg = Config.fromfile(os.path.join(CONFIG_DIR, name))
-    assert cfg.model.mono_head.box3d_smooth_l1_form == "official"
-    assert cfg.model.mono_cameras == "annotated"
+    assert cfg.model.perspective.mono_head.box3d_smooth_l1_form == "official"
+    assert cfg.model.perspective.cameras == "annotated"
     assert cfg.sync_bn == "torch" and cfg.norm_layer == "BN"
 
 
 @pytest.mark.parametrize("name", TINY_MONO)
 def test_tiny_configs_keep_the_training_of_their_recorded_results(name):
     cfg = Config.fromfile(os.path.join(CONFIG_DIR, name))
-    assert cfg.model.mono_head.box3d_smooth_l1_form == "standard"
-    assert cfg.model.mono_cameras == "all"
+    assert cfg.model.perspective.mono_head.box3d_smooth_l1_form == "standard"
+    assert cfg.model.perspective.cameras == "all"
     assert cfg.norm_layer == "BN"
 
 
@@ -268,9 +268,12 @@ def test_configs_build_with_their_settings():
     official = Config.fromfile(
         os.path.join(CONFIG_DIR, "bevformerv2_internimage-xl_1600x640_t1_24ep.py")
     )
-    head = build_model(official.model.mono_head)
+    head = build_model(official.model.perspective.mono_head)
     assert isinstance(head, PerspectiveHead) and head.box3d_smooth_l1_form == "official"
     tiny = Config.fromfile(os.path.join(CONFIG_DIR, TINY_MONO[0]))
     with torch.device("meta"):  # shapes only
         model = build_model(tiny.model)
-    assert model.mono_head.box3d_smooth_l1_form == "standard" and model.mono_cameras == "all"
+    assert (
+        model.perspective.mono_head.box3d_smooth_l1_form == "standard"
+        and model.perspective.cameras == "all"
+    )

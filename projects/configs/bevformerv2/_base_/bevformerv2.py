@@ -17,9 +17,9 @@ num_mono_levels = 5  # FPN maps of the perspective head (P3-P7)
 group_detr = 11
 # The cameras the model is built for, in the order of its camera embeddings (cams_embeds row n
 # is camera n; official nuScenes order). The number of cameras is len(camera_names). The
-# launcher writes model.encoder.camera_names into every dataset node, which stacks the info
-# file's images by these names; a model for fewer cameras sets model.encoder.camera_names (in
-# a child config or with --cfg-options) to those only.
+# launcher writes model.bev.encoder.camera_names into every dataset node, which stacks the info
+# file's images by these names; a model for fewer cameras sets model.bev.encoder.camera_names
+# (in a child config or with --cfg-options) to those only.
 camera_names = [
     "CAM_FRONT",
     "CAM_FRONT_RIGHT",
@@ -37,10 +37,7 @@ sync_bn = "torch"
 
 model = dict(
     type="BEVFormerV2",
-    frames=frames,
-    temporal="fusion",
     num_levels=num_levels,
-    num_mono_levels=num_mono_levels,
     use_grid_mask=True,
     img_backbone=dict(
         type="ResNetBackbone",
@@ -58,23 +55,31 @@ model = dict(
         add_extra_convs="on_output",
         relu_before_extra_convs=True,
     ),
-    encoder=dict(
-        type="BEVEncoder",
-        embed_dims=embed_dims,
-        num_layers=6,
-        # the BEV grid of the whole model: the encoder builds it; the detector hands it to the
-        # head, the hybrid queries, the BEV augmentation and the temporal alignment
-        grid=dict(type="BEVGrid", bev_h=bev_h, bev_w=bev_w, pc_range=point_cloud_range),
-        num_points_in_pillar=4,
-        num_levels=num_levels,
-        camera_names=camera_names,
-        num_heads=8,
-        self_attn_points=4,
-        cross_attn_points=8,
-        ffn_dims=ffn_dims,
-        dropout=0.1,
+    # the BEV stage (TemporalBEV): the encoder, the frames of a sample (keyframe offsets, 0 =
+    # current) and how they are combined ("fusion": ResNetFusion of the T BEVs; "streaming":
+    # v1-style temporal self-attention on the previous BEV)
+    bev=dict(
+        type="TemporalBEV",
+        frames=frames,
+        temporal="fusion",
+        encoder=dict(
+            type="BEVEncoder",
+            embed_dims=embed_dims,
+            num_layers=6,
+            # the BEV grid of the whole model: the encoder builds it; the detector hands it to
+            # the head, the hybrid queries, the BEV augmentation and the temporal alignment
+            grid=dict(type="BEVGrid", bev_h=bev_h, bev_w=bev_w, pc_range=point_cloud_range),
+            num_points_in_pillar=4,
+            num_levels=num_levels,
+            camera_names=camera_names,
+            num_heads=8,
+            self_attn_points=4,
+            cross_attn_points=8,
+            ffn_dims=ffn_dims,
+            dropout=0.1,
+        ),
+        fusion=None,
     ),
-    fusion=None,
     pts_bbox_head=dict(
         type="BEVFormerHead",
         num_classes=len(_base_.class_names),
@@ -105,9 +110,9 @@ model = dict(
         max_num=300,
         post_center_range=[-61.2, -61.2, -10.0, 61.2, 61.2, 10.0],
     ),
-    mono_head=None,
-    # official ``forward_mono_train``: the perspective head sees only the cameras with boxes
-    mono_cameras="annotated",
+    # the perspective stage (PerspectiveStage: FCOS3D head, optional hybrid queries); off here,
+    # on in every official config through ``perspective`` below
+    perspective=None,
 )
 
 # Perspective head (BEVFormer v2's DD3D ``fcos3d_bbox_head``, on in every official config):
@@ -115,17 +120,25 @@ model = dict(
 # (4-conv towers, depth prior per level, canonical sizes, radius 1.5, loss weights 2/1/0.2;
 # the 3D-box corner loss with DD3D's own smooth-L1, 0.5 x^2 below beta = 0.05 without the
 # division by beta, the speed loss with the standard one).
-# Configs switch it on with ``model = dict(mono_head=perspective_head)`` and the training
-# dataset's ``with_mono=True``; its losses are multiplied by ``model.mono_loss_weight`` (1.0).
-perspective_head = dict(
-    type="PerspectiveHead",
-    num_classes=len(_base_.class_names),
-    in_channels=embed_dims,
-    strides=(8, 16, 32, 64, 128),
-    box3d_smooth_l1_form="official",
+# Configs switch it on with ``model = dict(perspective=perspective)`` and the training
+# dataset's ``with_mono=True``; its losses are multiplied by ``model.perspective.loss_weight``.
+perspective = dict(
+    type="PerspectiveStage",
+    mono_head=dict(
+        type="PerspectiveHead",
+        num_classes=len(_base_.class_names),
+        in_channels=embed_dims,
+        strides=(8, 16, 32, 64, 128),
+        box3d_smooth_l1_form="official",
+    ),
+    hybrid=None,
+    num_levels=num_mono_levels,  # FPN maps the head reads (P3-P7)
+    # official ``forward_mono_train``: the head sees only the cameras with boxes
+    cameras="annotated",
+    loss_weight=1.0,
 )
 
 # Temporal fusion of the T BEVs (official ``ResNetFusion``, modules/transformerV2.py) for the
-# configs with more than one frame: ``fusion=dict(fusion, in_channels=T * embed_dims)``; the
-# inter channels default to in_channels (official), t8 sets 2 x embed_dims.
+# configs with more than one frame: ``bev=dict(fusion=dict(fusion, in_channels=T *
+# embed_dims))``; the inter channels default to in_channels (official), t8 sets 2 x embed_dims.
 fusion = dict(type="ResNetFusion", out_channels=embed_dims, num_layers=3, norm=norm_layer)
