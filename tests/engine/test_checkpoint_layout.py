@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.hooks import Hook
+from loss_recorder import LossRecorder  # tests/engine is on sys.path
 
 from backbones.checkpoint import read_checkpoint
 from bevformer.builder import build_model
@@ -30,16 +30,6 @@ def _layout1_keys() -> list[str]:
     data = json.loads(LAYOUT1.read_text())
     assert data["layout"] == 1
     return data["keys"]
-
-
-class LossRecorder(Hook):
-    priority = "LOWEST"
-
-    def __init__(self) -> None:
-        self.losses: dict[int, dict[str, float]] = {}
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self.losses[runner.iter + 1] = {k: float(v.detach()) for k, v in outputs.items()}
 
 
 def test_layout1_keys_become_todays_keys_in_todays_order(tiny_cfg):

@@ -16,21 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.hooks import Hook
+from loss_recorder import LossRecorder  # tests/engine is on sys.path
 
 from bevformer.engine.launch import build_runner
-
-
-class LossRecorder(Hook):
-    """Records every loss term of every training iteration, by iteration number (1-based)."""
-
-    priority = "LOWEST"
-
-    def __init__(self) -> None:
-        self.losses: dict[int, dict[str, float]] = {}
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self.losses[runner.iter + 1] = {k: float(v.detach()) for k, v in outputs.items()}
 
 
 def _train(tiny_cfg, work_dir: Path, max_iters: int, resume: bool = False) -> LossRecorder:
