@@ -158,7 +158,6 @@ def _training_step(model, optimizer, batch: dict, max_norm: float) -> None:
 def _measure_here(spec: dict) -> dict:
     """Runs one measurement in this process (called in the subprocess)."""
     from bevformer.builder import build_model
-    from bevformer.models.detector import count_parameters
     from ops.benchmark import PeakMemory, _set_malloc
 
     torch.set_num_threads(int(spec["threads"]))
@@ -398,3 +397,8 @@ def format_data_table(rows: Sequence[dict], baseline: int = 0) -> str:
 
 if __name__ == "__main__":  # the measurement subprocess of ``measure_model``
     print(json.dumps(_measure_here(json.loads(sys.argv[1]))))
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters (all, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())

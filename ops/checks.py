@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
 from ops.build import load_extension
 
-__all__ = ["common_float_dtype", "kernel_supports"]
+__all__ = ["common_float_dtype", "kernel_supports", "reference_ops"]
 
 # Dtypes the compiled kernels take per device type; other float dtypes are upcast to float32.
 KERNEL_DTYPES = {
@@ -29,8 +32,26 @@ def common_float_dtype(op: str, **tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+_REFERENCE_ONLY = [0]  # depth of nested reference_ops() blocks
+
+
+@contextmanager
+def reference_ops() -> Iterator[None]:
+    """Inside the block ``ms_deform_attn`` and ``dcnv3_core`` run their pure-PyTorch references
+    (``F.grid_sample``): a model traced or exported there contains standard operators only
+    (ONNX ``GridSample``, opset >= 16) instead of the compiled kernels' custom ops."""
+    _REFERENCE_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY[0] -= 1
+
+
 def kernel_supports(x: Tensor) -> torch.dtype | None:
-    """Dtype the compiled kernel computes ``x``'s op in, or None to use the reference."""
+    """Dtype the compiled kernel computes ``x``'s op in, or None to use the reference (also
+    inside :func:`reference_ops`)."""
+    if _REFERENCE_ONLY[0]:
+        return None
     supported = KERNEL_DTYPES.get(x.device.type)
     if supported is None:
         return None

@@ -4,9 +4,9 @@
 
 CONFIG is this project's config matching the checkpoint. Official bevformerv2-r50-t1-base-24ep:
 projects/configs/bevformerv2/bevformerv2_r50_1600x640_t1-base_24ep.py; official t1: the same
-with ``--cfg-options model.pts_bbox_head.group_detr=11``; official t2/t8 also need ``frames``
-and a ``ResNetFusion`` (a config whose ``_base_`` is the t1-base one, setting them as the
-internimage-xl t2/t8 configs do over their t1).
+with ``--cfg-options model.pts_bbox_head.group_detr=11``; official t2/t8 also need
+``model.bev.frames`` and a ``ResNetFusion`` as ``model.bev.fusion`` (a config whose ``_base_``
+is the t1-base one, setting them as the internimage-xl t2/t8 configs do over their t1).
 
 The file is read without running code from it, renamed, class-reordered and reshaped
 (:mod:`bevformer.models.official`), loaded strictly into the model built from CONFIG as a

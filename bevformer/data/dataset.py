@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ from bevformer.structures.boxes import BOX_DIM, CLASSES, YAW, X, Y
 from bevformer.structures.frames import invert, lidar2img
 from bevformer.structures.grid import NUSCENES_PC_RANGE
 
-__all__ = ["NuScenesTemporalDataset", "MONO_ATTRIBUTE_IDS", "MONO_NO_ATTRIBUTE"]
+__all__ = ["InfoList", "NuScenesTemporalDataset", "MONO_ATTRIBUTE_IDS", "MONO_NO_ATTRIBUTE"]
 
 
 # DD3D attribute ids (BEVFormer projects/mmdet3d_plugin/dd3d/datasets/nuscenes.py).
@@ -114,6 +115,18 @@ def _matrix(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class InfoList:
+    """Infos held in memory instead of an info file (``info_file`` of
+    :class:`NuScenesTemporalDataset`): the ``metadata`` and ``infos`` that
+    :func:`~bevformer.data.infos.load_infos` would return, and a ``name`` for messages. Used by
+    streaming inference (:class:`bevformer.apis.Detector`), which sees one keyframe at a time."""
+
+    metadata: dict[str, Any]
+    infos: Sequence[dict[str, Any]]
+    name: str = "<infos in memory>"
+
+
 @DATASETS.register_module()
 class NuScenesTemporalDataset(Dataset):
     """Temporal multi-camera samples from a ``{prefix}_infos_temporal_{split}.json`` file.
@@ -121,7 +134,8 @@ class NuScenesTemporalDataset(Dataset):
     Paths follow mmengine's ``data_root`` convention: ``info_file`` and the image paths of the
     infos are relative to ``data_root`` and joined to it here (an absolute ``info_file`` stays
     absolute), so one ``data_root`` moves everything. The info file is read with
-    :func:`bevformer.data.infos.load_infos` (format and version checked); with
+    :func:`bevformer.data.infos.load_infos` (format and version checked), or given in memory
+    as an :class:`InfoList` (its infos are not re-validated); with
     ``expected_version`` (``v1.0-trainval``) and ``expected_split`` (``train`` / ``val`` /
     ``test``) an info file made from other data is refused (``ValueError`` naming both values,
     :func:`bevformer.data.infos.check_info_metadata`). ``frames`` are keyframe offsets,
@@ -137,7 +151,7 @@ class NuScenesTemporalDataset(Dataset):
 
     def __init__(
         self,
-        info_file: str | os.PathLike,
+        info_file: str | os.PathLike | InfoList,
         data_root: str | os.PathLike,
         *,
         expected_version: str | None = None,
@@ -159,14 +173,18 @@ class NuScenesTemporalDataset(Dataset):
                 "image paths are relative to); set the config's top-level data_root"
             )
         self.data_root = os.fspath(data_root)
-        self.info_file = resolve_path(self.data_root, info_file)
+        if isinstance(info_file, InfoList):
+            self.info_file = info_file.name
+            self.metadata, infos = dict(info_file.metadata), list(info_file.infos)
+        else:
+            self.info_file = resolve_path(self.data_root, info_file)
+            self.metadata, infos = load_infos(self.info_file)
         self.frames = tuple(int(f) for f in frames)
         if 0 not in self.frames or any(b <= a for a, b in zip(self.frames, self.frames[1:])):
             raise ValueError(
                 f"frames must be strictly increasing keyframe offsets that contain 0 (the "
                 f"current frame), e.g. (-1, 0); got {tuple(frames)}"
             )
-        self.metadata, infos = load_infos(self.info_file)
         check_info_metadata(
             self.info_file, self.metadata, version=expected_version, split=expected_split
         )

@@ -107,7 +107,7 @@ class MSDeformableAttention3D(DeformableAttention):
         # one slot; points grouped as (P/D, D): [M, K, h, L, P/D, D, 2] + ref [M, K, 1, 1, 1, D, 2]
         offsets = offsets.view(M, K, h, L, P // D, D, 2)
         locations = reference_points[:, :, None, None, None, :, :] + offsets
-        locations = locations.view(M, K, h, L, P, 2)
+        locations = locations.reshape(M, K, h, L, P, 2)
         value = self.project_value(value)
         return self.sample(value, spatial_shapes, level_start_index, locations, weights[:, :, :, 0])
 
@@ -138,12 +138,27 @@ class SpatialCrossAttention(nn.Module):
         bev_mask ``[B, N, Q, D]`` (bool) -> ``[B, Q, C]`` (no residual).
 
         Per camera, the queries that any sample of the batch sees are gathered (K of them);
-        each sample's result is then kept only where that sample itself sees the query.
+        each sample's result is then kept only where that sample itself sees the query. During
+        ONNX export every query goes through every camera and the unseen are masked (static
+        shapes, the same values).
         """
         B, Q, C = query.shape
         N, S = value.shape[1], value.shape[2]
         D = reference_points_cam.shape[3]
         seen = bev_mask.any(dim=-1)  # [B, N, Q]
+        count = seen.sum(dim=1).clamp(min=1).to(query.dtype)  # [B, Q] cameras per query
+        if torch.onnx.is_in_onnx_export():
+            # static shapes for export: every query through every camera, the unseen masked
+            # out (the same values as the gathered form below, N*Q instead of N*K queries)
+            out = self.deformable_attention(
+                query.unsqueeze(1).expand(B, N, Q, C).reshape(B * N, Q, C),
+                value.reshape(B * N, S, C),
+                reference_points_cam.reshape(B * N, Q, D, 2),
+                spatial_shapes,
+                level_start_index,
+            ).view(B, N, Q, C)
+            slots = (out * seen.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+            return self.output_proj(slots / count[..., None])
         indexes = [seen[:, i].any(dim=0).nonzero().squeeze(-1) for i in range(N)]
         K = max(int(idx.numel()) for idx in indexes)
         slots = torch.zeros_like(query)
@@ -163,6 +178,5 @@ class SpatialCrossAttention(nn.Module):
             for i, idx in enumerate(indexes):
                 keep = seen[:, i, idx].unsqueeze(-1).to(out.dtype)  # [B, k, 1]
                 slots = slots.index_add(1, idx, out[:, i, : idx.numel()] * keep)
-        count = seen.sum(dim=1).clamp(min=1).to(query.dtype)  # [B, Q] cameras per query
         slots = slots / count[..., None]
         return self.output_proj(slots)

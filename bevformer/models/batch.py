@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_cameras", "check_img", "flip_of", "lidar2global_of", "meta_attr", "scenes_of"]
+__all__ = [
+    "check_cameras",
+    "check_img",
+    "current_slice",
+    "flip_of",
+    "lidar2global_of",
+    "meta_attr",
+    "scenes_of",
+]
 
 
 def meta_attr(meta: Any, name: str, default: Any = None) -> Any:
@@ -87,3 +95,15 @@ def lidar2global_of(meta: Sequence[Any] | None, device: Any) -> Tensor:
 def scenes_of(meta: Sequence[Any] | None, B: int) -> tuple[str, ...]:
     """Scene token of each of the B samples ("" where unknown)."""
     return tuple(str(meta_attr(m, "scene_token", "")) for m in (meta or [None] * B))
+
+
+def current_slice(value: Tensor | None, name: str, slot: int, device: Any) -> Tensor:
+    """The current frame's slice ``[B, N, ...]`` of the batch entry ``name`` ``[B, T, N, ...]``
+    (``slot``: the current frame's index); raises ``ValueError`` when the batch lacks it (the
+    perspective stage and the hybrid queries need ``intrinsics`` and ``cam2lidar``)."""
+    if value is None:
+        raise ValueError(
+            f"the perspective head / hybrid queries need the batch's {name!r} "
+            "[B, T, N, ...] (docs/CONVENTIONS.md); the dataset provides it"
+        )
+    return torch.as_tensor(value, device=device)[:, slot]

@@ -30,13 +30,28 @@ over all levels, h heads, T slots, L levels, P points, C channels.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 import ops
 
-__all__ = ["FFN", "DeformableAttention", "xavier_linear"]
+__all__ = ["FFN", "DeformableAttention", "evaluating", "xavier_linear"]
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode and without gradients inside the block; its training flag is
+    restored afterwards (the official ``obtain_history_bev`` pattern for past frames)."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 def xavier_linear(linear: nn.Linear) -> None:

@@ -81,9 +81,9 @@ def codes_from_deltas(deltas: Tensor, references: Tensor, grid: BEVGrid) -> Tens
     codes with the centre (CX, CY, CZ) in lidar metres of ``grid``'s ``pc_range``; the other
     entries are the raw outputs (official ``BEVFormerHead.forward``)."""
     centre = grid.denormalize(refine_reference(deltas, references))
-    codes = deltas.clone()
-    codes[..., [CX, CY, CZ]] = centre
-    return codes
+    entries = list(deltas.unbind(-1))
+    entries[CX], entries[CY], entries[CZ] = centre.unbind(-1)
+    return torch.stack(entries, dim=-1)  # no in-place indexing: also exports to ONNX
 
 
 def normalize_bbox(boxes: Tensor) -> Tensor:

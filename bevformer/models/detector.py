@@ -4,21 +4,17 @@ arXiv:2211.10439), one class for every variant (frames, temporal mode, backbone:
 Data flow (official ``detectors/bevformerV2.py`` + ``modules/transformerV2.py``; the map with
 shapes is at the top of ``docs/ARCHITECTURE.md``):
 
-1. Past frames (``frames`` offsets other than 0): backbone -> neck in eval mode without
-   gradients, encoded by the BEV stage on the current grid.
-2. The current frame: GridMask (training) -> backbone -> neck; samples whose images were
-   flipped get every FPN map flipped back; the first ``num_levels`` maps feed the BEV stage.
-3. The BEV stage (``bev``, :class:`~bevformer.models.bev.TemporalBEV`): encoder, missing
-   frames, BEV augmentation (``bda``), temporal fusion (``temporal="fusion"``) or v1-style
-   temporal self-attention with a carried :class:`~bevformer.models.temporal.TemporalState`
-   (``temporal="streaming"``).
-4. The perspective stage (``perspective``, optional;
+1. Every frame slot: (GridMask in training) -> backbone -> neck, flips undone; past slots in
+   eval mode without gradients. The first ``num_levels`` maps feed the BEV stage.
+2. The BEV stage (``bev``, :class:`~bevformer.models.bev.TemporalBEV`): encoder on the current
+   grid, missing frames, BEV augmentation (``bda``), fusion of the T BEVs or v1-style temporal
+   self-attention with a carried :class:`~bevformer.models.temporal.TemporalState`.
+3. The perspective stage (``perspective``, optional,
    :class:`~bevformer.models.perspective.stage.PerspectiveStage`): FCOS3D losses on the
-   current frame in training (``perspective.loss_weight``, ``perspective.cameras``), and with
-   ``perspective.hybrid`` its lifted top-k detections as extra decoder queries.
-5. The detection head's decoder runs its queries over the BEV; in training ``criterion``
-   (:class:`~bevformer.models.criterion.SetCriterion3D`) turns its outputs into losses, at test
-   time ``post_processor`` (:class:`~bevformer.models.coder.NMSFreeCoder`) into boxes.
+   current frame in training and, with ``perspective.hybrid``, extra decoder queries.
+4. The head's decoder runs its queries over the BEV; ``criterion``
+   (:class:`~bevformer.models.criterion.SetCriterion3D`) turns its outputs into losses,
+   ``post_processor`` (:class:`~bevformer.models.coder.NMSFreeCoder`) into boxes.
 
 Batch keys and frames: ``docs/CONVENTIONS.md``. Legend: B batch, T frames, N cameras,
 Q = H*W BEV cells, C channels.
@@ -28,7 +24,7 @@ Q = H*W BEV cells, C channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +33,7 @@ from torch import Tensor, nn
 
 from bevformer.models import batch
 from bevformer.models.bev import TemporalBEV
+from bevformer.models.blocks import evaluating
 from bevformer.models.coder import NMSFreeCoder
 from bevformer.models.grid_mask import GridMask
 from bevformer.models.losses import check_finite_losses
@@ -45,7 +42,10 @@ from bevformer.models.temporal import TemporalState
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
 
-__all__ = ["BEVFormerV2", "count_parameters"]
+__all__ = ["BEVFormerV2", "SlotFeatures"]
+
+# t -> the neck maps of frame slot t, L x [B, N, C, h, w] (flips undone)
+SlotFeatures = Callable[[int], list[Tensor]]
 
 # State-dict layout 2: the BEV and perspective stages are modules. Layout-1 keys (those parts at
 # the top level) are renamed on load, in order (bevformer.checkpoint.migrate_layout;
@@ -151,22 +151,20 @@ class BEVFormerV2(BaseModel):
         return feats if self.num_levels is None else feats[: self.num_levels]
 
     def _past_bevs(
-        self, img: Tensor, lidar2img: Tensor, frame_valid: Tensor, flip: Tensor | None
+        self,
+        img: Tensor,
+        lidar2img: Tensor,
+        frame_valid: Tensor,
+        flip: Tensor | None,
+        features: SlotFeatures | None,
     ) -> list[Tensor | None]:
-        """BEVs of the other slots (``obtain_history_bev``): the whole model in eval mode and
-        without gradients, restored afterwards."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return self.bev.past_bevs(
-                    lambda t: self._bev_feats(self.extract_feat(img[:, t], flip, augment=False)),
-                    lidar2img,
-                    img.shape[-2:],
-                    frame_valid,
-                )
-        finally:
-            self.train(was_training)
+        """BEVs of the other slots (``obtain_history_bev``), the whole model in eval mode."""
+        if features is None:
+            features = lambda t: self.extract_feat(img[:, t], flip, augment=False)  # noqa: E731
+        with evaluating(self):
+            return self.bev.past_bevs(
+                lambda t: self._bev_feats(features(t)), lidar2img, img.shape[-2:], frame_valid
+            )
 
     def bev_features(
         self,
@@ -178,13 +176,22 @@ class BEVFormerV2(BaseModel):
         prev_state: TemporalState | None = None,
         meta: Sequence[Any] | None = None,
         want_state: bool = False,
+        features: SlotFeatures | None = None,
     ) -> tuple[Tensor, list[Tensor], TemporalState | None]:
         """-> BEV ``[B, Q, C]`` (fused, augmented), the current frame's neck maps, the new
-        streaming state (None unless ``want_state``)."""
+        streaming state (None unless ``want_state``).
+
+        ``features``: ``t -> neck maps of slot t`` (L x [B, N, C, h, w], flips undone) to use
+        instead of running the backbone on ``img[:, t]`` (the streaming
+        :class:`~bevformer.apis.Detector` passes the maps it kept from earlier frames)."""
         B, T = img.shape[:2]
         frame_valid = self.bev.frame_validity(frame_valid, B, T, img.device)
-        past = self._past_bevs(img, lidar2img, frame_valid, flip) if T > 1 else None
-        feats = self.extract_feat(img[:, self.current_slot], flip, augment=True)
+        past = self._past_bevs(img, lidar2img, frame_valid, flip, features) if T > 1 else None
+        cur = self.current_slot
+        if features is not None:
+            feats = features(cur)
+        else:
+            feats = self.extract_feat(img[:, cur], flip, augment=True)
         poses, scenes = None, ()
         if self.bev.temporal == "streaming" and (prev_state is not None or want_state):
             poses, scenes = batch.lidar2global_of(meta, img.device), batch.scenes_of(meta, B)
@@ -250,33 +257,49 @@ class BEVFormerV2(BaseModel):
             if gt_boxes is None or gt_labels is None:
                 raise ValueError("mode='loss' needs gt_boxes and gt_labels in the batch")
             return self.loss(
-                img,
-                lidar2img,
-                frame_valid,
-                bda,
-                gt_boxes,
-                gt_labels,
-                mono,
-                flip,
-                meta,
-                intrinsics=intrinsics,
-                cam2lidar=cam2lidar,
-            )
+                img, lidar2img, frame_valid, bda, gt_boxes, gt_labels, mono, flip, meta,
+                intrinsics=intrinsics, cam2lidar=cam2lidar,
+            )  # fmt: skip
         if mode not in ("predict", "tensor"):
             raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+        result, state = self.infer(
+            img, lidar2img, frame_valid, bda, flip, meta, intrinsics, cam2lidar, prev_state,
+            tensors=mode == "tensor", want_state=return_state,
+        )  # fmt: skip
+        return (result, state) if return_state else result
+
+    def infer(
+        self,
+        img: Tensor,
+        lidar2img: Tensor,
+        frame_valid: Tensor | None,
+        bda: Tensor | None,
+        flip: Tensor | None,
+        meta: Sequence[Any] | None,
+        intrinsics: Tensor | None,
+        cam2lidar: Tensor | None,
+        prev_state: TemporalState | None = None,
+        *,
+        tensors: bool = False,
+        want_state: bool = False,
+        features: SlotFeatures | None = None,
+    ) -> tuple[Any, TemporalState | None]:
+        """The predict / tensor modes of :meth:`forward` on a checked batch (``flip`` as a
+        ``[B]`` bool tensor or None) -> (per-sample boxes, or the head outputs with
+        ``"bev_embed"`` when ``tensors``; the streaming state or None). ``features``: as
+        :meth:`bev_features`."""
         bev, feats, state = self.bev_features(
-            img, lidar2img, frame_valid, bda, flip, prev_state, meta, want_state=return_state
+            img, lidar2img, frame_valid, bda, flip, prev_state, meta, want_state, features
         )
         outputs, _ = self.decode_queries(bev, feats, intrinsics, cam2lidar, bda, img)
         outputs["bev_embed"] = bev
-        if mode == "tensor":
-            result: Any = outputs
-        else:
-            result = self.post_processor.decode(*self.pts_bbox_head.first_group(outputs))
-            for b in range(B):
-                result[b] = dict(result[b])
-                result[b]["token"] = batch.meta_attr(meta[b], "token") if meta is not None else None
-        return (result, state) if return_state else result
+        if tensors:
+            return outputs, state
+        result = self.post_processor.decode(*self.pts_bbox_head.first_group(outputs))
+        for b in range(img.shape[0]):
+            result[b] = dict(result[b])
+            result[b]["token"] = batch.meta_attr(meta[b], "token") if meta is not None else None
+        return result, state
 
     def decode_queries(
         self,
@@ -295,8 +318,8 @@ class BEVFormerV2(BaseModel):
             return dict(self.pts_bbox_head(bev, self.grid)), None
         hybrid, proposals, mono_outputs = self.perspective(
             feats,
-            self._current(intrinsics, "intrinsics", img),
-            self._current(cam2lidar, "cam2lidar", img),
+            batch.current_slice(intrinsics, "intrinsics", self.current_slot, img.device),
+            batch.current_slice(cam2lidar, "cam2lidar", self.current_slot, img.device),
             self.grid,
             bda,
             (int(img.shape[-2]), int(img.shape[-1])),
@@ -304,15 +327,6 @@ class BEVFormerV2(BaseModel):
         outputs = dict(self.pts_bbox_head(bev, self.grid, hybrid))
         outputs["proposals"] = proposals
         return outputs, mono_outputs
-
-    def _current(self, value: Tensor | None, name: str, img: Tensor) -> Tensor:
-        """The current frame's slice ``[B, N, ...]`` of a ``[B, T, N, ...]`` batch entry."""
-        if value is None:
-            raise ValueError(
-                f"the perspective head / hybrid queries need the batch's {name!r} "
-                "[B, T, N, ...] (docs/CONVENTIONS.md); the dataset provides it"
-            )
-        return torch.as_tensor(value, device=img.device)[:, self.current_slot]
 
     def loss(
         self,
@@ -332,18 +346,13 @@ class BEVFormerV2(BaseModel):
         """Detection losses (+ ``*_mono`` perspective losses) as a dict of scalars."""
         if self.perspective is not None:  # fail before the expensive part
             require_mono(mono)
-            self._current(intrinsics, "intrinsics", img)
+            batch.current_slice(intrinsics, "intrinsics", self.current_slot, img.device)
         bev, feats, _ = self.bev_features(img, lidar2img, frame_valid, bda, flip, None, meta)
         outputs, mono_outputs = self.decode_queries(bev, feats, intrinsics, cam2lidar, bda, img)
         per_group = self.pts_bbox_head.queries_per_group
         losses = dict(self.criterion(outputs, list(gt_boxes), list(gt_labels), per_group))
         if self.perspective is not None:
-            K = self._current(intrinsics, "intrinsics", img)
+            K = batch.current_slice(intrinsics, "intrinsics", self.current_slot, img.device)
             losses.update(self.perspective.loss(feats, mono, K, mono_outputs))
         check_finite_losses(losses)
         return losses
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (all, trainable or not)."""
-    return sum(p.numel() for p in module.parameters())

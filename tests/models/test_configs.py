@@ -16,8 +16,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from bevformer.benchmark import count_parameters
 from bevformer.builder import build_from_cfg, build_model
-from bevformer.models.detector import count_parameters
 from bevformer.registry import TRANSFORMS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -4,16 +4,19 @@
 functions are in :mod:`bevformer.models.perspective.losses`, the FCOS assignment in
 :mod:`bevformer.models.perspective.targets`. Official: BEVFormer
 ``projects/mmdet3d_plugin/dd3d/modeling/{fcos2d.py, fcos3d.py, nuscenes_dd3d.py}``
-(``FCOS2DLoss``, ``FCOS3DLoss``, ``NuscenesLoss``):
+(``FCOS2DLoss``, ``FCOS3DLoss``, ``NuscenesLoss``); weights and parameters are the head's
+``train_cfg`` (:class:`~bevformer.models.perspective.config.PerspectiveTrainCfg`):
 
 - classification: sigmoid focal loss summed over all locations / number of positives;
 - 2D box: centerness-weighted ``1 - GIoU`` / centerness sum; centerness: BCE summed /
   number of positives;
 - 3D box: the disentangled corner losses of the labelled class's outputs, each
-  ``box3d_weight`` x centerness-weighted sum / centerness sum; 3D confidence: BCE against
-  ``exp(-L1 / conf3d_temperature)`` of the full box, weighted the same way;
-- attributes: mean cross entropy over the boxes with an attribute; speed: centerness-weighted
-  standard smooth-L1 / centerness sum of the boxes with a known speed.
+  ``box3d_weight`` x centerness-weighted sum / centerness sum; 3D confidence:
+  ``conf3d_weight`` x BCE against ``exp(-L1 / conf3d_temperature)`` of the full box, weighted
+  the same way;
+- attributes: ``attr_weight`` x mean cross entropy over the boxes with an attribute; speed:
+  ``speed_weight`` x centerness-weighted standard smooth-L1 / centerness sum of the boxes
+  with a known speed.
 
 The normalisers (number of positives, centerness sums) are averaged over the distributed
 ranks as the official ``reduce_sum(...) / num_gpus``. Losses are computed in float32 (official
@@ -75,8 +78,8 @@ def assign_batch(
             locations,
             head.strides,
             tgt["boxes2d"].to(device)[kept],
-            radius=head.pos_radius,
-            size_ranges=head.size_ranges,
+            radius=head.train_cfg.pos_radius,
+            size_ranges=head.train_cfg.size_ranges,
         )
         pos = gt_index >= 0
         row = torch.full_like(gt_index, -1)  # (P,) row of the box in the target dict
@@ -131,10 +134,11 @@ def batch_losses(head: PerspectiveHead, outputs: dict, targets: list[dict]) -> d
     num_pos, denom = max(num_pos, 1.0), max(ctr_sum, 1e-6)
     speed_denom = max(speed_ctr_sum, 1e-6)
 
+    cfg = head.train_cfg
     logits = flat["cls_logits"]  # (BN, P, K)
     cls_target = F.one_hot(labels, head.num_classes + 1)[..., : head.num_classes].to(logits)
     loss_cls = sigmoid_focal_loss(
-        logits, cls_target, alpha=head.focal_alpha, gamma=head.focal_gamma, reduction="sum"
+        logits, cls_target, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum"
     )
     losses = {"loss_cls_mono": loss_cls / num_pos}
     if pos_img.numel() == 0:
@@ -158,6 +162,7 @@ def batch_losses(head: PerspectiveHead, outputs: dict, targets: list[dict]) -> d
 
 def _loss_3d(head, flat, targets, assigned, pos_img, pos_loc, ctr, denom) -> dict:
     """Disentangled 3D-box parts and 3D confidence (official ``FCOS3DLoss``)."""
+    cfg = head.train_cfg
     lab = assigned["labels"][pos_img, pos_loc]  # (Pos,)
     pred = {k: pick_class(flat[k][pos_img, pos_loc], lab, ch) for k, ch in BOX3D_CHANNELS.items()}
     inv_k = torch.stack([torch.linalg.inv(t["intrinsics"].to(ctr)) for t in targets])
@@ -183,14 +188,14 @@ def _loss_3d(head, flat, targets, assigned, pos_img, pos_loc, ctr, denom) -> dic
     }
     gt = {k: v.to(ctr) for k, v in gt.items()}
     parts, l1 = disentangled_corner_loss(
-        decoded, gt, inv_k, head.smooth_l1_beta, head.box3d_smooth_l1_form
+        decoded, gt, inv_k, cfg.smooth_l1_beta, cfg.box3d_smooth_l1_form
     )
-    out = {f"loss_{k}_mono": head.box3d_weight * (v * ctr).sum() / denom for k, v in parts.items()}
-    conf_target = torch.exp(-l1 / head.conf3d_temperature)
+    out = {f"loss_{k}_mono": cfg.box3d_weight * (v * ctr).sum() / denom for k, v in parts.items()}
+    conf_target = torch.exp(-l1 / cfg.conf3d_temperature)
     bce = F.binary_cross_entropy_with_logits(
         pred["conf3d"].squeeze(1), conf_target, reduction="none"
     )
-    out["loss_conf3d_mono"] = head.conf3d_weight * (bce * ctr).sum() / denom
+    out["loss_conf3d_mono"] = cfg.conf3d_weight * (bce * ctr).sum() / denom
     return out
 
 
@@ -198,6 +203,7 @@ def _loss_nuscenes(
     head, flat, targets, assigned, pos_img, pos_loc, ctr, speed_denom: float
 ) -> dict:
     """Attribute and speed losses (official ``NuscenesLoss``)."""
+    cfg = head.train_cfg
     attr = gather_gt(targets, assigned, pos_img, pos_loc, "attributes").squeeze(1)
     speed = gather_gt(targets, assigned, pos_img, pos_loc, "speeds").squeeze(1)
     attr_logits = flat["attr_logits"][pos_img, pos_loc]  # (Pos, 3)
@@ -208,7 +214,7 @@ def _loss_nuscenes(
         # Official: ``(cross_entropy(...) * w).sum() / w.sum()`` with a *mean*-reduced
         # cross entropy, i.e. the plain mean over the valid locations.
         ce = F.cross_entropy(attr_logits[valid], attr[valid].long())
-        out["loss_attr_mono"] = head.attr_weight * ce
+        out["loss_attr_mono"] = cfg.attr_weight * ce
     else:
         out["loss_attr_mono"] = attr_logits.sum() * 0.0
     valid = ~torch.isnan(speed.float())
@@ -216,8 +222,8 @@ def _loss_nuscenes(
         w = ctr[valid]
         # official NuscenesLoss: fvcore's (standard) smooth-L1 with beta 0.05
         target = speed[valid].to(pred_speed)
-        err = smooth_l1(pred_speed[valid], target, head.smooth_l1_beta, "standard")
-        out["loss_speed_mono"] = head.speed_weight * (err * w).sum() / speed_denom
+        err = smooth_l1(pred_speed[valid], target, cfg.smooth_l1_beta, "standard")
+        out["loss_speed_mono"] = cfg.speed_weight * (err * w).sum() / speed_denom
     else:
         out["loss_speed_mono"] = pred_speed.sum() * 0.0
     return out

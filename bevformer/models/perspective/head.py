@@ -21,9 +21,10 @@ launcher converts them to ``torch.nn.SyncBatchNorm`` in multi-GPU runs (config `
 
 Official training details reproduced (docs/ARCHITECTURE.md "Training procedure: official
 behaviour and deliberate deviations"): the disentangled 3D-box loss uses DD3D's own smooth-L1
-(``box3d_smooth_l1_form="official"``: ``0.5 x^2`` below beta, no division by beta), the speed
-loss fvcore's standard one; the detector feeds the head only the cameras with boxes
-(``PerspectiveStage(cameras="annotated")``, config ``model.perspective.cameras``).
+(``train_cfg.box3d_smooth_l1_form="official"``, :mod:`.config`: ``0.5 x^2`` below beta, no
+division by beta), the speed loss fvcore's standard one; the detector feeds the head only the
+cameras with boxes (``PerspectiveStage(cameras="annotated")``, config
+``model.perspective.cameras``).
 
 Shapes: B*N images (B samples x N cameras, camera-major within a sample), C channels,
 K classes, L levels of size H_l x W_l, P = sum_l H_l*W_l locations of one image (level-major).
@@ -31,7 +32,8 @@ K classes, L levels of size H_l x W_l, P = sum_l H_l*W_l locations of one image 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +41,10 @@ from torch import Tensor, nn
 
 from bevformer.models.perspective.batch_loss import batch_losses
 from bevformer.models.perspective.coder import BOX3D_CHANNELS, NUM_ATTRIBUTES, canonical_box_sizes
+from bevformer.models.perspective.config import PerspectiveTestCfg, PerspectiveTrainCfg
 from bevformer.models.perspective.inference import predict_boxes
 from bevformer.models.perspective.layers import OUTPUT_KEYS, Offset, Scale, Tower, predictor
-from bevformer.models.perspective.losses import check_smooth_l1_form
-from bevformer.models.perspective.targets import SIZE_RANGES, compute_locations
+from bevformer.models.perspective.targets import compute_locations
 from bevformer.registry import MODELS
 
 __all__ = ["PerspectiveHead", "Scale", "Offset", "Tower"]
@@ -57,12 +59,44 @@ DEPTH_STD = (24.331, 9.833, 6.223, 4.611, 8.275)
 class PerspectiveHead(nn.Module):
     """FCOS2D + FCOS3D head on P3-P7 with DD3D's targets, losses and inference.
 
-    Loss weights follow the bevformerv2 configs: classification, 2D box and centerness 1,
-    every disentangled 3D part ``box3d_weight = 2``, 3D confidence 1, attribute and speed 0.2.
-    ``box3d_smooth_l1_form`` is the smooth-L1 form of the disentangled corner loss
-    (:func:`~bevformer.models.perspective.losses.smooth_l1`): ``"official"`` (default) as DD3D's
-    ``dd3d/layers/smooth_l1_loss.py``, ``"standard"`` the Fast R-CNN form. The speed loss always
-    uses the standard form, as the official ``NuscenesLoss`` (fvcore's ``smooth_l1_loss``).
+    The architecture and box-coding arguments are flat; the training and inference settings
+    are grouped as in mmdetection's heads. Defaults are the official BEVFormer v2 settings
+    (the ``fcos3d_bbox_head`` of its ``projects/configs/bevformerv2/*.py``; official files
+    relative to ``projects/mmdet3d_plugin/``):
+
+    - ``num_classes`` = 10, ``in_channels`` = 256 (FPN channels), ``strides`` =
+      (8, 16, 32, 64, 128) pixels of the levels P3-P7.
+    - ``num_convs`` = 4: conv layers of each tower (``fcos2d_cfg.num_cls_convs /
+      num_box_convs``, ``fcos3d_cfg.num_convs``; ``dd3d/modeling/{fcos2d,fcos3d}.py``).
+    - ``depth_mean`` / ``depth_std``: per level the depth prior in metres
+      (``fcos3d_cfg.mean_depth_per_level / std_depth_per_level``; ``fcos3d.py``
+      ``FCOS3DHead``); ``depth_scale_init`` = 0.3: the depth scale starts at
+      ``0.3 * std_l`` (``fcos3d_cfg.depth_scale_init_factor``).
+    - ``canonical_sizes``: (K, 3) per-class (w, l, h) in metres that the predicted sizes scale;
+      ``None`` the official ``fcos3d_loss_cfg.canon_box_sizes`` in this project's class order
+      (:func:`~bevformer.models.perspective.coder.canonical_box_sizes`).
+    - ``min_depth`` = 0.1, ``max_depth`` = 80.0 metres: clamp of the decoded depth;
+      ``depth_factor`` = 500.0 pixels: the depth output is scaled by focal length / factor
+      (``fcos3d_loss_cfg.min_depth / max_depth / scale_depth_by_focal_lengths_factor``;
+      ``fcos3d.py``).
+    - ``train_cfg``: dict (or :class:`~bevformer.models.perspective.config.PerspectiveTrainCfg`)
+      of the target assignment and loss settings ``size_ranges`` (pixels), ``pos_radius``
+      (strides) = 1.5, ``focal_alpha`` = 0.25, ``focal_gamma`` = 2.0, ``box3d_weight`` = 2.0,
+      ``conf3d_weight`` = 1.0, ``conf3d_temperature`` = 1.0 (metres), ``smooth_l1_beta`` =
+      0.05, ``box3d_smooth_l1_form`` = ``"official"``, ``attr_weight`` = 0.2,
+      ``speed_weight`` = 0.2; kept as ``self.train_cfg``.
+    - ``test_cfg``: dict (or :class:`~bevformer.models.perspective.config.PerspectiveTestCfg`)
+      of the inference thresholds ``pre_nms_thresh`` = 0.05, ``pre_nms_topk`` = 1000,
+      ``post_nms_topk`` = 100, ``nms_thresh`` = 0.6; kept as ``self.test_cfg``.
+
+    Keys missing from ``train_cfg`` / ``test_cfg`` keep their defaults; an unknown key raises
+    ``TypeError`` listing the accepted ones. Each key's meaning, unit and official source is in
+    :mod:`bevformer.models.perspective.config`. ``train_cfg.box3d_smooth_l1_form`` is the
+    smooth-L1 form of the disentangled corner loss
+    (:func:`~bevformer.models.perspective.losses.smooth_l1`): ``"official"`` (default) as
+    DD3D's ``dd3d/layers/smooth_l1_loss.py``, ``"standard"`` the Fast R-CNN form. The speed
+    loss always uses the standard form, as the official ``NuscenesLoss`` (fvcore's
+    ``smooth_l1_loss``).
     """
 
     def __init__(
@@ -76,26 +110,16 @@ class PerspectiveHead(nn.Module):
         depth_std: Sequence[float] = DEPTH_STD,
         depth_scale_init: float = 0.3,
         canonical_sizes: Sequence[Sequence[float]] | None = None,
-        size_ranges: Sequence[tuple[float, float]] = SIZE_RANGES,
-        pos_radius: float = 1.5,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
         min_depth: float = 0.1,
         max_depth: float = 80.0,
         depth_factor: float = 500.0,
-        box3d_weight: float = 2.0,
-        conf3d_weight: float = 1.0,
-        conf3d_temperature: float = 1.0,
-        smooth_l1_beta: float = 0.05,
-        box3d_smooth_l1_form: str = "official",
-        attr_weight: float = 0.2,
-        speed_weight: float = 0.2,
-        pre_nms_thresh: float = 0.05,
-        pre_nms_topk: int = 1000,
-        post_nms_topk: int = 100,
-        nms_thresh: float = 0.6,
+        train_cfg: PerspectiveTrainCfg | Mapping[str, Any] | None = None,
+        test_cfg: PerspectiveTestCfg | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.train_cfg = PerspectiveTrainCfg.from_cfg(train_cfg)
+        self.test_cfg = PerspectiveTestCfg.from_cfg(test_cfg)
+        size_ranges = self.train_cfg.size_ranges
         num_levels = len(strides)
         if not len(depth_mean) == len(depth_std) == num_levels <= len(size_ranges):
             raise ValueError(
@@ -104,16 +128,7 @@ class PerspectiveHead(nn.Module):
             )
         self.num_classes = num_classes
         self.strides = tuple(int(s) for s in strides)
-        self.size_ranges = tuple(tuple(r) for r in size_ranges)
-        self.pos_radius = pos_radius
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.min_depth, self.max_depth, self.depth_factor = min_depth, max_depth, depth_factor
-        self.box3d_weight, self.conf3d_weight = box3d_weight, conf3d_weight
-        self.conf3d_temperature, self.smooth_l1_beta = conf3d_temperature, smooth_l1_beta
-        self.box3d_smooth_l1_form = check_smooth_l1_form(box3d_smooth_l1_form)
-        self.attr_weight, self.speed_weight = attr_weight, speed_weight
-        self.pre_nms_thresh, self.pre_nms_topk = pre_nms_thresh, pre_nms_topk
-        self.post_nms_topk, self.nms_thresh = post_nms_topk, nms_thresh
 
         canon = canonical_box_sizes() if canonical_sizes is None else torch.tensor(canonical_sizes)
         if canon.shape != (num_classes, 3):
@@ -201,10 +216,7 @@ class PerspectiveHead(nn.Module):
             intrinsics,
             image_size,
             self.canonical_sizes,
-            pre_nms_thresh=self.pre_nms_thresh,
-            pre_nms_topk=self.pre_nms_topk,
-            post_nms_topk=self.post_nms_topk,
-            nms_thresh=self.nms_thresh,
+            self.test_cfg,
             min_depth=self.min_depth,
             max_depth=self.max_depth,
             depth_factor=self.depth_factor,

@@ -2,24 +2,31 @@
 
 Follows DD3D's ``FCOS2DInference`` / ``FCOS3DInference`` / ``NuscenesInference`` (BEVFormer
 ``projects/mmdet3d_plugin/dd3d/modeling/{fcos2d.py, fcos3d.py, nuscenes_dd3d.py}``; the
-thresholds are the DD3D defaults, TRI-ML/dd3d ``configs/models/dd3d.yaml``):
+thresholds are the head's ``test_cfg``,
+:class:`~bevformer.models.perspective.config.PerspectiveTestCfg`, whose defaults are DD3D's,
+TRI-ML/dd3d ``configs/models/dd3d.yaml``):
 
-1. per level: class scores ``sigmoid(logit) * sigmoid(centerness)`` above ``pre_nms_thresh``,
-   at most ``pre_nms_topk`` of them;
+1. per level: class scores ``sigmoid(logit) * sigmoid(centerness)`` above
+   ``test_cfg.pre_nms_thresh`` (0.05), at most ``test_cfg.pre_nms_topk`` (1000) of them;
 2. 2D box = location -/+ ltrb, 2D score = sqrt(that product), 3D box decoded from the
    labelled class's FCOS3D outputs, 3D score = 2D score x sigmoid(3D confidence);
-3. per image: class-wise NMS of the 2D boxes on the 3D score, then the ``post_nms_topk`` best.
+3. per image: class-wise NMS (IoU ``test_cfg.nms_thresh``, 0.6) of the 2D boxes on the 3D
+   score, then the ``test_cfg.post_nms_topk`` (100) best.
 
 Shapes: BN images, P locations of one image (level-major), K classes, D detections.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
 from bevformer.models.perspective.coder import BOX3D_CHANNELS, decode_boxes3d
+from bevformer.models.perspective.config import PerspectiveTestCfg
 
 __all__ = ["predict_boxes"]
 
@@ -35,11 +42,8 @@ def predict_boxes(
     intrinsics: Tensor,
     image_size: tuple[int, int],
     canonical_sizes: Tensor,
+    test_cfg: PerspectiveTestCfg | Mapping[str, Any] | None = None,
     *,
-    pre_nms_thresh: float = 0.05,
-    pre_nms_topk: int = 1000,
-    post_nms_topk: int = 100,
-    nms_thresh: float = 0.6,
     min_depth: float = 0.1,
     max_depth: float = 80.0,
     depth_factor: float = 500.0,
@@ -47,10 +51,15 @@ def predict_boxes(
     """Raw head outputs (see ``PerspectiveHead.forward``) -> per-image detections.
 
     ``intrinsics`` (BN, 3, 3), ``image_size`` (H, W) for clipping the 2D boxes,
-    ``canonical_sizes`` (K, 3). Each result holds ``boxes3d`` (D, 10) = camera-frame centre
-    xyz, wlh, quaternion wxyz; ``scores`` (D,); ``scores_2d`` (D,); ``labels`` (D,);
-    ``boxes2d`` (D, 4); ``attributes`` (D,); ``speeds`` (D,).
+    ``canonical_sizes`` (K, 3), ``test_cfg`` the thresholds (a
+    :class:`~bevformer.models.perspective.config.PerspectiveTestCfg` or a dict of some of its
+    keys; None: the defaults); ``min_depth`` / ``max_depth`` metres and ``depth_factor``
+    pixels as in :func:`~bevformer.models.perspective.coder.decode_boxes3d`. Each result holds
+    ``boxes3d`` (D, 10) = camera-frame centre xyz, wlh, quaternion wxyz; ``scores`` (D,);
+    ``scores_2d`` (D,); ``labels`` (D,); ``boxes2d`` (D, 4); ``attributes`` (D,); ``speeds``
+    (D,).
     """
+    cfg = PerspectiveTestCfg.from_cfg(test_cfg)
     num_images = outputs["cls_logits"][0].shape[0]
     num_classes = outputs["cls_logits"][0].shape[1]
     device = outputs["cls_logits"][0].device
@@ -64,10 +73,10 @@ def predict_boxes(
             scores = _level_maps(outputs, "cls_logits", lvl, img).sigmoid()  # (HW, K)
             ctr = _level_maps(outputs, "centerness", lvl, img).sigmoid()  # (HW, 1)
             scores = scores * ctr  # DD3D THRESH_WITH_CTR: threshold the product
-            loc_idx, cls_idx = (scores > pre_nms_thresh).nonzero(as_tuple=True)
+            loc_idx, cls_idx = (scores > cfg.pre_nms_thresh).nonzero(as_tuple=True)
             cand = scores[loc_idx, cls_idx]
-            if cand.numel() > pre_nms_topk:
-                cand, keep = cand.topk(pre_nms_topk)
+            if cand.numel() > cfg.pre_nms_topk:
+                cand, keep = cand.topk(cfg.pre_nms_topk)
                 loc_idx, cls_idx = loc_idx[keep], cls_idx[keep]
             loc = locations[loc_idx]  # (D_l, 2)
             ltrb = _level_maps(outputs, "box2d", lvl, img)[loc_idx]  # (D_l, 4)
@@ -105,7 +114,7 @@ def predict_boxes(
         det = {k: torch.cat([d[k] for d in per_level]) for k in per_level[0]}
         det["boxes2d"][:, 0::2] = det["boxes2d"][:, 0::2].clamp(0, width)
         det["boxes2d"][:, 1::2] = det["boxes2d"][:, 1::2].clamp(0, height)
-        keep = batched_nms(det["boxes2d"], det["scores"], det["labels"], nms_thresh)
-        keep = keep[:post_nms_topk]  # batched_nms sorts by decreasing score
+        keep = batched_nms(det["boxes2d"], det["scores"], det["labels"], cfg.nms_thresh)
+        keep = keep[: cfg.post_nms_topk]  # batched_nms sorts by decreasing score
         results.append({k: v[keep] for k, v in det.items()})
     return results

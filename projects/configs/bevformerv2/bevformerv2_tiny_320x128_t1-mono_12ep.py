@@ -15,7 +15,10 @@ model = dict(
         "mono_head": {
             **_base_.perspective.mono_head,
             "in_channels": _base_.embed_dims,
-            "box3d_smooth_l1_form": "standard",
+            "train_cfg": {
+                **_base_.perspective.mono_head.train_cfg,
+                "box3d_smooth_l1_form": "standard",
+            },
         },
         "loss_weight": 1.0,
         "cameras": "all",

@@ -1,5 +1,5 @@
 """The official perspective-loss details and their switches: DD3D's smooth-L1 form in the 3D-box
-loss (``box3d_smooth_l1_form``), the perspective head on the annotated cameras only
+loss (``train_cfg.box3d_smooth_l1_form``), the perspective head on the annotated cameras only
 (``mono_cameras``), and which configs select what.
 
 Images are 128 x 256 with fx = fy = 200 and principal point (128, 64); B batch, N cameras (6).
@@ -56,7 +56,7 @@ def test_unknown_form_is_rejected():
     with pytest.raises(ValueError, match="'official'"):
         smooth_l1(torch.zeros(1), torch.zeros(1), 0.05, form="huber")
     with pytest.raises(ValueError, match="smooth-L1 form"):
-        PerspectiveHead(in_channels=C, box3d_smooth_l1_form="huber")
+        PerspectiveHead(in_channels=C, train_cfg=dict(box3d_smooth_l1_form="huber"))
 
 
 def test_disentangled_loss_of_a_depth_error_below_beta():
@@ -129,9 +129,9 @@ def test_head_uses_the_official_form_for_the_box_and_the_standard_form_for_speed
     torch.manual_seed(0)
     feats = [torch.randn(2, C, H // s, W // s) for s in (8, 16, 32, 64, 128)]
     official = PerspectiveHead(in_channels=C)
-    standard = PerspectiveHead(in_channels=C, box3d_smooth_l1_form="standard")
+    standard = PerspectiveHead(in_channels=C, train_cfg=dict(box3d_smooth_l1_form="standard"))
     standard.load_state_dict(official.state_dict())
-    assert official.box3d_smooth_l1_form == "official"  # the default is the official form
+    assert official.train_cfg.box3d_smooth_l1_form == "official"  # the default is the official form
     a = official.loss(official(feats), targets)
     b = standard.loss(standard(feats), targets)
     for name in ("cls", "box2d", "centerness", "conf3d", "attr", "speed"):
@@ -251,7 +251,7 @@ def test_the_config_lists_are_complete():
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_official_setting_configs_train_as_the_official_code(name):
     cfg = Config.fromfile(os.path.join(CONFIG_DIR, name))
-    assert cfg.model.perspective.mono_head.box3d_smooth_l1_form == "official"
+    assert cfg.model.perspective.mono_head.train_cfg.box3d_smooth_l1_form == "official"
     assert cfg.model.perspective.cameras == "annotated"
     assert cfg.sync_bn == "torch" and cfg.norm_layer == "BN"
 
@@ -259,7 +259,7 @@ def test_official_setting_configs_train_as_the_official_code(name):
 @pytest.mark.parametrize("name", TINY_MONO)
 def test_tiny_configs_keep_the_training_of_their_recorded_results(name):
     cfg = Config.fromfile(os.path.join(CONFIG_DIR, name))
-    assert cfg.model.perspective.mono_head.box3d_smooth_l1_form == "standard"
+    assert cfg.model.perspective.mono_head.train_cfg.box3d_smooth_l1_form == "standard"
     assert cfg.model.perspective.cameras == "all"
     assert cfg.norm_layer == "BN"
 
@@ -269,11 +269,11 @@ def test_configs_build_with_their_settings():
         os.path.join(CONFIG_DIR, "bevformerv2_internimage-xl_1600x640_t1_24ep.py")
     )
     head = build_model(official.model.perspective.mono_head)
-    assert isinstance(head, PerspectiveHead) and head.box3d_smooth_l1_form == "official"
+    assert isinstance(head, PerspectiveHead) and head.train_cfg.box3d_smooth_l1_form == "official"
     tiny = Config.fromfile(os.path.join(CONFIG_DIR, TINY_MONO[0]))
     with torch.device("meta"):  # shapes only
         model = build_model(tiny.model)
     assert (
-        model.perspective.mono_head.box3d_smooth_l1_form == "standard"
+        model.perspective.mono_head.train_cfg.box3d_smooth_l1_form == "standard"
         and model.perspective.cameras == "all"
     )

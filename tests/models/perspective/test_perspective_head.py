@@ -114,7 +114,9 @@ def test_losses_are_finite_and_backpropagate():
 def test_loss_weights():
     feats, targets = _feats(), [_targets(), _targets()]
     base = _head()
-    other = _head(box3d_weight=1.0, conf3d_weight=3.0, attr_weight=0.4, speed_weight=0.1)
+    other = _head(
+        train_cfg=dict(box3d_weight=1.0, conf3d_weight=3.0, attr_weight=0.4, speed_weight=0.1)
+    )
     other.load_state_dict(base.state_dict())
     a = base.loss(base(feats), targets)
     b = other.loss(other(feats), targets)

@@ -129,7 +129,8 @@ perspective = dict(
         num_classes=len(_base_.class_names),
         in_channels=embed_dims,
         strides=(8, 16, 32, 64, 128),
-        box3d_smooth_l1_form="official",
+        # target assignment and losses (PerspectiveTrainCfg; test_cfg: the inference thresholds)
+        train_cfg=dict(box3d_smooth_l1_form="official"),
     ),
     hybrid=None,
     num_levels=num_mono_levels,  # FPN maps the head reads (P3-P7)

@@ -1,0 +1,221 @@
+"""ONNX export of the inference path: images and camera matrices in, top-k boxes out.
+
+:class:`ExportModel` wraps a :class:`~bevformer.models.detector.BEVFormerV2` so that its forward
+is the predict path with static shapes: backbone -> neck -> BEV stage -> decoder -> head ->
+the coder's top-k (:func:`decode_topk`, the :class:`~bevformer.models.coder.NMSFreeCoder`
+decoding with a ``valid`` mask instead of dropping boxes). :func:`export_onnx` writes it with
+the deformable operators in their ``decomposed`` form: ``ops.reference_ops()`` makes them
+``F.grid_sample`` (ONNX ``GridSample``, opset >= 16), and the spatial cross-attention runs every
+BEV query through every camera with the unseen ones masked (static shapes, the same values),
+so the file runs in stock onnxruntime.
+
+Inputs (B batch, N cameras, H W the config's padded test image size)::
+
+    img        float32 [B, N, 3, H, W]   the test pipeline's output (normalised, padded)
+    lidar2img  float32 [B, N, 4, 4]      current lidar frame -> pixels
+
+Outputs (k = ``post_processor.max_num``)::
+
+    boxes   float32 [B, k, 9]   lidar-frame box vectors (docs/CONVENTIONS.md)
+    scores  float32 [B, k]      sigmoid scores, descending
+    labels  int64   [B, k]      class indices
+    valid   bool    [B, k]      centre inside post_center_range (the boxes predict mode keeps)
+    indices int64   [B, k]      query * K + class of each entry (which query gave the box)
+
+What the export cannot represent is refused with :class:`ExportError` naming the option:
+several frames or streaming (their state is not an input yet), hybrid queries (the perspective
+head's NMS), a coder ``score_threshold`` (its fallback loop depends on the data).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import ops
+from bevformer.models.coder import NMSFreeCoder, X, Z, denormalize_bbox
+from bevformer.models.detector import BEVFormerV2
+
+__all__ = [
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "ExportError",
+    "ExportModel",
+    "decode_topk",
+    "export_onnx",
+    "padded_test_size",
+]
+
+INPUT_NAMES = ("img", "lidar2img")
+OUTPUT_NAMES = ("boxes", "scores", "labels", "valid", "indices")
+
+
+class ExportError(ValueError):
+    """A model option the ONNX export cannot represent (the message names it)."""
+
+
+def _check_coder(coder: NMSFreeCoder) -> None:
+    if coder.score_threshold:
+        raise ExportError(
+            f"post_processor.score_threshold={coder.score_threshold}: its fallback (lowering "
+            "the threshold until a box passes) depends on the data; export without it "
+            "(--cfg-options model.post_processor.score_threshold=None) and threshold the scores"
+        )
+
+
+def decode_topk(
+    coder: NMSFreeCoder, cls_scores: Tensor, bbox_preds: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:meth:`NMSFreeCoder.decode` with static shapes: logits ``[B, Q, K]`` and codes ``[B, Q,
+    10]`` -> boxes ``[B, k, 9]``, scores ``[B, k]``, labels ``[B, k]``, valid ``[B, k]``,
+    indices ``[B, k]`` (query * K + class) with ``k = min(max_num, Q * K)``; the boxes
+    ``decode`` returns are those where ``valid``."""
+    _check_coder(coder)
+    B, Q, K = cls_scores.shape
+    probs = cls_scores.sigmoid().flatten(1)  # [B, Q*K] over (query, class) pairs
+    scores, flat_index = probs.topk(min(coder.max_num, Q * K), dim=1)
+    labels = flat_index % K
+    query_index = torch.div(flat_index, K, rounding_mode="floor")
+    codes = torch.gather(
+        bbox_preds, 1, query_index.unsqueeze(-1).expand(-1, -1, bbox_preds.shape[-1])
+    )
+    boxes = denormalize_bbox(codes)
+    valid = torch.ones_like(scores, dtype=torch.bool)
+    if coder.post_center_range is not None:
+        bounds = boxes.new_tensor(coder.post_center_range)
+        centres = boxes[..., X : Z + 1]
+        valid = (centres >= bounds[:3]).all(-1) & (centres <= bounds[3:]).all(-1)
+    return boxes, scores, labels, valid, flat_index
+
+
+class ExportModel(nn.Module):
+    """The predict path of ``model`` with static shapes (module docstring); ``model`` is put in
+    eval mode. Raises :class:`ExportError` for the options the export cannot represent."""
+
+    def __init__(self, model: BEVFormerV2) -> None:
+        super().__init__()
+        if len(model.frames) > 1 or model.bev.temporal != "fusion":
+            raise ExportError(
+                f"model.bev.frames={model.frames}, temporal={model.bev.temporal!r}: the export "
+                "takes one frame; temporal models (past BEVs or the streaming state as inputs) "
+                "are not exported yet -- use a single-frame config or bevformer.apis.Detector"
+            )
+        if model.perspective is not None and model.perspective.hybrid is not None:
+            raise ExportError(
+                "model.perspective.hybrid: the hybrid queries come from the perspective head's "
+                "class-wise NMS, which the export does not represent yet; export a config "
+                "without them (the perspective head alone is training-only and is left out)"
+            )
+        _check_coder(model.post_processor)
+        self.model = model
+        # the wrapper too: the exporter restores the wrapper's mode afterwards, and a wrapper
+        # left in training mode would put the model back into it (dropout on)
+        self.eval()
+
+    def forward(self, img: Tensor, lidar2img: Tensor) -> tuple[Tensor, ...]:
+        """img ``[B, N, 3, H, W]``, lidar2img ``[B, N, 4, 4]`` -> boxes, scores, labels, valid,
+        indices (module docstring)."""
+        model = self.model
+        img, lidar2img = img.unsqueeze(1), lidar2img.unsqueeze(1)  # one frame slot: T = 1
+        bev, feats, _ = model.bev_features(img, lidar2img)
+        outputs, _ = model.decode_queries(bev, feats, None, None, None, img)
+        return decode_topk(model.post_processor, *model.pts_bbox_head.first_group(outputs))
+
+
+def compare_topk(expected: Sequence[Tensor], got: Sequence[Tensor]) -> dict[str, float | int]:
+    """Two runs' outputs (:data:`OUTPUT_NAMES` order, e.g. PyTorch and onnxruntime) compared per
+    (query, class) pair, since near-equal scores may come out of top-k in either order:
+    ``matched`` pairs in both top-k's, the largest |difference| of their ``scores`` and of
+    their ``boxes`` (metres, valid entries), ``label_valid_mismatches`` among them, and
+    ``boundary_gap``: the largest distance between the score of a pair in only one top-k and
+    the other run's k-th score (0 when the sets agree; a pair in only one set is a tie at the
+    boundary only if this is within the score tolerance)."""
+    out: dict[str, float | int] = dict.fromkeys(
+        ("matched", "scores_max_abs", "boxes_max_abs_m", "label_valid_mismatches", "boundary_gap"),
+        0,
+    )
+    for b in range(expected[0].shape[0]):
+        rows = [{int(i): n for n, i in enumerate(r[4][b].tolist())} for r in (expected, got)]
+        common = sorted(set(rows[0]) & set(rows[1]))
+        ia = torch.tensor([rows[0][i] for i in common], dtype=torch.long)
+        ib = torch.tensor([rows[1][i] for i in common], dtype=torch.long)
+        ea, eb = [t[b] for t in expected], [t[b] for t in got]
+        out["matched"] += len(common)
+        diff = (ea[1][ia] - eb[1][ib]).abs()
+        out["scores_max_abs"] = max(
+            out["scores_max_abs"], float(diff.max()) if len(common) else 0.0
+        )
+        valid = ea[3][ia] & eb[3][ib]
+        if bool(valid.any()):
+            box = (ea[0][ia] - eb[0][ib])[valid].abs().max()
+            out["boxes_max_abs_m"] = max(out["boxes_max_abs_m"], float(box))
+        out["label_valid_mismatches"] += int((ea[2][ia] != eb[2][ib]).sum())
+        out["label_valid_mismatches"] += int((ea[3][ia] != eb[3][ib]).sum())
+        for mine, other, theirs in ((rows[0], rows[1], eb), (rows[1], rows[0], ea)):
+            run = ea if mine is rows[0] else eb
+            for i in set(mine) - set(other):
+                gap = abs(float(run[1][mine[i]]) - float(theirs[1][-1]))
+                out["boundary_gap"] = max(out["boundary_gap"], gap)
+    return out
+
+
+def padded_test_size(
+    transforms: Sequence[Mapping[str, Any]], size_divisor: int = 32
+) -> tuple[int, int]:
+    """The padded (H, W) of the images a test pipeline (config dicts) produces: the
+    ``final_size`` of its ``CropResizeFlipImage`` rounded up to its ``PadMultiViewImage``
+    divisor and to the collate's ``size_divisor``. Raises :class:`ExportError` when the
+    pipeline does not fix the size (give the size explicitly then)."""
+    final = [t["final_size"] for t in transforms if t.get("type") == "CropResizeFlipImage"]
+    if len(final) != 1 or final[0] is None:
+        raise ExportError(
+            "the test pipeline has no single CropResizeFlipImage with a final_size, so the "
+            "exported image size is not fixed by the config; pass --image-size H W"
+        )
+    divisors = [int(size_divisor)]
+    divisors += [
+        int(t.get("size_divisor") or 1) for t in transforms if t.get("type") == "PadMultiViewImage"
+    ]
+    step = max(divisors)
+    return tuple(-(-int(v) // step) * step for v in final[0])  # type: ignore[return-value]
+
+
+def export_onnx(
+    model: BEVFormerV2,
+    path: str | os.PathLike,
+    image_size: Sequence[int],
+    *,
+    num_cams: int | None = None,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+) -> ExportModel:
+    """Write ``model``'s inference path to ``path`` (decomposed operators, module docstring)
+    for padded images of ``image_size`` (H, W) from ``num_cams`` cameras (default the model's).
+    ``opset`` must be >= 16 (``GridSample``); ``dynamic_batch`` makes B a dynamic axis.
+    Returns the wrapped module the file was traced from."""
+    if opset < 16:
+        raise ExportError(f"opset {opset}: the decomposed operators need GridSample, opset >= 16")
+    wrapped = ExportModel(model)
+    H, W = (int(v) for v in image_size)
+    N = num_cams if num_cams is not None else len(model.camera_names)
+    img = torch.zeros(1, N, 3, H, W)
+    lidar2img = torch.eye(4).expand(1, N, 4, 4).clone()
+    dynamic = None
+    if dynamic_batch:
+        dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    with ops.reference_ops(), torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            (img, lidar2img),
+            os.fspath(path),
+            opset_version=opset,
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+        )
+    return wrapped

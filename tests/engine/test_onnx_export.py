@@ -1,0 +1,133 @@
+"""ONNX export (decomposed operators) runs in stock onnxruntime and gives PyTorch's boxes:
+within 1e-4 m and scores within 1e-5 (fp32) on a real test sample of the tiny t1 config; the
+export's top-k equals predict mode's boxes; options it cannot represent are refused by name;
+a wrong input shape is onnxruntime's error naming the input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from bevformer.builder import build_dataset, build_model
+from bevformer.data.collate import collate
+from bevformer.deploy import ExportError, ExportModel, export_onnx
+from bevformer.deploy.onnx_export import compare_topk, padded_test_size
+
+REPO = Path(__file__).resolve().parents[2]
+T1 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
+HYBRID = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1-hybrid_12ep.py"
+T2 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2_12ep.py"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_cfg, tmp_path_factory):
+    """(config, model, path of its ONNX file, a test batch)."""
+    cfg = tiny_cfg(T1)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    path = tmp_path_factory.mktemp("onnx") / "t1.onnx"
+    size = padded_test_size(cfg.test_dataloader.dataset.transforms)
+    wrapped = export_onnx(model, path, size)
+    # the exporter restores the wrapper's mode afterwards: the model must stay in eval mode
+    assert not any(m.training for m in wrapped.modules())
+    data = collate([build_dataset(cfg.test_dataloader.dataset)[1]])
+    return cfg, model, path, data
+
+
+def _run(path: Path, data: dict) -> list[np.ndarray]:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {"img": data["img"][:, 0].numpy(), "lidar2img": data["lidar2img"][:, 0].numpy()}
+    return session.run(None, inputs)
+
+
+def test_the_file_has_standard_operators_only(exported):
+    _, _, path, _ = exported
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    domains = {node.domain for node in graph.graph.node}
+    assert domains <= {"", "ai.onnx"}, domains
+    assert "GridSample" in {node.op_type for node in graph.graph.node}
+
+
+def test_onnxruntime_equals_pytorch(exported):
+    _, model, path, data = exported
+    got = [torch.from_numpy(v) for v in _run(path, data)]
+    with torch.no_grad():
+        expected = ExportModel(model)(data["img"][:, 0], data["lidar2img"][:, 0])
+        predicted = model(**data, mode="predict")[0]
+    result = compare_topk(expected, got)
+    k = expected[1].shape[1]
+    assert result["matched"] >= k - 2, result  # a pair may trade places at a tie at rank k
+    assert result["boundary_gap"] < 1e-5, result
+    assert result["scores_max_abs"] < 1e-5 and result["boxes_max_abs_m"] < 1e-4, result
+    assert result["label_valid_mismatches"] == 0, result
+    # the export's valid top-k is what predict mode returns
+    keep = expected[3][0]
+    for key, value in zip(("boxes", "scores", "labels"), expected[:3], strict=True):
+        assert torch.equal(value[0][keep], predicted[key])
+
+
+def test_compare_topk_catches_a_wrong_score():
+    torch.manual_seed(0)
+    scores, order = torch.rand(1, 5).sort(descending=True)
+    outputs = [torch.rand(1, 5, 9), scores, order % 2, torch.ones(1, 5, dtype=torch.bool), order]
+    same = compare_topk(outputs, outputs)
+    assert same == {**same, "matched": 5, "scores_max_abs": 0.0, "boundary_gap": 0.0}
+    off = [t.clone() for t in outputs]
+    off[1][0, 2] += 1e-3
+    assert compare_topk(outputs, off)["scores_max_abs"] > 9e-4
+    tie = [t.clone() for t in outputs]
+    tie[4][0, 4] = 99  # another pair at rank k with the same score: a tie at the boundary
+    assert compare_topk(outputs, tie)["matched"] == 4
+    assert compare_topk(outputs, tie)["boundary_gap"] == 0.0
+    swap = [t.clone() for t in tie]
+    swap[1][0, 4] -= 0.5  # ... with a score far below: not a tie
+    assert compare_topk(outputs, swap)["boundary_gap"] == pytest.approx(0.5)
+
+
+def test_a_wrong_input_shape_names_the_input(exported):
+    _, _, path, data = exported
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    img = data["img"][:, 0].numpy()
+    with pytest.raises(Exception, match="img"):
+        session.run(None, {"img": img[..., :-32], "lidar2img": data["lidar2img"][:, 0].numpy()})
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "named"),
+    [
+        (T2, {}, "model.bev.frames"),
+        (HYBRID, {}, "model.perspective.hybrid"),
+        (T1, {"+model.post_processor.score_threshold": 0.2}, "post_processor.score_threshold"),
+    ],
+    ids=["frames", "hybrid", "score-threshold"],
+)
+def test_what_the_export_cannot_represent_is_refused(tiny_cfg, tmp_path, config, options, named):
+    cfg = tiny_cfg(config, **options)
+    with pytest.raises(ExportError, match=named.replace(".", r"\.")):
+        export_onnx(build_model(cfg.model), tmp_path / "x.onnx", (64, 160))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path):
+    cfg = tiny_cfg(T1)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pth"
+    torch.save({"state_dict": build_model(cfg.model).state_dict()}, ckpt)
+    config = tmp_path / "config.py"
+    cfg.dump(str(config))
+    out = tmp_path / "model.onnx"
+    command = [sys.executable, "tools/export_onnx.py", str(config), str(ckpt), "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--check", str(tiny_dataroot)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file() and "onnxruntime vs PyTorch" in done.stdout
+    assert "'label_valid_mismatches': 0" in done.stdout
