@@ -8,6 +8,8 @@ Subcommands:
     model   tiny / XL model on CPU: latency, training step, peak memory, kernels vs references
             (``bevformer.benchmark``)
     data    samples/s of the training data pipeline with N DataLoader workers vs 0 workers
+    latency per-frame inference latency: eager PyTorch, torch.compile, onnxruntime
+            (``bevformer.deploy.latency``)
 
 Each subcommand is registered by a ``add_<name>_parser(subparsers)`` function that adds its
 parser and sets ``func`` (called with the parsed arguments); add new areas the same way.
@@ -155,7 +157,42 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_data)
 
 
-SUBCOMMANDS = [add_ops_parser, add_official_ops_parser, add_model_parser, add_data_parser]
+def add_latency_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bevformer.deploy.latency import BACKENDS
+
+    p = subparsers.add_parser(
+        "latency", help="per-frame latency: eager PyTorch, torch.compile, onnxruntime (CPU)"
+    )
+    p.add_argument("--config", default="tiny", help="tiny, xl or a config path (single-frame)")
+    p.add_argument("--image-size", type=_image_size, default=(128, 320), help="HxW (128x320)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls after a warm-up")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    p.add_argument("--dataroot", default=None, help="synthetic dataroot (default: a small new one)")
+
+    def run_latency(args: argparse.Namespace) -> int:
+        from bevformer.deploy.latency import bench_latency, format_latency_table
+
+        rows = bench_latency(
+            args.config, args.image_size, args.threads, args.repeats, args.dataroot, args.backends
+        )
+        h, w = args.image_size
+        print(f"\n{args.config}, images {h}x{w} x 6 cameras, batch 1, CPU, {args.threads} threads,")
+        print(f"fp32, median of {args.repeats} calls after a warm-up; backbone to top-k boxes.")
+        print("Baseline: eager PyTorch with the compiled op kernels.\n")
+        print(format_latency_table(rows))
+        return 0 if all("error" not in r for r in rows) else 1
+
+    p.set_defaults(func=run_latency)
+
+
+SUBCOMMANDS = [
+    add_ops_parser,
+    add_official_ops_parser,
+    add_model_parser,
+    add_data_parser,
+    add_latency_parser,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

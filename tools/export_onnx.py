@@ -7,12 +7,12 @@ The model of CONFIG gets CKPT's weights (strict: this project's or an official B
 file) and its inference path is written with the deformable operators decomposed into
 ``GridSample`` (``bevformer/deploy/onnx_export.py``: inputs ``img [B, N, 3, H, W]`` from the
 test pipeline and ``lidar2img [B, N, 4, 4]``; outputs the coder's top-k ``boxes``,
-``scores``, ``labels``, a ``valid`` mask and the ``indices`` of the (query, class) pairs).
-H, W default to the padded size of the config's test pipeline. With ``--check`` the first
+``scores``, ``labels``, a ``valid`` mask and the ``indices`` of the (query, class) pairs;
+fusion configs also take the past keyframes' neck maps and return the current one's). H, W
+default to the padded size of the config's test pipeline. With ``--check`` the first
 test sample of DATAROOT runs through onnxruntime and through PyTorch and the largest
-differences per (query, class) pair are printed. Options the export cannot represent (several
-frames, streaming, hybrid queries, a coder score threshold) stop it with a message naming
-them.
+differences per (query, class) pair are printed. Options the export cannot represent
+(streaming, hybrid queries, a coder score threshold) stop it with a message naming them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ import torch
 from bevformer.builder import build_dataset, build_model
 from bevformer.checkpoint import load_model_weights
 from bevformer.data.collate import collate
-from bevformer.deploy.onnx_export import ExportError, compare_topk, export_onnx, padded_test_size
+from bevformer.deploy.onnx_export import (
+    ExportError,
+    ExportModel,
+    compare_topk,
+    export_onnx,
+    padded_test_size,
+)
 from bevformer.engine.launch import DictAction, load_config
 
 
@@ -55,16 +61,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def compare(path: str, model: torch.nn.Module, data: dict) -> dict[str, float | int]:
-    """onnxruntime vs PyTorch on one batch, per (query, class) pair (``compare_topk``)."""
+def compare(path: str, wrapped: ExportModel, data: dict) -> dict[str, float | int]:
+    """onnxruntime vs PyTorch on one batch, per (query, class) pair (``compare_topk``); past
+    slots (fusion configs) get the neck maps of the batch's past images."""
     import onnxruntime
 
-    img, lidar2img = data["img"][:, 0], data["lidar2img"][:, 0]
+    model = wrapped.model
+    current = model.current_slot
+    inputs = [data["img"][:, current]]
     with torch.no_grad():
-        expected = model(img, lidar2img)
+        if wrapped.past_slots:
+            inputs += [data["lidar2img"], data["frame_valid"]]
+            for t in wrapped.past_slots:
+                maps = model.extract_feat(data["img"][:, t], None, augment=False)
+                inputs += maps[: wrapped.num_levels]
+        else:
+            inputs.append(data["lidar2img"][:, 0])
+        expected = wrapped(*inputs)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"img": img.numpy(), "lidar2img": lidar2img.numpy()})
-    return compare_topk(expected, [torch.from_numpy(v) for v in got])
+    feed = {name: t.numpy() for name, t in zip(wrapped.input_names, inputs, strict=True)}
+    got = session.run(None, feed)
+    return compare_topk(expected[:5], [torch.from_numpy(v) for v in got[:5]])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"export_onnx: {err}", file=sys.stderr)
         return 2
     H, W = size
-    print(f"wrote {args.out}: inputs img [B, N, 3, {H}, {W}], lidar2img; opset {args.opset}")
+    names = ", ".join(wrapped.input_names[:3]) + ("" if len(wrapped.input_names) <= 3 else ", ...")
+    print(f"wrote {args.out}: inputs {names} (img [B, N, 3, {H}, {W}]); opset {args.opset}")
     if args.check:
         data = collate([build_dataset(cfg.test_dataloader.dataset)[0]])
         print(f"onnxruntime vs PyTorch: {compare(args.out, wrapped, data)}")

@@ -22,9 +22,11 @@ Outputs (k = ``post_processor.max_num``)::
     valid   bool    [B, k]      centre inside post_center_range (the boxes predict mode keeps)
     indices int64   [B, k]      query * K + class of each entry (which query gave the box)
 
+Fusion configs with past frames add inputs (``lidar2img`` of every slot, ``frame_valid``, the
+past frames' neck maps) and outputs (the current frame's maps), see :class:`ExportModel`.
 What the export cannot represent is refused with :class:`ExportError` naming the option:
-several frames or streaming (their state is not an input yet), hybrid queries (the perspective
-head's NMS), a coder ``score_threshold`` (its fallback loop depends on the data).
+streaming (its state is not an input yet) and future frames, hybrid queries (the
+perspective head's NMS), a coder ``score_threshold`` (its fallback loop depends on the data).
 """
 
 from __future__ import annotations
@@ -94,15 +96,23 @@ def decode_topk(
 
 class ExportModel(nn.Module):
     """The predict path of ``model`` with static shapes (module docstring); ``model`` is put in
-    eval mode. Raises :class:`ExportError` for the options the export cannot represent."""
+    eval mode. Raises :class:`ExportError` for the options the export cannot represent.
+
+    Fusion configs with past frames (``frames`` like ``(-1, 0)``) take, besides the current
+    images, ``lidar2img [B, T, N, 4, 4]`` of every slot (past cameras in the current lidar
+    frame, as the dataset gives them), ``frame_valid [B, T]`` and the neck maps the encoder
+    reads of each past slot (``past{t}_level{l}``), and also return the current frame's maps
+    (``level{l}``): the caller passes them back as a past slot later, so each image goes
+    through the backbone once (as :class:`bevformer.apis.Detector`).
+    """
 
     def __init__(self, model: BEVFormerV2) -> None:
         super().__init__()
-        if len(model.frames) > 1 or model.bev.temporal != "fusion":
+        if model.bev.temporal != "fusion" or any(offset > 0 for offset in model.frames):
             raise ExportError(
-                f"model.bev.frames={model.frames}, temporal={model.bev.temporal!r}: the export "
-                "takes one frame; temporal models (past BEVs or the streaming state as inputs) "
-                "are not exported yet -- use a single-frame config or bevformer.apis.Detector"
+                f"model.bev.temporal={model.bev.temporal!r}, model.bev.frames={model.frames}: "
+                "the export takes fusion configs with current and past frames; the streaming "
+                "state and future frames are not exported yet -- use bevformer.apis.Detector"
             )
         if model.perspective is not None and model.perspective.hybrid is not None:
             raise ExportError(
@@ -112,18 +122,51 @@ class ExportModel(nn.Module):
             )
         _check_coder(model.post_processor)
         self.model = model
+        self.num_levels = int(model.bev.encoder.num_levels)
+        current = model.current_slot
+        self.past_slots = [t for t in range(len(model.frames)) if t != current]
         # the wrapper too: the exporter restores the wrapper's mode afterwards, and a wrapper
         # left in training mode would put the model back into it (dropout on)
         self.eval()
 
-    def forward(self, img: Tensor, lidar2img: Tensor) -> tuple[Tensor, ...]:
-        """img ``[B, N, 3, H, W]``, lidar2img ``[B, N, 4, 4]`` -> boxes, scores, labels, valid,
-        indices (module docstring)."""
+    @property
+    def input_names(self) -> list[str]:
+        if not self.past_slots:
+            return list(INPUT_NAMES)
+        past = [f"past{t}_level{lvl}" for t in self.past_slots for lvl in range(self.num_levels)]
+        return [*INPUT_NAMES, "frame_valid", *past]
+
+    @property
+    def output_names(self) -> list[str]:
+        if not self.past_slots:
+            return list(OUTPUT_NAMES)
+        return [*OUTPUT_NAMES, *(f"level{lvl}" for lvl in range(self.num_levels))]
+
+    def forward(
+        self, img: Tensor, lidar2img: Tensor, frame_valid: Tensor | None = None, *past: Tensor
+    ) -> tuple[Tensor, ...]:
+        """img ``[B, N, 3, H, W]``; lidar2img ``[B, N, 4, 4]`` (one frame) or ``[B, T, N, 4,
+        4]`` with ``frame_valid [B, T]`` and the past maps ``num_levels x [B, N, C, h, w]`` per
+        past slot -> boxes, scores, labels, valid, indices (+ the current maps)."""
         model = self.model
-        img, lidar2img = img.unsqueeze(1), lidar2img.unsqueeze(1)  # one frame slot: T = 1
-        bev, feats, _ = model.bev_features(img, lidar2img)
-        outputs, _ = model.decode_queries(bev, feats, None, None, None, img)
-        return decode_topk(model.post_processor, *model.pts_bbox_head.first_group(outputs))
+        if not self.past_slots:
+            lidar2img = lidar2img.unsqueeze(1)  # one frame slot: T = 1
+        T = lidar2img.shape[1]
+        frames = img.unsqueeze(1).expand(-1, T, -1, -1, -1, -1)  # shapes only for the past slots
+        maps = {t: list(past[i * self.num_levels : (i + 1) * self.num_levels])
+                for i, t in enumerate(self.past_slots)}  # fmt: skip
+        current: list[Tensor] = []
+
+        def features(t: int) -> list[Tensor]:
+            if t in maps:
+                return maps[t]
+            current[:] = model.extract_feat(img, None, augment=False)
+            return current
+
+        bev, feats, _ = model.bev_features(frames, lidar2img, frame_valid, features=features)
+        outputs, _ = model.decode_queries(bev, feats, None, None, None, frames)
+        boxes = decode_topk(model.post_processor, *model.pts_bbox_head.first_group(outputs))
+        return (*boxes, *feats[: self.num_levels]) if self.past_slots else boxes
 
 
 def compare_topk(expected: Sequence[Tensor], got: Sequence[Tensor]) -> dict[str, float | int]:
@@ -202,20 +245,27 @@ def export_onnx(
     wrapped = ExportModel(model)
     H, W = (int(v) for v in image_size)
     N = num_cams if num_cams is not None else len(model.camera_names)
-    img = torch.zeros(1, N, 3, H, W)
-    lidar2img = torch.eye(4).expand(1, N, 4, 4).clone()
+    inputs: list[Tensor] = [torch.zeros(1, N, 3, H, W)]
+    if wrapped.past_slots:
+        T = len(model.frames)
+        inputs += [torch.eye(4).expand(1, T, N, 4, 4).clone(), torch.ones(1, T, dtype=torch.bool)]
+        with torch.no_grad():
+            maps = model.extract_feat(inputs[0], None, augment=False)[: wrapped.num_levels]
+        inputs += [torch.zeros_like(m) for _ in wrapped.past_slots for m in maps]
+    else:
+        inputs.append(torch.eye(4).expand(1, N, 4, 4).clone())
     dynamic = None
     if dynamic_batch:
-        dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
+        dynamic = {name: {0: "batch"} for name in (*wrapped.input_names, *wrapped.output_names)}
     with ops.reference_ops(), torch.no_grad():
         torch.onnx.export(
             wrapped,
-            (img, lidar2img),
+            tuple(inputs),
             os.fspath(path),
             opset_version=opset,
             dynamo=False,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            input_names=wrapped.input_names,
+            output_names=wrapped.output_names,
             dynamic_axes=dynamic,
         )
     return wrapped

@@ -120,14 +120,20 @@ class TemporalBEV(nn.Module):
 
         ``features(t)`` gives slot t's neck maps (the caller runs its backbone in eval mode, as
         the official ``obtain_history_bev``); a slot no sample has (``frame_valid [B, T]``) is
-        not encoded and stays None, as does the current slot. The caller puts this module in
-        eval mode too. Returns T entries ``[B, Q, C]`` or None.
+        not encoded and stays None (during ONNX export every slot is encoded), as does the
+        current slot. The caller puts this module in eval mode too. Returns T entries
+        ``[B, Q, C]`` or None.
         """
         bevs: list[Tensor | None] = [None] * len(self.frames)
         prev, prev_valid = None, None
+        # an exported graph encodes every slot (whether one is valid is known at run time
+        # only); the invalid ones are replaced by fill_missing_frames all the same
+        every_slot = torch.onnx.is_in_onnx_export()
         with torch.no_grad():
             for t in range(len(self.frames)):
-                if t == self.current_slot or not bool(frame_valid[:, t].any()):
+                if t == self.current_slot:
+                    continue
+                if not every_slot and not bool(frame_valid[:, t].any()):
                     continue
                 if self.temporal == "streaming" and prev is not None:
                     bev = self.encode(features(t), lidar2img[:, t], img_shape, prev, prev_valid)

@@ -1,7 +1,8 @@
 """ONNX export (decomposed operators) runs in stock onnxruntime and gives PyTorch's boxes:
-within 1e-4 m and scores within 1e-5 (fp32) on a real test sample of the tiny t1 config; the
-export's top-k equals predict mode's boxes; options it cannot represent are refused by name;
-a wrong input shape is onnxruntime's error naming the input."""
+within 1e-4 m and scores within 1e-5 (fp32) on real test samples of the tiny t1 config and of
+the t2 config keyframe after keyframe (the neck maps passed from call to call); the export's
+top-k equals predict mode's boxes; options it cannot represent are refused by name; a wrong
+input shape is onnxruntime's error naming the input."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 T1 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
 HYBRID = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1-hybrid_12ep.py"
 T2 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2_12ep.py"
+T2_STREAM = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2-stream_12ep.py"
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,43 @@ def test_compare_topk_catches_a_wrong_score():
     assert compare_topk(outputs, swap)["boundary_gap"] == pytest.approx(0.5)
 
 
+def test_fusion_keyframes_in_a_row_equal_pytorch(tiny_cfg, tmp_path):
+    """t2 (ResNetFusion of the previous and the current keyframe): each keyframe's neck maps
+    come out of one call and go into the next as the past slot's; onnxruntime equals PyTorch
+    frame after frame, and PyTorch's export path equals predict mode on the dataset's items
+    (which run the backbone on the past images again)."""
+    cfg = tiny_cfg(T2)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    path = tmp_path / "t2.onnx"
+    wrapped = export_onnx(model, path, padded_test_size(cfg.test_dataloader.dataset.transforms))
+    names = wrapped.input_names
+    assert names[:3] == ["img", "lidar2img", "frame_valid"] and len(wrapped.output_names) > 5
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dataset = build_dataset(cfg.test_dataloader.dataset)
+    current = model.current_slot
+    with torch.no_grad():
+        maps = model.extract_feat(torch.zeros(1, 6, 3, 64, 160), None, augment=False)
+    torch_past = ort_past = [torch.zeros_like(m) for m in maps[: wrapped.num_levels]]
+    for i in range(len(dataset)):
+        data = collate([dataset[i]])
+        head = (data["img"][:, current], data["lidar2img"], data["frame_valid"])
+        with torch.no_grad():
+            expected = wrapped(*head, *torch_past)
+            predicted = model(**data, mode="predict")[0]
+        feed = {n: t.numpy() for n, t in zip(names, (*head, *ort_past), strict=True)}
+        got = [torch.from_numpy(v) for v in session.run(None, feed)]
+        result = compare_topk(expected[:5], got[:5])
+        assert result["matched"] >= 18 and result["boundary_gap"] < 1e-5, (i, result)
+        assert result["scores_max_abs"] < 1e-5 and result["boxes_max_abs_m"] < 1e-4, (i, result)
+        assert result["label_valid_mismatches"] == 0, (i, result)
+        keep = expected[3][0]
+        for key, value in zip(("boxes", "scores", "labels"), expected[:3], strict=True):
+            assert torch.equal(value[0][keep], predicted[key]), (i, key)
+        torch_past, ort_past = list(expected[5:]), got[5:]
+        assert bool(data["frame_valid"][0, 0]) == (i > 0)
+
+
 def test_a_wrong_input_shape_names_the_input(exported):
     _, _, path, data = exported
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -103,11 +142,11 @@ def test_a_wrong_input_shape_names_the_input(exported):
 @pytest.mark.parametrize(
     ("config", "options", "named"),
     [
-        (T2, {}, "model.bev.frames"),
+        (T2_STREAM, {}, "model.bev.temporal='streaming'"),
         (HYBRID, {}, "model.perspective.hybrid"),
         (T1, {"+model.post_processor.score_threshold": 0.2}, "post_processor.score_threshold"),
     ],
-    ids=["frames", "hybrid", "score-threshold"],
+    ids=["streaming", "hybrid", "score-threshold"],
 )
 def test_what_the_export_cannot_represent_is_refused(tiny_cfg, tmp_path, config, options, named):
     cfg = tiny_cfg(config, **options)
@@ -116,8 +155,9 @@ def test_what_the_export_cannot_represent_is_refused(tiny_cfg, tmp_path, config,
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path):
-    cfg = tiny_cfg(T1)
+@pytest.mark.parametrize("config", [T1, T2], ids=["t1", "t2"])
+def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path, config):
+    cfg = tiny_cfg(config)
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pth"
     torch.save({"state_dict": build_model(cfg.model).state_dict()}, ckpt)
@@ -131,3 +171,17 @@ def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file() and "onnxruntime vs PyTorch" in done.stdout
     assert "'label_valid_mismatches': 0" in done.stdout
+
+
+def test_the_latency_benchmark_times_each_runtime_against_eager(tiny_dataroot):
+    from bevformer.deploy.latency import bench_latency, format_latency_table
+
+    rows = bench_latency(
+        "tiny", (64, 160), threads=1, repeats=1, dataroot=tiny_dataroot,
+        backends=("eager", "onnxruntime"),
+    )  # fmt: skip
+    assert [r["backend"] for r in rows] == ["eager", "onnxruntime"]
+    assert all("error" not in r and r["seconds"] > 0 for r in rows), rows
+    assert rows[0]["ratio_to_eager"] == 1.0
+    table = format_latency_table(rows)
+    assert "onnxruntime" in table and "x eager" in table
