@@ -96,6 +96,45 @@ def _split_new_keys(options: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     return plain, added
 
 
+# model config keys of the layout before the BEV and perspective stages were modules (state-dict
+# layout 1, bevformer.models.detector.LAYOUT_RENAMES) -> where they are now
+MOVED_MODEL_KEYS = {
+    "model.encoder": "model.bev.encoder",
+    "model.fusion": "model.bev.fusion",
+    "model.frames": "model.bev.frames",
+    "model.temporal": "model.bev.temporal",
+    "model.mono_head": "model.perspective.mono_head",
+    "model.hybrid_queries": "model.perspective.hybrid",
+    "model.num_mono_levels": "model.perspective.num_levels",
+    "model.mono_cameras": "model.perspective.cameras",
+    "model.mono_loss_weight": "model.perspective.loss_weight",
+}
+
+
+def moved_key_hint(dotted: str) -> str:
+    """`` (moved: use NEW)`` when ``dotted`` starts with a model key of the earlier layout,
+    else ""."""
+    for old, new in MOVED_MODEL_KEYS.items():
+        if dotted == old or dotted.startswith(old + "."):
+            return f" ({old} moved to {new}: use {new + dotted[len(old) :]})"
+    return ""
+
+
+def check_model_layout(cfg: Config, path: str) -> None:
+    """Refuses a config whose model node still has keys of the earlier layout (e.g. a
+    user's config with ``model.encoder``), naming where each one moved."""
+    model = cfg.get("model") or {}
+    moved = [key for key in MOVED_MODEL_KEYS if key.split(".", 1)[1] in model]
+    if moved:
+        where = ", ".join(f"{key} -> {MOVED_MODEL_KEYS[key]}" for key in moved)
+        raise ValueError(
+            f"{path}: the model config has keys of the earlier layout ({where}); the encoder, "
+            "fusion, frames and temporal mode now sit in model.bev (TemporalBEV), the "
+            "perspective head and hybrid queries in model.perspective (PerspectiveStage): move "
+            "them there (checkpoints of the earlier layout still load unchanged)"
+        )
+
+
 def _check_option_keys(
     cfg: Config, options: dict[str, Any], path: str, added: set[str] = frozenset()
 ) -> None:
@@ -129,7 +168,8 @@ def _check_option_keys(
                 known = sorted(node.keys()) if isinstance(node, dict) else []
                 raise KeyError(
                     f"--cfg-options key {dotted!r}: {'.'.join(walked)!r} does not exist in "
-                    f"{path}. Keys at that level: {known}. To add a key the config does not "
+                    f"{path}{moved_key_hint(dotted)}. Keys at that level: {known}. To add a "
+                    "key the config does not "
                     f"set, prefix it with '{NEW_KEY_PREFIX}' (--cfg-options "
                     f"{NEW_KEY_PREFIX}{dotted}=...); inside mmengine's sections "
                     f"({', '.join(MMENGINE_SECTIONS)}) new keys need no prefix"
@@ -236,6 +276,7 @@ def load_config(
         options["data_root"] = data_root
     if options:
         cfg.merge_from_dict(options)
+    check_model_layout(cfg, path)
     _propagate_top_level(cfg, file_values, path)
     return cfg
 

@@ -115,12 +115,7 @@ class DecoderLayer(nn.Module):
     """
 
     def __init__(
-        self,
-        embed_dims: int = 256,
-        num_heads: int = 8,
-        num_points: int = 4,
-        ffn_dims: int = 512,
-        dropout: float = 0.1,
+        self, embed_dims: int, num_heads: int, num_points: int, ffn_dims: int, dropout: float
     ) -> None:
         super().__init__()
         self.self_attn = GroupSelfAttention(embed_dims, num_heads, dropout)

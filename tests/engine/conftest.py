@@ -14,33 +14,7 @@ from typing import Any
 
 import pytest
 from mmengine.config import Config
-
-from bevformer.engine.launch import load_config
-
-TINY_CONFIG = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
-REPO = Path(__file__).resolve().parents[2]
-
-TINY_OPTIONS: dict[str, Any] = {
-    "model.img_backbone.depths": (1, 1, 1, 1),
-    "model.bev.encoder.num_layers": 1,
-    "model.bev.encoder.grid.bev_h": 25,
-    "model.bev.encoder.grid.bev_w": 25,
-    "model.pts_bbox_head.num_query": 20,
-    "model.pts_bbox_head.num_decoder_layers": 1,
-    "model.post_processor.max_num": 20,
-    "train_dataloader.batch_size": 1,
-    "train_dataloader.num_workers": 0,
-    # index of CropResizeFlipImage in the tiny train pipeline (load, BDA, crop/resize/flip, ...)
-    "train_dataloader.dataset.transforms.2.final_size": (64, 160),
-    "val_dataloader.batch_size": 1,
-    "val_dataloader.num_workers": 0,
-    "val_dataloader.dataset.transforms.1.final_size": (64, 160),
-    "test_dataloader.batch_size": 1,
-    "test_dataloader.num_workers": 0,
-    "test_dataloader.dataset.transforms.1.final_size": (64, 160),
-    "base_batch_size": 1,
-    "default_hooks.logger.interval": 1,
-}
+from tiny import REPO, TINY_CONFIG, TINY_OPTIONS, make_tiny_cfg  # noqa: F401  (tests/engine is on sys.path)
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +31,6 @@ def tiny_dataroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     create_infos(str(root), "v1.0-mini", progress=False)
     return root
-
-
-def make_tiny_cfg(dataroot: Path, config: str = TINY_CONFIG, **options: Any) -> Config:
-    """``config`` on ``dataroot`` with :data:`TINY_OPTIONS` and ``options`` applied."""
-    return load_config(str(REPO / config), {**TINY_OPTIONS, **options}, data_root=str(dataroot))
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from tiny import REPO, TINY_CONFIG  # noqa: I001  (tests/engine is on sys.path)
 
 from bevformer.builder import build_model
 from bevformer.checkpoint import load_model_weights
 from bevformer.engine.launch import build_runner, load_config
 from bevformer.engine.metric import NuScenesMetric
 from bevformer.visualization import render_results
-from conftest import REPO, TINY_CONFIG  # noqa: I001  (tests/engine is on sys.path)
 
 
 def test_missing_config_and_unknown_key(tiny_cfg):

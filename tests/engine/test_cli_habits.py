@@ -110,3 +110,15 @@ def test_a_misspelt_dataroot_is_named_as_missing():
         FileNotFoundError, match="the dataroot no/such/dataroot/? .* does not exist"
     ):
         build_runner(cfg)
+
+
+def test_model_keys_of_the_earlier_layout_say_where_they_moved(tmp_path):
+    with pytest.raises(KeyError, match=r"model\.encoder moved to model\.bev\.encoder: use "
+                       r"model\.bev\.encoder\.num_layers"):  # fmt: skip
+        load_config(str(TINY), {"model.encoder.num_layers": 1})
+    with pytest.raises(ValueError, match=r"model\.mono_head -> model\.perspective\.mono_head"):
+        load_config(str(TINY), {"+model.mono_head": None})
+    old = tmp_path / "old_layout.py"
+    old.write_text(f"_base_ = [{str(TINY)!r}]\nmodel = dict(frames=(-1, 0))\n")
+    with pytest.raises(ValueError, match=r"model\.frames -> model\.bev\.frames"):
+        load_config(str(old))

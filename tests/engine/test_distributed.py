@@ -15,8 +15,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO, TINY_CONFIG, TINY_OPTIONS  # noqa: I001  (tests/engine is on sys.path)
+from tiny import REPO, TINY_CONFIG, TINY_OPTIONS  # noqa: I001  (tests/engine is on sys.path)
 
 
 def _free_port() -> int:
