@@ -82,6 +82,7 @@ def decode_topk(
     scores, flat_index = probs.topk(min(coder.max_num, Q * K), dim=1)
     labels = flat_index % K
     query_index = torch.div(flat_index, K, rounding_mode="floor")
+    # [B, k] query indices -> [B, k, 10] codes of those queries
     codes = torch.gather(
         bbox_preds, 1, query_index.unsqueeze(-1).expand(-1, -1, bbox_preds.shape[-1])
     )
@@ -152,7 +153,9 @@ class ExportModel(nn.Module):
         if not self.past_slots:
             lidar2img = lidar2img.unsqueeze(1)  # one frame slot: T = 1
         T = lidar2img.shape[1]
-        frames = img.unsqueeze(1).expand(-1, T, -1, -1, -1, -1)  # shapes only for the past slots
+        # [B, N, 3, H, W] -> [B, T, N, 3, H, W] without a copy: the past slots' images are
+        # not read (their maps are inputs), only the batch's shape
+        frames = img.unsqueeze(1).expand(-1, T, -1, -1, -1, -1)
         maps = {t: list(past[i * self.num_levels : (i + 1) * self.num_levels])
                 for i, t in enumerate(self.past_slots)}  # fmt: skip
         current: list[Tensor] = []

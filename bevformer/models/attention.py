@@ -151,13 +151,13 @@ class SpatialCrossAttention(nn.Module):
             # static shapes for export: every query through every camera, the unseen masked
             # out (the same values as the gathered form below, N*Q instead of N*K queries)
             out = self.deformable_attention(
-                query.unsqueeze(1).expand(B, N, Q, C).reshape(B * N, Q, C),
-                value.reshape(B * N, S, C),
-                reference_points_cam.reshape(B * N, Q, D, 2),
+                query.unsqueeze(1).expand(B, N, Q, C).reshape(B * N, Q, C),  # every camera
+                value.reshape(B * N, S, C),  # [B, N, S, C] -> [B*N, S, C]
+                reference_points_cam.reshape(B * N, Q, D, 2),  # [B, N, Q, D, 2] -> [B*N, ...]
                 spatial_shapes,
                 level_start_index,
-            ).view(B, N, Q, C)
-            slots = (out * seen.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+            ).view(B, N, Q, C)  # [B*N, Q, C] -> [B, N, Q, C]
+            slots = (out * seen.unsqueeze(-1).to(out.dtype)).sum(dim=1)  # [B, Q, C]
             return self.output_proj(slots / count[..., None])
         indexes = [seen[:, i].any(dim=0).nonzero().squeeze(-1) for i in range(N)]
         K = max(int(idx.numel()) for idx in indexes)

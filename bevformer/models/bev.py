@@ -213,7 +213,8 @@ class TemporalBEV(nn.Module):
         aligned, valid = prev_state.aligned_to(_required(lidar2global), scene_tokens, self.grid)
         if own is None:
             return aligned, valid
-        return torch.where(own_valid.view(-1, 1, 1), own, aligned), own_valid | valid
+        keep = own_valid.view(-1, 1, 1)  # [B] -> [B, 1, 1] over [B, Q, C]
+        return torch.where(keep, own, aligned), own_valid | valid
 
 
 def _required(lidar2global: Tensor | None) -> Tensor:
