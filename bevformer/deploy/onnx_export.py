@@ -22,11 +22,12 @@ Outputs (k = ``post_processor.max_num``)::
     valid   bool    [B, k]      centre inside post_center_range (the boxes predict mode keeps)
     indices int64   [B, k]      query * K + class of each entry (which query gave the box)
 
-Fusion configs with past frames add inputs (``lidar2img`` of every slot, ``frame_valid``, the
-past frames' neck maps) and outputs (the current frame's maps), see :class:`ExportModel`.
-What the export cannot represent is refused with :class:`ExportError` naming the option:
-streaming (its state is not an input yet) and future frames, hybrid queries (the
-perspective head's NMS), a coder ``score_threshold`` (its fallback loop depends on the data).
+Configs with past frames add inputs (``lidar2img`` of every slot, ``frame_valid``, the past
+frames' neck maps) and outputs (the current frame's maps); streaming configs add the previous
+BEV with the ego motion and return the new BEV; see :class:`ExportModel`. What the export
+cannot represent is refused with :class:`ExportError` naming the option: future frames,
+hybrid queries (the perspective head's NMS), a coder ``score_threshold`` (its fallback loop
+depends on the data).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 import ops
 from bevformer.models.coder import NMSFreeCoder, X, Z, denormalize_bbox
 from bevformer.models.detector import BEVFormerV2
+from bevformer.models.temporal import PreviousBEV
 
 __all__ = [
     "INPUT_NAMES",
@@ -54,6 +56,7 @@ __all__ = [
 
 INPUT_NAMES = ("img", "lidar2img")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid", "indices")
+STREAMING_INPUT_NAMES = ("prev_bev", "prev2cur", "prev_valid")
 
 
 class ExportError(ValueError):
@@ -105,15 +108,21 @@ class ExportModel(nn.Module):
     reads of each past slot (``past{t}_level{l}``), and also return the current frame's maps
     (``level{l}``): the caller passes them back as a past slot later, so each image goes
     through the backbone once (as :class:`bevformer.apis.Detector`).
+
+    Streaming configs (``temporal="streaming"``) also take the previous call's BEV
+    (``prev_bev [B, Q, C]``, its ``bev`` output), the ego motion ``prev2cur [B, 4, 4]`` from
+    the previous lidar frame to the current one (``inv(lidar2global_cur) @
+    lidar2global_prev``, identity without a previous frame) and ``prev_valid [B]`` (bool: the
+    previous frame is of the same scene), and return the new ``bev``: what
+    :class:`~bevformer.models.temporal.TemporalState` carries in PyTorch.
     """
 
     def __init__(self, model: BEVFormerV2) -> None:
         super().__init__()
-        if model.bev.temporal != "fusion" or any(offset > 0 for offset in model.frames):
+        if any(offset > 0 for offset in model.frames):
             raise ExportError(
-                f"model.bev.temporal={model.bev.temporal!r}, model.bev.frames={model.frames}: "
-                "the export takes fusion configs with current and past frames; the streaming "
-                "state and future frames are not exported yet -- use bevformer.apis.Detector"
+                f"model.bev.frames={model.frames}: future keyframes are not there when a frame "
+                "arrives; the export takes the current and past frames only"
             )
         if model.perspective is not None and model.perspective.hybrid is not None:
             raise ExportError(
@@ -124,6 +133,7 @@ class ExportModel(nn.Module):
         _check_coder(model.post_processor)
         self.model = model
         self.num_levels = int(model.bev.encoder.num_levels)
+        self.streaming = model.bev.temporal == "streaming"
         current = model.current_slot
         self.past_slots = [t for t in range(len(model.frames)) if t != current]
         # the wrapper too: the exporter restores the wrapper's mode afterwards, and a wrapper
@@ -132,32 +142,45 @@ class ExportModel(nn.Module):
 
     @property
     def input_names(self) -> list[str]:
-        if not self.past_slots:
-            return list(INPUT_NAMES)
-        past = [f"past{t}_level{lvl}" for t in self.past_slots for lvl in range(self.num_levels)]
-        return [*INPUT_NAMES, "frame_valid", *past]
+        names = list(INPUT_NAMES)
+        if self.past_slots:
+            names.append("frame_valid")
+            levels = range(self.num_levels)
+            names += [f"past{t}_level{lvl}" for t in self.past_slots for lvl in levels]
+        if self.streaming:
+            names += list(STREAMING_INPUT_NAMES)
+        return names
 
     @property
     def output_names(self) -> list[str]:
-        if not self.past_slots:
-            return list(OUTPUT_NAMES)
-        return [*OUTPUT_NAMES, *(f"level{lvl}" for lvl in range(self.num_levels))]
+        names = list(OUTPUT_NAMES)
+        if self.streaming:
+            names.append("bev")
+        if self.past_slots:
+            names += [f"level{lvl}" for lvl in range(self.num_levels)]
+        return names
 
-    def forward(
-        self, img: Tensor, lidar2img: Tensor, frame_valid: Tensor | None = None, *past: Tensor
-    ) -> tuple[Tensor, ...]:
+    def forward(self, img: Tensor, lidar2img: Tensor, *extra: Tensor) -> tuple[Tensor, ...]:
         """img ``[B, N, 3, H, W]``; lidar2img ``[B, N, 4, 4]`` (one frame) or ``[B, T, N, 4,
-        4]`` with ``frame_valid [B, T]`` and the past maps ``num_levels x [B, N, C, h, w]`` per
-        past slot -> boxes, scores, labels, valid, indices (+ the current maps)."""
+        4]``; then, in :attr:`input_names` order, ``frame_valid [B, T]`` and the past maps
+        ``num_levels x [B, N, C, h, w]`` per past slot (past slots), ``prev_bev``, ``prev2cur``,
+        ``prev_valid`` (streaming) -> boxes, scores, labels, valid, indices (+ the new BEV, +
+        the current maps)."""
         model = self.model
-        if not self.past_slots:
+        rest = list(extra)
+        frame_valid, maps = None, {}
+        if self.past_slots:
+            frame_valid = rest.pop(0)
+            for t in self.past_slots:
+                maps[t] = rest[: self.num_levels]
+                del rest[: self.num_levels]
+        else:
             lidar2img = lidar2img.unsqueeze(1)  # one frame slot: T = 1
+        previous = PreviousBEV(*rest) if self.streaming else None
         T = lidar2img.shape[1]
         # [B, N, 3, H, W] -> [B, T, N, 3, H, W] without a copy: the past slots' images are
         # not read (their maps are inputs), only the batch's shape
         frames = img.unsqueeze(1).expand(-1, T, -1, -1, -1, -1)
-        maps = {t: list(past[i * self.num_levels : (i + 1) * self.num_levels])
-                for i, t in enumerate(self.past_slots)}  # fmt: skip
         current: list[Tensor] = []
 
         def features(t: int) -> list[Tensor]:
@@ -166,10 +189,16 @@ class ExportModel(nn.Module):
             current[:] = model.extract_feat(img, None, augment=False)
             return current
 
-        bev, feats, _ = model.bev_features(frames, lidar2img, frame_valid, features=features)
+        bev, feats, _ = model.bev_features(
+            frames, lidar2img, frame_valid, prev_state=previous, features=features
+        )
         outputs, _ = model.decode_queries(bev, feats, None, None, None, frames)
-        boxes = decode_topk(model.post_processor, *model.pts_bbox_head.first_group(outputs))
-        return (*boxes, *feats[: self.num_levels]) if self.past_slots else boxes
+        result = decode_topk(model.post_processor, *model.pts_bbox_head.first_group(outputs))
+        if self.streaming:
+            # without fusion and BEV augmentation the BEV is the encoder output, which is
+            # what the next frame attends to (TemporalState.bev)
+            result = (*result, bev)
+        return (*result, *feats[: self.num_levels]) if self.past_slots else result
 
 
 def compare_topk(expected: Sequence[Tensor], got: Sequence[Tensor]) -> dict[str, float | int]:
@@ -257,6 +286,10 @@ def export_onnx(
         inputs += [torch.zeros_like(m) for _ in wrapped.past_slots for m in maps]
     else:
         inputs.append(torch.eye(4).expand(1, N, 4, 4).clone())
+    if wrapped.streaming:
+        grid = model.grid
+        Q, C = grid.bev_h * grid.bev_w, int(model.bev.encoder.embed_dims)
+        inputs += [torch.zeros(1, Q, C), torch.eye(4)[None], torch.ones(1, dtype=torch.bool)]
     dynamic = None
     if dynamic_batch:
         dynamic = {name: {0: "batch"} for name in (*wrapped.input_names, *wrapped.output_names)}

@@ -39,15 +39,26 @@ def resample_bev(bev: Tensor, bda: Tensor, grid: BEVGrid) -> Tensor:
         raise ValueError(f"bev must be [B, C, {grid.bev_h}, {grid.bev_w}], got {tuple(bev.shape)}")
     if bda.shape != (B, 4, 4):
         raise ValueError(f"bda must be [B, 4, 4] with B={B}, got {tuple(bda.shape)}")
+    exporting = torch.onnx.is_in_onnx_export()
     eye = torch.eye(4, dtype=bda.dtype, device=bda.device)
-    if bool((bda == eye).all()):
+    # an exported graph resamples whatever the matrix is (the shortcut depends on the data)
+    if not exporting and bool((bda == eye).all()):
         return bev
     target = grid.cell_centres(bev.dtype, bev.device)  # [H, W, 2] metres
     lin = bda[:, :2, :2].to(bev.dtype)  # [B, 2, 2]
     shift = bda[:, :2, 3].to(bev.dtype)  # [B, 2]
-    # source = inv(A) (target - t):  [B, H, W, 2]
+    # source = inv(A) (target - t):  [B, H, W, 2]; ONNX has no matrix inverse: the 2x2 formula
+    inverse = _inverse_2x2(lin) if exporting else torch.linalg.inv(lin)
     centred = target[None] - shift[:, None, None]
-    source = torch.einsum("bij,bhwj->bhwi", torch.linalg.inv(lin), centred)
+    source = torch.einsum("bij,bhwj->bhwi", inverse, centred)
     # metres -> grid_sample's [-1, 1] (align_corners=False: -1 and 1 are the range's edges)
     where = grid.normalize(source) * 2.0 - 1.0
     return F.grid_sample(bev, where, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _inverse_2x2(m: Tensor) -> Tensor:
+    """``inv(m)`` of ``m [B, 2, 2]`` by the adjugate over the determinant (standard operators
+    only, for the ONNX export; ``torch.linalg.inv`` everywhere else)."""
+    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    adjugate = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2)
+    return adjugate / (a * d - b * c)[:, None, None]

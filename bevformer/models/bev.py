@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bevformer.models.bda import resample_bev
 from bevformer.models.encoder import BEVEncoder
-from bevformer.models.temporal import TemporalState, fill_missing_frames
+from bevformer.models.temporal import PreviousBEV, TemporalState, fill_missing_frames
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
 
@@ -161,7 +161,7 @@ class TemporalBEV(nn.Module):
         past: Sequence[Tensor | None] | None = None,
         frame_valid: Tensor | None = None,
         bda: Tensor | None = None,
-        prev_state: TemporalState | None = None,
+        prev_state: TemporalState | PreviousBEV | None = None,
         lidar2global: Tensor | None = None,
         scene_tokens: Sequence[str] = (),
         want_state: bool = False,
@@ -171,8 +171,9 @@ class TemporalBEV(nn.Module):
 
         ``past``: :meth:`past_bevs` (None for a single frame); ``frame_valid [B, T]`` (default
         all valid). Streaming only: ``prev_state`` from the previous call, ``lidar2global [B, 4,
-        4]`` float64 and ``scene_tokens`` of this frame's samples (needed with ``prev_state``
-        or ``want_state``); ``want_state`` returns the state for the next call.
+        4]`` float64 and ``scene_tokens`` of this frame's samples (needed with a
+        :class:`TemporalState` or ``want_state``; a :class:`PreviousBEV` brings its own motion
+        and validity); ``want_state`` returns the state for the next call.
         """
         B, T = lidar2img.shape[:2]
         frame_valid = self.frame_validity(frame_valid, B, T, lidar2img.device)
@@ -198,7 +199,7 @@ class TemporalBEV(nn.Module):
         self,
         slots: list[Tensor | None],
         frame_valid: Tensor,
-        prev_state: TemporalState | None,
+        prev_state: TemporalState | PreviousBEV | None,
         lidar2global: Tensor | None,
         scene_tokens: Sequence[str],
     ) -> tuple[Tensor | None, Tensor | None]:
@@ -210,7 +211,9 @@ class TemporalBEV(nn.Module):
         own_valid = frame_valid[:, cur - 1] if own is not None else None
         if prev_state is None:
             return own, own_valid
-        aligned, valid = prev_state.aligned_to(_required(lidar2global), scene_tokens, self.grid)
+        if isinstance(prev_state, TemporalState):
+            lidar2global = _required(lidar2global)
+        aligned, valid = prev_state.aligned_to(lidar2global, scene_tokens, self.grid)
         if own is None:
             return aligned, valid
         keep = own_valid.view(-1, 1, 1)  # [B] -> [B, 1, 1] over [B, Q, C]

@@ -38,7 +38,7 @@ from bevformer.models.coder import NMSFreeCoder
 from bevformer.models.grid_mask import GridMask
 from bevformer.models.losses import check_finite_losses
 from bevformer.models.perspective.stage import PerspectiveStage, require_mono
-from bevformer.models.temporal import TemporalState
+from bevformer.models.temporal import PreviousBEV, TemporalState
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
 
@@ -173,7 +173,7 @@ class BEVFormerV2(BaseModel):
         frame_valid: Tensor | None = None,
         bda: Tensor | None = None,
         flip: Tensor | None = None,
-        prev_state: TemporalState | None = None,
+        prev_state: TemporalState | PreviousBEV | None = None,
         meta: Sequence[Any] | None = None,
         want_state: bool = False,
         features: SlotFeatures | None = None,
@@ -183,7 +183,10 @@ class BEVFormerV2(BaseModel):
 
         ``features``: ``t -> neck maps of slot t`` (L x [B, N, C, h, w], flips undone) to use
         instead of running the backbone on ``img[:, t]`` (the streaming
-        :class:`~bevformer.apis.Detector` passes the maps it kept from earlier frames)."""
+        :class:`~bevformer.apis.Detector` passes the maps it kept from earlier frames).
+        ``prev_state``: the streaming state of the previous call (the poses and scenes come from
+        ``meta``) or a :class:`~bevformer.models.temporal.PreviousBEV` (the exported model's
+        inputs: no ``meta`` needed)."""
         B, T = img.shape[:2]
         frame_valid = self.bev.frame_validity(frame_valid, B, T, img.device)
         past = self._past_bevs(img, lidar2img, frame_valid, flip, features) if T > 1 else None
@@ -193,7 +196,8 @@ class BEVFormerV2(BaseModel):
         else:
             feats = self.extract_feat(img[:, cur], flip, augment=True)
         poses, scenes = None, ()
-        if self.bev.temporal == "streaming" and (prev_state is not None or want_state):
+        posed = isinstance(prev_state, TemporalState)
+        if self.bev.temporal == "streaming" and (posed or want_state):
             poses, scenes = batch.lidar2global_of(meta, img.device), batch.scenes_of(meta, B)
         bev, state = self.bev(
             self._bev_feats(feats),

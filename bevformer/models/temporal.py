@@ -13,7 +13,8 @@ BEVFormer v1 (Li et al., ECCV 2022, section 3.4) instead keeps the previous fram
 attends to it with temporal self-attention; :func:`align_prev_bev` moves that BEV into the
 current lidar frame using the two frames' poses (the official code uses the can-bus rotation
 and a shift of the reference points; here the same rigid motion is applied in one resampling).
-The state travels in a :class:`TemporalState` that the caller passes in and gets back.
+The state travels in a :class:`TemporalState` that the caller passes in and gets back (or,
+in the exported ONNX model, as the tensors of a :class:`PreviousBEV`).
 
 Legend: B batch, T frames, Q = H*W BEV cells, C channels.
 
@@ -34,6 +35,7 @@ from bevformer.structures.grid import BEVGrid
 
 __all__ = [
     "BasicBlock",
+    "PreviousBEV",
     "ResNetFusion",
     "TemporalState",
     "align_prev_bev",
@@ -153,6 +155,30 @@ def align_prev_bev(prev_bev: Tensor, prev2cur: Tensor, grid: BEVGrid) -> Tensor:
     """
     moved = resample_bev(grid.tokens_to_map(prev_bev, "prev_bev"), prev2cur, grid)
     return grid.map_to_tokens(moved)
+
+
+@dataclass(frozen=True)
+class PreviousBEV:
+    """The previous BEV with the ego motion to the current frame, as tensors: what the exported
+    ONNX model takes instead of a :class:`TemporalState` (``bevformer.deploy.onnx_export``).
+
+    ``bev [B, Q, C]`` the previous frame's encoder output (its lidar frame); ``prev2cur [B, 4,
+    4]`` previous-lidar -> current-lidar points (``inv(lidar2global_cur) @
+    lidar2global_prev``; identity where there is no previous frame); ``valid [B]`` bool, which
+    samples have a previous frame of their scene.
+    """
+
+    bev: Tensor
+    prev2cur: Tensor
+    valid: Tensor
+
+    def aligned_to(
+        self, lidar2global: Tensor | None, scene_tokens: Sequence[str], grid: BEVGrid
+    ) -> tuple[Tensor, Tensor]:
+        """Previous BEV on the current ``grid`` ``[B, Q, C]`` and ``valid [B]``, as
+        :meth:`TemporalState.aligned_to` (whose pose and scene arguments are not needed: the
+        motion and the validity are given)."""
+        return align_prev_bev(self.bev, self.prev2cur.to(self.bev), grid), self.valid.bool()
 
 
 @dataclass(frozen=True)
