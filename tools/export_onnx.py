@@ -1,18 +1,24 @@
-"""Export a trained BEVFormer v2 to ONNX (standard operators; runs in stock onnxruntime).
+"""Export a trained BEVFormer v2 to ONNX (decomposed: runs in stock onnxruntime; or custom).
 
     python tools/export_onnx.py CONFIG CKPT --out model.onnx [--opset 17] [--dynamic-batch]
-        [--image-size H W] [--check DATAROOT] [--cfg-options key=value ...]
+        [--ops {decomposed,custom}] [--image-size H W] [--check DATAROOT]
+        [--cfg-options key=value ...]
 
 The model of CONFIG gets CKPT's weights (strict: this project's or an official BEVFormer v2
-file) and its inference path is written with the deformable operators decomposed into
-``GridSample`` (``bevformer/deploy/onnx_export.py``: inputs ``img [B, N, 3, H, W]`` from the
-test pipeline and ``lidar2img [B, N, 4, 4]``; outputs the coder's top-k ``boxes``,
-``scores``, ``labels``, a ``valid`` mask and the ``indices`` of the (query, class) pairs;
-fusion configs also take the past keyframes' neck maps and return the current one's). H, W
-default to the padded size of the config's test pipeline. With ``--check`` the first
-test sample of DATAROOT runs through onnxruntime and through PyTorch and the largest
-differences per (query, class) pair are printed. Options the export cannot represent
-(streaming, hybrid queries, a coder score threshold) stop it with a message naming them.
+file) and its inference path is written (``bevformer/deploy/onnx_export.py``: inputs ``img
+[B, N, 3, H, W]`` from the test pipeline and ``lidar2img [B, N, 4, 4]``; outputs the coder's
+top-k ``boxes``, ``scores``, ``labels``, a ``valid`` mask and the ``indices`` of the (query,
+class) pairs; configs with past frames also take the past keyframes' neck maps and return
+the current one's; streaming configs take the previous BEV and the ego motion and return the
+new BEV). ``--ops decomposed`` (default) writes the deformable operators as ``GridSample``;
+``--ops custom`` as one ``bevformer::DCNv3`` / ``bevformer::MultiScaleDeformableAttention``
+node each (``bevformer/deploy/custom_ops.py``; the TensorRT plugins of ``ops/tensorrt`` run
+them). H, W default to the padded size of the config's test pipeline. With ``--check`` the
+first test sample of DATAROOT runs through the file (onnxruntime; the custom form in
+``onnx.reference`` with this project's kernels as the two operators) and through PyTorch, and
+the largest differences per (query, class) pair are printed. Options the export cannot
+represent (future frames, hybrid queries, a coder score threshold) stop it with a message
+naming them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from bevformer.builder import build_dataset, build_model
 from bevformer.checkpoint import load_model_weights
 from bevformer.data.collate import collate
 from bevformer.deploy.onnx_export import (
+    OPS_FORMS,
     ExportError,
     ExportModel,
     compare_topk,
@@ -45,9 +52,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dynamic-batch", action="store_true", help="batch size as a dynamic axis")
     parser.add_argument(
         "--ops",
-        choices=("decomposed",),
+        choices=OPS_FORMS,
         default="decomposed",
-        help="form of the deformable operators: decomposed into standard ONNX operators",
+        help="deformable operators: decomposed into standard ONNX operators (default) or "
+        "custom bevformer-domain nodes (TensorRT plugins)",
     )
     parser.add_argument(
         "--image-size", nargs=2, type=int, metavar=("H", "W"), help="padded input image size"
@@ -61,11 +69,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def compare(path: str, wrapped: ExportModel, data: dict) -> dict[str, float | int]:
-    """onnxruntime vs PyTorch on one batch, per (query, class) pair (``compare_topk``); past
-    slots (fusion configs) get the neck maps of the batch's past images."""
-    import onnxruntime
-
+def compare(path: str, wrapped: ExportModel, data: dict, ops_form: str) -> dict[str, float | int]:
+    """The file vs PyTorch on one batch, per (query, class) pair (``compare_topk``); past
+    slots get the neck maps of the batch's past images, a streaming model no previous BEV.
+    The decomposed form runs in onnxruntime, the custom form in ``onnx.reference``."""
     model = wrapped.model
     current = model.current_slot
     inputs = [data["img"][:, current]]
@@ -77,10 +84,23 @@ def compare(path: str, wrapped: ExportModel, data: dict) -> dict[str, float | in
                 inputs += maps[: wrapped.num_levels]
         else:
             inputs.append(data["lidar2img"][:, 0])
+        if wrapped.streaming:
+            grid = model.grid
+            Q, C = grid.bev_h * grid.bev_w, int(model.bev.encoder.embed_dims)
+            inputs += [torch.zeros(1, Q, C), torch.eye(4)[None], torch.zeros(1, dtype=torch.bool)]
         expected = wrapped(*inputs)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     feed = {name: t.numpy() for name, t in zip(wrapped.input_names, inputs, strict=True)}
-    got = session.run(None, feed)
+    if ops_form == "custom":
+        from onnx.reference import ReferenceEvaluator
+
+        from bevformer.deploy.custom_ops import REFERENCE_OPS
+
+        got = ReferenceEvaluator(path, new_ops=list(REFERENCE_OPS)).run(None, feed)
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        got = session.run(None, feed)
     return compare_topk(expected[:5], [torch.from_numpy(v) for v in got[:5]])
 
 
@@ -92,17 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         size = args.image_size or padded_test_size(cfg.test_dataloader.dataset.transforms)
         wrapped = export_onnx(
-            model, args.out, size, opset=args.opset, dynamic_batch=args.dynamic_batch
+            model,
+            args.out,
+            size,
+            opset=args.opset,
+            dynamic_batch=args.dynamic_batch,
+            ops_form=args.ops,
         )
     except ExportError as err:
         print(f"export_onnx: {err}", file=sys.stderr)
         return 2
     H, W = size
     names = ", ".join(wrapped.input_names[:3]) + ("" if len(wrapped.input_names) <= 3 else ", ...")
-    print(f"wrote {args.out}: inputs {names} (img [B, N, 3, {H}, {W}]); opset {args.opset}")
+    print(
+        f"wrote {args.out}: inputs {names} (img [B, N, 3, {H}, {W}]); opset {args.opset}; "
+        f"deformable operators {args.ops}"
+    )
     if args.check:
         data = collate([build_dataset(cfg.test_dataloader.dataset)[0]])
-        print(f"onnxruntime vs PyTorch: {compare(args.out, wrapped, data)}")
+        runtime = "onnx.reference" if args.ops == "custom" else "onnxruntime"
+        print(f"{runtime} vs PyTorch: {compare(args.out, wrapped, data, args.ops)}")
     return 0
 
 

@@ -36,13 +36,16 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import onnx
 import torch
 from torch import Tensor, nn
 
 import ops
+from bevformer.deploy.custom_ops import DOMAIN, DOMAIN_VERSION, custom_symbolics
 from bevformer.models.coder import NMSFreeCoder, X, Z, denormalize_bbox
 from bevformer.models.detector import BEVFormerV2
 from bevformer.models.temporal import PreviousBEV
+from ops.build import load_extension
 
 __all__ = [
     "INPUT_NAMES",
@@ -57,6 +60,7 @@ __all__ = [
 INPUT_NAMES = ("img", "lidar2img")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid", "indices")
 STREAMING_INPUT_NAMES = ("prev_bev", "prev2cur", "prev_valid")
+OPS_FORMS = ("decomposed", "custom")
 
 
 class ExportError(ValueError):
@@ -267,13 +271,24 @@ def export_onnx(
     num_cams: int | None = None,
     opset: int = 17,
     dynamic_batch: bool = False,
+    ops_form: str = "decomposed",
 ) -> ExportModel:
-    """Write ``model``'s inference path to ``path`` (decomposed operators, module docstring)
-    for padded images of ``image_size`` (H, W) from ``num_cams`` cameras (default the model's).
-    ``opset`` must be >= 16 (``GridSample``); ``dynamic_batch`` makes B a dynamic axis.
-    Returns the wrapped module the file was traced from."""
-    if opset < 16:
+    """Write ``model``'s inference path to ``path`` for padded images of ``image_size`` (H, W)
+    from ``num_cams`` cameras (default the model's). ``ops_form``: ``"decomposed"`` (standard
+    operators, module docstring; ``opset`` >= 16 for ``GridSample``) or ``"custom"`` (one
+    :mod:`bevformer.deploy.custom_ops` node per deformable operator, for runtimes with
+    plugins; needs the compiled ``ops`` extension). ``dynamic_batch`` makes B a dynamic axis.
+    Returns the wrapped module the file was traced from. Raises :class:`ExportError`."""
+    if ops_form not in OPS_FORMS:
+        raise ExportError(f"ops_form must be one of {OPS_FORMS}, got {ops_form!r}")
+    if ops_form == "decomposed" and opset < 16:
         raise ExportError(f"opset {opset}: the decomposed operators need GridSample, opset >= 16")
+    if ops_form == "custom" and load_extension() is None:
+        raise ExportError(
+            "--ops custom writes the compiled operators' calls as nodes, but the ops extension "
+            "could not be built here (see the warning above; python -m ops.build); use --ops "
+            "decomposed"
+        )
     wrapped = ExportModel(model)
     H, W = (int(v) for v in image_size)
     N = num_cams if num_cams is not None else len(model.camera_names)
@@ -293,7 +308,8 @@ def export_onnx(
     dynamic = None
     if dynamic_batch:
         dynamic = {name: {0: "batch"} for name in (*wrapped.input_names, *wrapped.output_names)}
-    with ops.reference_ops(), torch.no_grad():
+    form = ops.reference_ops() if ops_form == "decomposed" else custom_symbolics(opset)
+    with form, torch.no_grad():
         torch.onnx.export(
             wrapped,
             tuple(inputs),
@@ -304,4 +320,24 @@ def export_onnx(
             output_names=wrapped.output_names,
             dynamic_axes=dynamic,
         )
+    if ops_form == "custom":
+        _declare_custom_domain(path)
     return wrapped
+
+
+def _declare_custom_domain(path: str | os.PathLike) -> None:
+    """Checks that the custom form has its nodes (a file without them would silently be the
+    decomposed form) and records the domain's version in the file's opset imports."""
+    graph = onnx.load(os.fspath(path))
+    kinds = {node.op_type for node in graph.graph.node if node.domain == DOMAIN}
+    if not kinds:
+        raise ExportError(
+            f"the custom form of {os.fspath(path)} has no {DOMAIN} nodes: the model did not "
+            "call the compiled operators (is ops.reference_ops() active around the export?)"
+        )
+    imports = [o for o in graph.opset_import if o.domain == DOMAIN]
+    if imports:
+        imports[0].version = DOMAIN_VERSION
+    else:
+        graph.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    onnx.save(graph, os.fspath(path))

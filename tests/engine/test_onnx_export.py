@@ -1,7 +1,10 @@
 """ONNX export (decomposed operators) runs in stock onnxruntime and gives PyTorch's boxes:
-within 1e-4 m and scores within 1e-5 (fp32) on real test samples of the tiny t1 config and of
-the t2 config keyframe after keyframe (the neck maps passed from call to call); the export's
-top-k equals predict mode's boxes; options it cannot represent are refused by name; a wrong
+within 1e-4 m and scores within 1e-5 (fp32) on real test samples of the tiny t1 config, of the
+t2 config keyframe after keyframe (the neck maps passed from call to call) and of the
+streaming configs (the BEV passed back in with the ego motion, equal to the Detector API);
+the export's top-k equals predict mode's boxes; the custom form has one node per operator,
+passes the checker, its schemas infer the shapes, and it runs in onnx.reference with the
+kernels as the operators; options the export cannot represent are refused by name; a wrong
 input shape is onnxruntime's error naming the input."""
 
 from __future__ import annotations
@@ -202,6 +205,108 @@ def test_streaming_keyframes_in_a_row_equal_the_detector(tiny_cfg, tmp_path, opt
         pose, scene = lidar2global, data["meta"][0].scene_token
 
 
+@pytest.fixture(scope="module")
+def exported_custom(exported, tmp_path_factory):
+    """The t1 model of ``exported`` in the custom form, run in onnx.reference with this
+    project's kernels as the two operators (what a runtime with the plugins does): (path, the
+    outputs, the shapes of the custom nodes' outputs in that run)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from bevformer.deploy.custom_ops import REFERENCE_OPS
+
+    _, model, _, data = exported
+    path = tmp_path_factory.mktemp("onnx") / "t1-custom.onnx"
+    export_onnx(model, path, (64, 160), ops_form="custom")
+    graph = onnx.load(str(path))
+    custom = [n.output[0] for n in graph.graph.node if n.domain == "bevformer"]
+    evaluator = ReferenceEvaluator(str(path), new_ops=list(REFERENCE_OPS))
+    feed = {"img": data["img"][:, 0].numpy(), "lidar2img": data["lidar2img"][:, 0].numpy()}
+    names = [o.name for o in graph.graph.output]
+    results = evaluator.run([*names, *custom], feed)
+    shapes = {name: list(v.shape) for name, v in zip(custom, results[len(names) :])}
+    return path, [torch.from_numpy(np.asarray(v)) for v in results[: len(names)]], shapes
+
+
+def test_the_custom_form_has_one_node_per_operator(exported_custom):
+    from bevformer.deploy.custom_ops import register_schemas
+
+    path, _, shapes = exported_custom
+    graph = onnx.load(str(path))
+    kinds = [(n.domain, n.op_type) for n in graph.graph.node]
+    # tiny backbone: 4 stages x 1 block; encoder self- and cross-attention, decoder cross
+    assert kinds.count(("bevformer", "DCNv3")) == 4
+    assert kinds.count(("bevformer", "MultiScaleDeformableAttention")) == 3
+    assert not any(op == "GridSample" for _, op in kinds)
+    assert {o.domain: o.version for o in graph.opset_import}["bevformer"] == 1
+    register_schemas()
+    onnx.checker.check_model(graph, full_check=True)
+    # from the inputs alone (the exporter's shapes removed), the schemas' shape inference
+    # gives the shapes of the run: all of them for DCNv3; for the attention the dims that the
+    # standard operators before it let ONNX know
+    del graph.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=True, data_prop=True)
+    got = {
+        v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
+        for v in inferred.graph.value_info
+        if v.name in shapes
+    }
+    assert len(shapes) == 7 and got.keys() == shapes.keys()
+    for name, dims in got.items():
+        if "DCNv3" in name:
+            assert dims == shapes[name], name
+        assert len(dims) == len(shapes[name]), name
+        assert all(d in (None, e) for d, e in zip(dims, shapes[name], strict=True)), name
+    assert sum(d is not None for dims in got.values() for d in dims) >= 4 * 4 + 2
+    dcn = next(shape for name, shape in shapes.items() if "levels.0" in name)
+    assert dcn == [6, 16, 40, 32]  # 6 cameras, 64x160 / 4, 32 channels (NHWC)
+
+
+def test_the_custom_form_with_the_kernels_as_plugins_equals_pytorch(exported, exported_custom):
+    _, model, _, data = exported
+    _, got, _ = exported_custom
+    with torch.no_grad():
+        expected = ExportModel(model)(data["img"][:, 0], data["lidar2img"][:, 0])
+    result = compare_topk(expected, got)
+    assert result["matched"] >= 18 and result["boundary_gap"] < 1e-5, result
+    assert result["scores_max_abs"] < 1e-5 and result["boxes_max_abs_m"] < 1e-4, result
+    assert result["label_valid_mismatches"] == 0, result
+
+
+def test_custom_shape_inference_keeps_a_dynamic_batch():
+    from onnx import TensorProto, helper
+
+    from bevformer.deploy.custom_ops import register_schemas
+
+    register_schemas()
+    attrs = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1,
+                 dilation_h=1, dilation_w=1, group=2, group_channels=8, offset_scale=1.0,
+                 remove_center=0)  # fmt: skip
+    node = helper.make_node("DCNv3", ["x", "offset", "mask"], ["y"], domain="bevformer", **attrs)
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 8, 16]),
+        helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["batch", 8, 8, 36]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 8, 8, 18]),
+    ]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(
+        helper.make_graph([node], "dcnv3", inputs, [y]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("bevformer", 1)],
+    )
+    out = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output[0]
+    dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert dims == ["batch", 8, 8, 16]
+
+
+def test_the_custom_form_needs_the_compiled_operators(exported, tmp_path, monkeypatch):
+    import bevformer.deploy.onnx_export as onnx_export
+
+    _, model, _, _ = exported
+    monkeypatch.setattr(onnx_export, "load_extension", lambda: None)
+    with pytest.raises(ExportError, match="--ops decomposed"):
+        export_onnx(model, tmp_path / "x.onnx", (64, 160), ops_form="custom")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_a_wrong_input_shape_names_the_input(exported):
     _, _, path, data = exported
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -226,8 +331,12 @@ def test_what_the_export_cannot_represent_is_refused(tiny_cfg, tmp_path, config,
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("config", [T1, T2], ids=["t1", "t2"])
-def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path, config):
+@pytest.mark.parametrize(
+    ("config", "form"),
+    [(T1, "decomposed"), (T2, "decomposed"), (T2_STREAM, "custom")],
+    ids=["t1", "t2", "t2-stream-custom"],
+)
+def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path, config, form):
     cfg = tiny_cfg(config)
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pth"
@@ -237,10 +346,14 @@ def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path, confi
     out = tmp_path / "model.onnx"
     command = [sys.executable, "tools/export_onnx.py", str(config), str(ckpt), "--out", str(out)]
     done = subprocess.run(
-        [*command, "--check", str(tiny_dataroot)], cwd=REPO, capture_output=True, text=True
+        [*command, "--ops", form, "--check", str(tiny_dataroot)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert out.is_file() and "onnxruntime vs PyTorch" in done.stdout
+    runtime = "onnx.reference" if form == "custom" else "onnxruntime"
+    assert out.is_file() and f"{runtime} vs PyTorch" in done.stdout
     assert "'label_valid_mismatches': 0" in done.stdout
 
 
