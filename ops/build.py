@@ -45,7 +45,7 @@ __all__ = [
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("sampling_cpu.cpp",)
 CUDA_SOURCES = ("sampling_cuda.cu",)
-HEADERS = ("sampling.h", "sampling_cpu_batched.h")
+HEADERS = ("sampling.h", "sampling_cpu_batched.h", "sampling_kernels.cuh")
 EXTENSION_NAME = "bevformer_ops_ext"
 
 _extension: ModuleType | None = None

@@ -1,7 +1,8 @@
 // CUDA launchers of the deformable sampling operators; the arithmetic lives in sampling.h,
-// shared with the CPU launchers. One thread per output element (query, head/group, channel).
-// fp32/fp16/bf16 (and fp64) inputs; accumulation in at::opmath_type (fp32 for half types).
-// Backward accumulates the value/input, location/offset and weight/mask gradients with
+// shared with the CPU launchers, and the forward kernels in sampling_kernels.cuh, shared with
+// the TensorRT plugins (ops/tensorrt). One thread per output element (query, head/group,
+// channel). fp32/fp16/bf16 (and fp64) inputs; accumulation in at::opmath_type (fp32 for half
+// types). Backward accumulates the value/input, location/offset and weight/mask gradients with
 // atomicAdd into opmath buffers (position and weight gradients summed over a group's channels
 // in registers first, see SegmentPut), then casts to the input dtype.
 #include <ATen/Dispatch.h>
@@ -13,14 +14,11 @@
 #include <tuple>
 
 #include "sampling.h"
+#include "sampling_kernels.cuh"
 
 namespace bevformer_ops {
 
 namespace {
-
-constexpr int kThreads = 256;
-
-inline int64_t num_blocks(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
 template <typename T>
 struct AtomicAdd {
@@ -49,23 +47,6 @@ __device__ __forceinline__ int segment_width(int64_t channels) {
 }
 
 template <typename scalar_t>
-__global__ void msda_forward_kernel(int64_t n, const scalar_t* value, const int64_t* shapes,
-                                    const int64_t* starts, const scalar_t* loc,
-                                    const scalar_t* attn, int64_t S, int64_t Q, int64_t M,
-                                    int64_t C, int64_t L, int64_t P, scalar_t* out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= n) return;
-  // idx = ((b * Q + q) * M + m) * C + c, the flat index of out [B, Q, M*C].
-  const int c = static_cast<int>(idx % C);
-  const int64_t m = (idx / C) % M, q = (idx / (C * M)) % Q, b = idx / (C * M * Q);
-  acc_t acc = 0;
-  msda_forward_one<0, scalar_t, acc_t>(value, shapes, starts, loc, attn, b, q, m, S, Q, M, C, L, P,
-                                    c, c + 1, &acc);
-  out[idx] = static_cast<scalar_t>(acc);
-}
-
-template <typename scalar_t>
 __global__ void msda_backward_kernel(int64_t n, const scalar_t* value, const int64_t* shapes,
                                      const int64_t* starts, const scalar_t* loc,
                                      const scalar_t* attn, const scalar_t* grad_out, int64_t S,
@@ -86,24 +67,6 @@ __global__ void msda_backward_kernel(int64_t n, const scalar_t* value, const int
       value, shapes, starts, loc, attn, b, q, m, S, Q, M, C, L, P, c, c + 1, &g, grad_value,
       AtomicAdd<acc_t>{}, SegmentPut<acc_t>{grad_loc, lanes, seg, lane_in_seg},
       SegmentPut<acc_t>{grad_attn, lanes, seg, lane_in_seg});
-}
-
-template <typename scalar_t>
-__global__ void dcnv3_forward_kernel(int64_t n, const scalar_t* input, const scalar_t* offset,
-                                     const scalar_t* mask, Dcnv3Geometry gm, scalar_t* out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= n) return;
-  // idx = (((nb * H_out + ho) * W_out + wo) * G + g) * Cg + c, the flat index of out.
-  const int64_t Cg = gm.group_channels;
-  const int c = static_cast<int>(idx % Cg);
-  const int64_t g = (idx / Cg) % gm.group;
-  const int64_t pix = idx / (Cg * gm.group);
-  const int64_t wo = pix % gm.width_out, ho = (pix / gm.width_out) % gm.height_out;
-  const int64_t nb = pix / (gm.width_out * gm.height_out);
-  acc_t acc = 0;
-  dcnv3_forward_one<0, scalar_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1, &acc);
-  out[idx] = static_cast<scalar_t>(acc);
 }
 
 template <typename scalar_t>
@@ -150,10 +113,10 @@ at::Tensor msda_forward_cuda(const at::Tensor& value, const at::Tensor& shapes,
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(),
                                   "msda_forward_cuda", [&] {
-    msda_forward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        n, value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
-        loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), S, Q, M, C, L, P,
-        out.data_ptr<scalar_t>());
+    launch_msda_forward<scalar_t, at::opmath_type<scalar_t>>(
+        value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+        loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), B, S, Q, M, C, L, P,
+        out.data_ptr<scalar_t>(), stream);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -199,9 +162,9 @@ at::Tensor dcnv3_forward_cuda(const at::Tensor& input, const at::Tensor& offset,
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "dcnv3_forward_cuda", [&] {
-    dcnv3_forward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        n, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), mask.data_ptr<scalar_t>(),
-        gm, out.data_ptr<scalar_t>());
+    launch_dcnv3_forward<scalar_t, at::opmath_type<scalar_t>>(
+        input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), mask.data_ptr<scalar_t>(), gm,
+        N, out.data_ptr<scalar_t>(), stream);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
