@@ -369,3 +369,44 @@ def test_the_latency_benchmark_times_each_runtime_against_eager(tiny_dataroot):
     assert rows[0]["ratio_to_eager"] == 1.0
     table = format_latency_table(rows)
     assert "onnxruntime" in table and "x eager" in table
+
+
+XL_T1 = "projects/configs/bevformerv2/bevformerv2_internimage-xl_1600x640_t1_24ep.py"
+
+
+@pytest.mark.slow  # about a minute: InternImage-XL (335M parameters) exported and run
+def test_the_xl_model_at_a_small_input_equals_pytorch(tiny_cfg, tiny_dataroot, tmp_path):
+    """The published architecture (InternImage-XL, 6 encoder layers, 900 queries), random
+    weights, 6 cameras at 128x320 instead of 640x1600 and a 50x50 BEV instead of 200x200 (the
+    decomposed spatial cross-attention samples for every camera and cell: about 8 GB per layer
+    at 200x200): onnxruntime equals PyTorch."""
+    from bevformer.engine.launch import load_config
+
+    options = {
+        "model.img_backbone.init_cfg": None,
+        "model.bev.encoder.grid.bev_h": 50,
+        "model.bev.encoder.grid.bev_w": 50,
+    }
+    cfg = load_config(str(REPO / XL_T1), options, data_root=str(tiny_dataroot))
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    assert sum(p.numel() for p in model.img_backbone.parameters()) > 300e6
+    path = tmp_path / "xl.onnx"
+    export_onnx(model, path, (128, 320))
+    torch.manual_seed(1)
+    img = torch.randn(1, 6, 3, 128, 320)
+    dataset = build_dataset(tiny_cfg(T1).test_dataloader.dataset)
+    lidar2img = collate([dataset[0]])["lidar2img"][:, 0]
+    # a real sample's cameras for 64x160 images, scaled to 128x320 (pixels x 2)
+    lidar2img = torch.diag(torch.tensor([2.0, 2.0, 1.0, 1.0])) @ lidar2img
+    with torch.no_grad():
+        expected = ExportModel(model)(img, lidar2img)
+    del model
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"img": img.numpy(), "lidar2img": lidar2img.numpy()})
+    result = compare_topk(expected, [torch.from_numpy(v) for v in got])
+    k = expected[1].shape[1]
+    assert k == 300 and result["matched"] >= k - 2, result
+    assert result["boundary_gap"] < 1e-5, result
+    assert result["scores_max_abs"] < 1e-5 and result["boxes_max_abs_m"] < 1e-4, result
+    assert result["label_valid_mismatches"] == 0, result
