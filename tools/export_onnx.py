@@ -9,16 +9,16 @@ file) and its inference path is written (``bevformer/deploy/onnx_export.py``: in
 [B, N, 3, H, W]`` from the test pipeline and ``lidar2img [B, N, 4, 4]``; outputs the coder's
 top-k ``boxes``, ``scores``, ``labels``, a ``valid`` mask and the ``indices`` of the (query,
 class) pairs; configs with past frames also take the past keyframes' neck maps and return
-the current one's; streaming configs take the previous BEV and the ego motion and return the
-new BEV). ``--ops decomposed`` (default) writes the deformable operators as ``GridSample``;
-``--ops custom`` as one ``bevformer::DCNv3`` / ``bevformer::MultiScaleDeformableAttention``
+the current one's; hybrid queries take the cameras' ``intrinsics`` and ``cam2lidar``;
+streaming configs take the previous BEV and the ego motion and return the new BEV).
+``--ops decomposed`` (default) writes the deformable operators as ``GridSample``; ``--ops
+custom`` as one ``bevformer::DCNv3`` / ``bevformer::MultiScaleDeformableAttention``
 node each (``bevformer/deploy/custom_ops.py``; the TensorRT plugins of ``ops/tensorrt`` run
 them). H, W default to the padded size of the config's test pipeline. With ``--check`` the
 first test sample of DATAROOT runs through the file (onnxruntime; the custom form in
 ``onnx.reference`` with this project's kernels as the two operators) and through PyTorch, and
 the largest differences per (query, class) pair are printed. Options the export cannot
-represent (future frames, hybrid queries, a coder score threshold) stop it with a message
-naming them.
+represent (future frames, a coder score threshold) stop it with a message naming them.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def compare(path: str, wrapped: ExportModel, data: dict, ops_form: str) -> dict[
                 inputs += maps[: wrapped.num_levels]
         else:
             inputs.append(data["lidar2img"][:, 0])
+        if wrapped.hybrid:
+            inputs += [data["intrinsics"][:, current], data["cam2lidar"][:, current]]
         if wrapped.streaming:
             grid = model.grid
             Q, C = grid.bev_h * grid.bev_w, int(model.bev.encoder.embed_dims)

@@ -23,11 +23,12 @@ Outputs (k = ``post_processor.max_num``)::
     indices int64   [B, k]      query * K + class of each entry (which query gave the box)
 
 Configs with past frames add inputs (``lidar2img`` of every slot, ``frame_valid``, the past
-frames' neck maps) and outputs (the current frame's maps); streaming configs add the previous
-BEV with the ego motion and return the new BEV; see :class:`ExportModel`. What the export
-cannot represent is refused with :class:`ExportError` naming the option: future frames,
-hybrid queries (the perspective head's NMS), a coder ``score_threshold`` (its fallback loop
-depends on the data).
+frames' neck maps) and outputs (the current frame's maps); hybrid queries add the current
+cameras' ``intrinsics`` and ``cam2lidar`` (the perspective head's detections become queries
+with static shapes, :mod:`bevformer.deploy.hybrid_export`); streaming configs add the
+previous BEV with the ego motion and return the new BEV; see :class:`ExportModel`. What the
+export cannot represent is refused with :class:`ExportError` naming the option: future
+frames, a coder ``score_threshold`` (its fallback loop depends on the data).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 import ops
 from bevformer.deploy.custom_ops import DOMAIN, DOMAIN_VERSION, custom_symbolics
+from bevformer.deploy.hybrid_export import static_proposals
 from bevformer.models.coder import NMSFreeCoder, X, Z, denormalize_bbox
 from bevformer.models.detector import BEVFormerV2
 from bevformer.models.temporal import PreviousBEV
@@ -60,6 +62,7 @@ __all__ = [
 INPUT_NAMES = ("img", "lidar2img")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid", "indices")
 STREAMING_INPUT_NAMES = ("prev_bev", "prev2cur", "prev_valid")
+HYBRID_INPUT_NAMES = ("intrinsics", "cam2lidar")
 OPS_FORMS = ("decomposed", "custom")
 
 
@@ -128,14 +131,11 @@ class ExportModel(nn.Module):
                 f"model.bev.frames={model.frames}: future keyframes are not there when a frame "
                 "arrives; the export takes the current and past frames only"
             )
-        if model.perspective is not None and model.perspective.hybrid is not None:
-            raise ExportError(
-                "model.perspective.hybrid: the hybrid queries come from the perspective head's "
-                "class-wise NMS, which the export does not represent yet; export a config "
-                "without them (the perspective head alone is training-only and is left out)"
-            )
         _check_coder(model.post_processor)
         self.model = model
+        # the perspective head alone is training-only and is left out; with hybrid queries its
+        # detections become decoder queries (hybrid_export.static_proposals)
+        self.hybrid = model.perspective is not None and model.perspective.hybrid is not None
         self.num_levels = int(model.bev.encoder.num_levels)
         self.streaming = model.bev.temporal == "streaming"
         current = model.current_slot
@@ -151,6 +151,8 @@ class ExportModel(nn.Module):
             names.append("frame_valid")
             levels = range(self.num_levels)
             names += [f"past{t}_level{lvl}" for t in self.past_slots for lvl in levels]
+        if self.hybrid:
+            names += list(HYBRID_INPUT_NAMES)
         if self.streaming:
             names += list(STREAMING_INPUT_NAMES)
         return names
@@ -167,9 +169,10 @@ class ExportModel(nn.Module):
     def forward(self, img: Tensor, lidar2img: Tensor, *extra: Tensor) -> tuple[Tensor, ...]:
         """img ``[B, N, 3, H, W]``; lidar2img ``[B, N, 4, 4]`` (one frame) or ``[B, T, N, 4,
         4]``; then, in :attr:`input_names` order, ``frame_valid [B, T]`` and the past maps
-        ``num_levels x [B, N, C, h, w]`` per past slot (past slots), ``prev_bev``, ``prev2cur``,
-        ``prev_valid`` (streaming) -> boxes, scores, labels, valid, indices (+ the new BEV, +
-        the current maps)."""
+        ``num_levels x [B, N, C, h, w]`` per past slot (past slots), ``intrinsics [B, N, 3,
+        3]`` and ``cam2lidar [B, N, 4, 4]`` of the current images (hybrid queries),
+        ``prev_bev``, ``prev2cur``, ``prev_valid`` (streaming) -> boxes, scores, labels,
+        valid, indices (+ the new BEV, + the current maps)."""
         model = self.model
         rest = list(extra)
         frame_valid, maps = None, {}
@@ -180,6 +183,7 @@ class ExportModel(nn.Module):
                 del rest[: self.num_levels]
         else:
             lidar2img = lidar2img.unsqueeze(1)  # one frame slot: T = 1
+        cameras = [rest.pop(0), rest.pop(0)] if self.hybrid else []  # intrinsics, cam2lidar
         previous = PreviousBEV(*rest) if self.streaming else None
         T = lidar2img.shape[1]
         # [B, N, 3, H, W] -> [B, T, N, 3, H, W] without a copy: the past slots' images are
@@ -196,7 +200,14 @@ class ExportModel(nn.Module):
         bev, feats, _ = model.bev_features(
             frames, lidar2img, frame_valid, prev_state=previous, features=features
         )
-        outputs, _ = model.decode_queries(bev, feats, None, None, None, frames)
+        if self.hybrid:
+            stage = model.perspective
+            size = (int(img.shape[-2]), int(img.shape[-1]))
+            proposals, _ = static_proposals(stage, feats, *cameras, model.grid, size)
+            hybrid = stage.hybrid(proposals, stage.levels(feats), size)
+            outputs = dict(model.pts_bbox_head(bev, model.grid, hybrid))
+        else:
+            outputs, _ = model.decode_queries(bev, feats, None, None, None, frames)
         result = decode_topk(model.post_processor, *model.pts_bbox_head.first_group(outputs))
         if self.streaming:
             # without fusion and BEV augmentation the BEV is the encoder output, which is
@@ -301,6 +312,10 @@ def export_onnx(
         inputs += [torch.zeros_like(m) for _ in wrapped.past_slots for m in maps]
     else:
         inputs.append(torch.eye(4).expand(1, N, 4, 4).clone())
+    if wrapped.hybrid:  # a camera looking along lidar x from the origin
+        intrinsics = torch.tensor([[W / 2.0, 0.0, W / 2.0], [0.0, W / 2.0, H / 2.0], [0, 0, 1]])
+        cam2lidar = torch.tensor([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+        inputs += [intrinsics.expand(1, N, 3, 3).clone(), cam2lidar.expand(1, N, 4, 4).clone()]
     if wrapped.streaming:
         grid = model.grid
         Q, C = grid.bev_h * grid.bev_w, int(model.bev.encoder.embed_dims)
