@@ -159,6 +159,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_latency_parser(subparsers: argparse._SubParsersAction) -> None:
     from bevformer.deploy.latency import BACKENDS
+    from bevformer.engine.launch import DictAction
 
     p = subparsers.add_parser(
         "latency", help="per-frame latency: eager PyTorch, torch.compile, onnxruntime (CPU)"
@@ -169,15 +170,21 @@ def add_latency_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed calls after a warm-up")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     p.add_argument("--dataroot", default=None, help="synthetic dataroot (default: a small new one)")
+    p.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value"
+    )
 
     def run_latency(args: argparse.Namespace) -> int:
         from bevformer.deploy.latency import bench_latency, format_latency_table
 
         rows = bench_latency(
-            args.config, args.image_size, args.threads, args.repeats, args.dataroot, args.backends
-        )
+            args.config, args.image_size, args.threads, args.repeats, args.dataroot, args.backends,
+            args.cfg_options,
+        )  # fmt: skip
         h, w = args.image_size
-        print(f"\n{args.config}, images {h}x{w} x 6 cameras, batch 1, CPU, {args.threads} threads,")
+        options = f" with {args.cfg_options}" if args.cfg_options else ""
+        print(f"\n{args.config}{options}, images {h}x{w} x 6 cameras, batch 1, CPU, "
+              f"{args.threads} threads,")  # fmt: skip
         print(f"fp32, median of {args.repeats} calls after a warm-up; backbone to top-k boxes.")
         print("Baseline: eager PyTorch with the compiled op kernels.\n")
         print(format_latency_table(rows))

@@ -48,10 +48,13 @@ def bench_latency(
     repeats: int = 10,
     dataroot: str | os.PathLike | None = None,
     backends: Sequence[str] = BACKENDS,
+    cfg_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{backend, seconds, ratio_to_eager}`` (``compile`` adds ``compile_seconds``; a
     runtime that fails gives ``error``). ``config`` is a name of
-    :data:`bevformer.benchmark.CONFIGS` or a config path."""
+    :data:`bevformer.benchmark.CONFIGS` or a config path; ``cfg_options`` override its keys
+    (``--cfg-options``, e.g. a smaller BEV grid: the decomposed spatial cross-attention of the
+    ONNX file samples every cell in every camera, about 8 GB per layer at 200x200)."""
     from bevformer.benchmark import load_config, model_batch, synthetic_dataroot
     from bevformer.builder import build_model
     from bevformer.deploy.onnx_export import ExportModel, export_onnx
@@ -62,6 +65,10 @@ def bench_latency(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(config)
+    if cfg_options:  # checked like tools/' --cfg-options: an unknown key is an error
+        from bevformer.engine.launch import load_config as load_checked
+
+        cfg = load_checked(cfg.filename, dict(cfg_options))
     with tempfile.TemporaryDirectory(prefix="bevformer-latency-") as tmp:
         root = dataroot if dataroot is not None else synthetic_dataroot(Path(tmp) / "data")
         batch = model_batch(cfg, root, tuple(image_size), 1)

@@ -1,0 +1,108 @@
+"""Reference submissions made from the ground truth: the floors a detector's metrics are read
+against.
+
+Each reference puts every evaluable ground-truth box (valid, of a detection class) at its
+true place with its true attribute, and changes only the velocity. The scores are drawn
+uniformly from [0.5, 1) (seeded): the devkit averages each TP error over the recall curve
+from 10 % recall on, so with equal scores the order of the ties would decide which boxes count;
+random scores make every box count alike, as the varied scores of a detector do.
+
+- ``gt``: the annotated velocity (the devkit's ``box_velocity``: centre difference of the
+  instance's neighbouring annotations) -- NDS close to 1, a check of the pipeline;
+- ``zero-velocity``: velocity 0 -- mAVE is then the mean speed of the matched boxes, the
+  error of a detector that places every box perfectly and has learned nothing about motion
+  (the *zero-velocity floor*);
+- ``previous-frame``: the displacement of the same instance since the previous keyframe over
+  the time between them (a constant-velocity guess from two frames, what a perfect detector
+  with a perfect association to the previous keyframe could give), 0 where the instance is new
+  or the keyframe has no previous one.
+
+Velocities are in the sample's lidar frame (``docs/CONVENTIONS.md``): the two centres are
+moved to the global frame with their keyframes' ``ego2global @ lidar2ego``, differenced, and the
+global velocity is rotated into the current lidar frame (as the info files' ``gt_boxes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bevformer.evaluation.results import to_nusc_boxes
+from bevformer.structures.boxes import BOX_DIM, CLASSES, VX, VY, X, Z
+
+__all__ = ["REFERENCES", "previous_frame_velocity", "reference_results"]
+
+REFERENCES = ("gt", "zero-velocity", "previous-frame")
+
+
+def _lidar2global(info: Mapping[str, Any]) -> np.ndarray:
+    return np.asarray(info["ego2global"], dtype=np.float64) @ np.asarray(
+        info["lidar2ego"], dtype=np.float64
+    )
+
+
+def _evaluable(info: Mapping[str, Any]) -> list[int]:
+    """Indices of the boxes the submission holds: valid and of a detection class."""
+    return [
+        i
+        for i, (name, valid) in enumerate(zip(info["gt_names"], info["valid_flag"], strict=True))
+        if valid and name in CLASSES
+    ]
+
+
+def previous_frame_velocity(info: Mapping[str, Any], prev: Mapping[str, Any] | None) -> np.ndarray:
+    """``[M, 2]`` lidar-frame velocities (m/s) of ``info``'s boxes from their instance's
+    displacement since the keyframe ``prev`` (0 for an instance ``prev`` does not have, and
+    for every box when ``prev`` is None)."""
+    boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+    out = np.zeros((len(boxes), 2))
+    if prev is None:
+        return out
+    dt = (int(info["timestamp"]) - int(prev["timestamp"])) * 1e-6  # microseconds -> s
+    if dt <= 0:
+        raise ValueError(
+            f"keyframe {info['token']} is not later than its previous keyframe {prev['token']} "
+            f"(timestamps {info['timestamp']}, {prev['timestamp']}); the info file is broken"
+        )
+    before = np.asarray(prev["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+    row_of = {token: i for i, token in enumerate(prev["instance_tokens"])}
+    cur2global, prev2global = _lidar2global(info), _lidar2global(prev)
+    global2cur = np.linalg.inv(cur2global)
+    for i, token in enumerate(info["instance_tokens"]):
+        j = row_of.get(token)
+        if j is None:
+            continue
+        now = cur2global[:3, :3] @ boxes[i, X : Z + 1] + cur2global[:3, 3]
+        then = prev2global[:3, :3] @ before[j, X : Z + 1] + prev2global[:3, 3]
+        out[i] = (global2cur[:3, :3] @ ((now - then) / dt))[:2]
+    return out
+
+
+def reference_results(
+    infos: Sequence[Mapping[str, Any]], kind: str, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Submission entries (``write_submission``'s input) of reference ``kind`` (one of
+    :data:`REFERENCES`, module docstring) for every keyframe of ``infos`` (one split; the
+    previous keyframe is looked up by the ``prev`` token among them); ``seed`` of the scores.
+    Raises ``ValueError`` for an unknown ``kind``."""
+    if kind not in REFERENCES:
+        raise ValueError(f"unknown reference {kind!r}; choose from {list(REFERENCES)}")
+    by_token = {info["token"]: info for info in infos}
+    rng = np.random.default_rng(seed)
+    results = {}
+    for info in infos:
+        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM).copy()
+        if kind == "zero-velocity":
+            boxes[:, VX : VY + 1] = 0.0
+        elif kind == "previous-frame":
+            boxes[:, VX : VY + 1] = previous_frame_velocity(info, by_token.get(info.get("prev")))
+        keep = _evaluable(info)
+        labels = np.array([CLASSES.index(info["gt_names"][i]) for i in keep], dtype=np.int64)
+        attributes = [info["gt_attributes"][i] for i in keep]
+        scores = rng.uniform(0.5, 1.0, len(keep))
+        results[info["token"]] = to_nusc_boxes(
+            boxes[keep], scores, labels, info, attributes=attributes
+        )
+    return results

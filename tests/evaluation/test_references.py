@@ -1,0 +1,70 @@
+"""The ground-truth references the velocity results are read against: the previous-frame
+velocity by hand, and the three references through DetectionEval on the synthetic val split
+(only the velocity error changes; zero velocity is the mAVE floor, the previous-frame
+difference far below it)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bevformer.data.infos import create_infos, load_infos
+from bevformer.evaluation import evaluate_nds, write_submission
+from bevformer.evaluation.references import previous_frame_velocity, reference_results
+
+
+def _keyframe(token, timestamp, yaw, boxes, instances):
+    c, s = math.cos(yaw), math.sin(yaw)
+    ego2global = [[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    return {
+        "token": token,
+        "timestamp": timestamp,
+        "lidar2ego": np.eye(4).tolist(),
+        "ego2global": ego2global,
+        "gt_boxes": [[*xyz, 2, 4, 1.5, 0, 0, 0] for xyz in boxes],
+        "instance_tokens": instances,
+    }
+
+
+def test_previous_frame_velocity_by_hand():
+    # 0.5 s apart; the ego turned by 90 degrees in place. Instance a: global (10, 0) -> (11,
+    # 0.5), i.e. (2, 1) m/s global = (1, -2) m/s in the turned lidar frame (x along global y).
+    # Instance b is new: no velocity.
+    prev = _keyframe("p", 0, 0.0, [(10, 0, 0)], ["a"])
+    now = _keyframe("n", 500_000, math.pi / 2, [(0.5, -11, 0), (3, 3, 0)], ["a", "b"])
+    assert np.allclose(previous_frame_velocity(now, prev), [[1.0, -2.0], [0.0, 0.0]])
+    assert np.array_equal(previous_frame_velocity(now, None), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not later than"):
+        previous_frame_velocity(prev, now)
+
+
+@pytest.fixture(scope="module")
+def val_infos(synthetic_val_dataroot, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference_infos")
+    written = create_infos(
+        str(synthetic_val_dataroot), "v1.0-mini", out_dir=str(out), progress=False
+    )
+    return load_infos(written["val"])[1]
+
+
+def test_the_references_differ_only_in_velocity(synthetic_val_dataroot, val_infos, tmp_path):
+    metrics = {}
+    for kind in ("gt", "zero-velocity", "previous-frame"):
+        path = write_submission(
+            reference_results(val_infos, kind),
+            str(tmp_path / f"{kind}.json"),
+            expected_tokens=[i["token"] for i in val_infos],
+        )
+        out = tmp_path / kind
+        metrics[kind] = evaluate_nds(
+            path, str(synthetic_val_dataroot), "v1.0-mini", output_dir=str(out)
+        )
+    for kind, m in metrics.items():
+        assert m["mAP"] >= 0.99 and m["mATE"] < 0.01 and m["mAOE"] < 0.01, (kind, m)
+    assert metrics["gt"]["mAVE"] < 0.05
+    floor = metrics["zero-velocity"]["mAVE"]
+    assert floor > 1.0  # the synthetic objects move: zero velocity is far off
+    assert metrics["previous-frame"]["mAVE"] < 0.25 * floor
+    assert metrics["zero-velocity"]["NDS"] < metrics["gt"]["NDS"] - 0.05
+    with pytest.raises(ValueError, match="unknown reference"):
+        reference_results(val_infos, "constant")

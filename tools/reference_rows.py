@@ -1,0 +1,64 @@
+"""Score the ground-truth references (``bevformer/evaluation/references.py``) with DetectionEval.
+
+    python tools/reference_rows.py DATAROOT [--version v1.0-mini] [--split val]
+        [--references gt zero-velocity previous-frame] [--work-dir DIR]
+
+For each reference the split's ground truth (DATAROOT/nuscenes_infos_temporal_<split>.json) is
+written as a submission and scored by the official devkit on the version's evaluation split
+(``mini_val`` for v1.0-mini). Prints one results-table row per reference: NDS, mAP, mATE,
+mAOE, mAVE, mAAE -- ``zero-velocity`` is the mAVE floor of a detector that places every box
+and has learned nothing about motion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from bevformer.data.infos import load_infos
+from bevformer.evaluation import evaluate_nds, write_submission
+from bevformer.evaluation.references import REFERENCES, reference_results
+
+COLUMNS = ("NDS", "mAP", "mATE", "mAOE", "mAVE", "mAAE")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataroot", help="nuScenes-format dataroot with its info files")
+    parser.add_argument("--version", default="v1.0-mini", help="dataset version (v1.0-mini)")
+    parser.add_argument("--split", default="val", help="info split to score (val)")
+    parser.add_argument("--references", nargs="+", default=list(REFERENCES), choices=REFERENCES)
+    parser.add_argument("--work-dir", help="where submissions and metric files go (temporary)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    info_file = os.path.join(args.dataroot, f"nuscenes_infos_temporal_{args.split}.json")
+    _, infos = load_infos(info_file)
+    work = args.work_dir or tempfile.mkdtemp(prefix="bevformer-references-")
+    rows = []
+    for kind in args.references:
+        out = os.path.join(work, kind)
+        os.makedirs(out, exist_ok=True)
+        path = write_submission(
+            reference_results(infos, kind),
+            os.path.join(out, "results_nusc.json"),
+            expected_tokens=[info["token"] for info in infos],
+        )
+        metrics = evaluate_nds(path, args.dataroot, args.version, output_dir=out)
+        rows.append((kind, metrics))
+    print(f"\n{args.dataroot} ({args.version}, {args.split}: {len(infos)} keyframes)\n")
+    print("| reference | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for kind, metrics in rows:
+        print(f"| {kind} | " + " | ".join(f"{metrics[c]:.3f}" for c in COLUMNS) + " |")
+    print(f"\nmetric files under {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
