@@ -66,9 +66,9 @@ def bench_latency(
     torch.manual_seed(0)
     cfg = load_config(config)
     if cfg_options:  # checked like tools/' --cfg-options: an unknown key is an error
-        from bevformer.engine.launch import load_config as load_checked
+        from bevformer.engine.launch import checked_options
 
-        cfg = load_checked(cfg.filename, dict(cfg_options))
+        cfg.merge_from_dict(checked_options(cfg, cfg_options, cfg.filename))
     with tempfile.TemporaryDirectory(prefix="bevformer-latency-") as tmp:
         root = dataroot if dataroot is not None else synthetic_dataroot(Path(tmp) / "data")
         batch = model_batch(cfg, root, tuple(image_size), 1)

@@ -240,6 +240,16 @@ def _propagate_top_level(cfg: Config, file_values: dict[str, Any], path: str) ->
             node[key] = value
 
 
+def checked_options(cfg: Config, options: dict[str, Any] | None, path: str) -> dict[str, Any]:
+    """``--cfg-options`` for ``cfg`` (loaded from ``path``) with the ``+`` of added keys
+    stripped, after checking that every other key names an existing entry (``KeyError`` naming
+    the keys that exist otherwise). Merge them with ``cfg.merge_from_dict``."""
+    options, added = _split_new_keys(dict(options or {}))
+    if options:
+        _check_option_keys(cfg, options, path, added)
+    return options
+
+
 def load_config(
     path: str, options: dict[str, Any] | None = None, data_root: str | None = None
 ) -> Config:
@@ -263,9 +273,7 @@ def load_config(
         )
     cfg = Config.fromfile(path)
     file_values = {top: cfg.get(top) for top in _PROPAGATED}
-    options, added = _split_new_keys(dict(options or {}))
-    if options:
-        _check_option_keys(cfg, options, path, added)
+    options = checked_options(cfg, options, path)
     if data_root is not None:
         other = options.get("data_root")
         if other is not None and str(other).rstrip("/") != str(data_root).rstrip("/"):

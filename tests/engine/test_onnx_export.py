@@ -460,3 +460,10 @@ def test_the_xl_model_at_a_small_input_equals_pytorch(tiny_cfg, tiny_dataroot, t
     assert result["boundary_gap"] < 1e-5, result
     assert result["scores_max_abs"] < 1e-5 and result["boxes_max_abs_m"] < 1e-4, result
     assert result["label_valid_mismatches"] == 0, result
+
+
+def test_the_latency_benchmark_refuses_an_unknown_config_key():
+    from bevformer.deploy.latency import bench_latency
+
+    with pytest.raises(KeyError, match="bev_hh"):
+        bench_latency("tiny", (64, 160), cfg_options={"model.bev.encoder.grid.bev_hh": 50})

@@ -68,3 +68,23 @@ def test_the_references_differ_only_in_velocity(synthetic_val_dataroot, val_info
     assert metrics["zero-velocity"]["NDS"] < metrics["gt"]["NDS"] - 0.05
     with pytest.raises(ValueError, match="unknown reference"):
         reference_results(val_infos, "constant")
+
+
+def test_the_velocity_targets_are_the_motion_between_keyframes(val_infos):
+    """Frame and sign of the velocity the model learns (``gt_boxes`` VX, VY, lidar frame): for
+    an instance seen in the previous keyframe, its displacement since then over the time
+    between the keyframes (moved through the global frame) is its annotated velocity."""
+    by_token = {info["token"]: info for info in val_infos}
+    errors, speeds = [], []
+    for info in val_infos:
+        prev = by_token.get(info["prev"])
+        if prev is None:
+            continue
+        seen = [i for i, t in enumerate(info["instance_tokens"]) if t in prev["instance_tokens"]]
+        target = np.asarray(info["gt_boxes"]).reshape(-1, 9)[seen, 7:9]
+        moved = previous_frame_velocity(info, prev)[seen]
+        errors.append(np.linalg.norm(moved - target, axis=1))
+        speeds.append(np.linalg.norm(target, axis=1))
+    errors, speeds = np.concatenate(errors), np.concatenate(speeds)
+    assert len(errors) > 100 and np.median(speeds) > 1.0
+    assert np.median(errors) < 0.05 * np.median(speeds), (np.median(errors), np.median(speeds))
