@@ -3,6 +3,7 @@
     python tools/test.py CONFIG CKPT [--out results.json] [--eval [bbox] | --format-only]
                          [--show-dir DIR [--score-thr T|auto] [--scene NAME ...]
                                          [--sample TOKEN ...] [--max-samples N]]
+                         [--drop-past-frames]
     bash tools/dist_test.sh CONFIG CKPT NGPUS [same options]
 
 CKPT is loaded strictly (every key and shape must match): a checkpoint of this project or an
@@ -55,6 +56,12 @@ def parse_args() -> argparse.Namespace:
     show.add_argument("--scene", nargs="+", metavar="NAME", help="draw only these scenes")
     show.add_argument("--sample", nargs="+", metavar="TOKEN", help="draw only these samples")
     show.add_argument("--max-samples", type=int, help="draw at most this many samples")
+    parser.add_argument(
+        "--drop-past-frames",
+        action="store_true",
+        help="mark every past frame of every sample missing (fusion configs): the model then "
+        "fills them with the current BEV, as at a scene start -- what time adds, measured",
+    )
     parser.add_argument("--work-dir")
     parser.add_argument(
         "--data-root",
@@ -80,6 +87,31 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.eval and args.format_only:
         raise SystemExit("--eval and --format-only exclude each other (--format-only: no metric)")
     return args
+
+
+def drop_past_frames(model) -> None:
+    """Every batch reaches the model with its past slots' ``frame_valid`` False (the current
+    slot kept). Refused where it would not mean "the current frame alone": single-frame and
+    streaming configs (the latter carry their state past the batch)."""
+    detector = getattr(model, "module", model)
+    frames = detector.frames
+    if len(frames) == 1 or detector.bev.temporal != "fusion":
+        raise SystemExit(
+            f"--drop-past-frames: the model has frames={frames}, temporal="
+            f"{detector.bev.temporal!r}; it applies to fusion configs with past frames (t2, t8)"
+        )
+    past = [t for t, offset in enumerate(frames) if offset < 0]
+
+    def hook(_module, args, kwargs):
+        valid = kwargs.get("frame_valid")
+        if valid is not None:
+            valid = valid.clone()
+            valid[:, past] = False
+            kwargs["frame_valid"] = valid
+        return args, kwargs
+
+    detector.register_forward_pre_hook(hook, with_kwargs=True)
+    print(f"--drop-past-frames: past slots {past} of frames {frames} marked missing")
 
 
 def check_writable(out_dir: str) -> None:
@@ -115,6 +147,8 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as err:
         # checkpoint, dataroot and config problems: the message says what to do
         raise SystemExit(f"error: {err}") from None
+    if args.drop_past_frames:
+        drop_past_frames(runner.model)
     metrics = runner.test()
     if is_main_process():
         report(args, cfg, out_dir, metrics)
