@@ -88,3 +88,23 @@ def test_the_velocity_targets_are_the_motion_between_keyframes(val_infos):
     errors, speeds = np.concatenate(errors), np.concatenate(speeds)
     assert len(errors) > 100 and np.median(speeds) > 1.0
     assert np.median(errors) < 0.05 * np.median(speeds), (np.median(errors), np.median(speeds))
+
+
+def test_the_velocity_report_of_the_references(val_infos, tmp_path):
+    """Matched through the submission writer (global frame): the ground truth's velocities
+    come back; zero velocity is static for every moving box."""
+    import json
+
+    from bevformer.evaluation.velocity import matched_velocities, velocity_summary
+
+    summaries = {}
+    for kind in ("gt", "zero-velocity"):
+        path = write_submission(reference_results(val_infos, kind), str(tmp_path / f"{kind}.json"))
+        results = json.loads(open(path).read())["results"]
+        summaries[kind] = velocity_summary(*matched_velocities(results, val_infos))
+    gt, zero = summaries["gt"], summaries["zero-velocity"]
+    assert gt["matched"] == zero["matched"] > 100
+    assert gt["mean_error"] < 0.01 and gt["speed_correlation"] > 0.999
+    assert gt["mean_predicted_speed"] == pytest.approx(gt["mean_true_speed"], abs=0.01)
+    assert zero["mean_predicted_speed"] == 0.0 and zero["moving_predicted_static"] == 1.0
+    assert zero["mean_error"] == pytest.approx(gt["mean_true_speed"], abs=0.01)

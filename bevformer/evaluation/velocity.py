@@ -1,0 +1,98 @@
+"""Predicted against true velocity of matched boxes: what a model learned about motion.
+
+:func:`matched_velocities` pairs each evaluable ground-truth box (valid, of a detection class
+with a velocity: not barrier or traffic cone) with the highest-scoring prediction of its class
+within ``max_distance`` metres (centre, xy, global frame, as the devkit's 2 m threshold)
+that no other box took, greedily by prediction score, as ``DetectionEval`` matches; and
+returns both velocities. :func:`velocity_summary` turns them into the numbers that say whether
+a model uses time: mean velocity error, mean true and predicted speed, and the share of moving
+boxes (true speed above 1 m/s) predicted as nearly static (below 0.5 m/s).
+
+Velocities are in the global frame (m/s, xy), as in a submission; the ground truth's
+lidar-frame ``gt_boxes`` velocities are rotated there with ``ego2global @ lidar2ego``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bevformer.structures.boxes import BOX_DIM, CLASSES, VX, VY, X, Z
+
+__all__ = ["matched_velocities", "velocity_summary"]
+
+# classes whose velocity the devkit does not score
+STATIC_CLASSES = ("barrier", "traffic_cone")
+
+
+def _ground_truth(info: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Names, global xy centres ``[M, 2]`` and global xy velocities ``[M, 2]``."""
+    boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+    lidar2global = np.asarray(info["ego2global"], dtype=np.float64) @ np.asarray(
+        info["lidar2ego"], dtype=np.float64
+    )
+    centres = boxes[:, X : Z + 1] @ lidar2global[:3, :3].T + lidar2global[:3, 3]
+    velocity = np.zeros((len(boxes), 3))
+    velocity[:, :2] = boxes[:, VX : VY + 1]
+    velocity = velocity @ lidar2global[:3, :3].T
+    keep = [
+        i
+        for i, (name, valid) in enumerate(zip(info["gt_names"], info["valid_flag"], strict=True))
+        if valid and name in CLASSES and name not in STATIC_CLASSES
+    ]
+    names = [info["gt_names"][i] for i in keep]
+    return names, centres[keep, :2], velocity[keep, :2]
+
+
+def matched_velocities(
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
+    infos: Sequence[Mapping[str, Any]],
+    max_distance: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``results``: a submission's ``results`` (token -> nuScenes boxes: ``translation``,
+    ``velocity``, ``detection_name``, ``detection_score``, global frame); ``infos``: the
+    split's keyframes. Returns (true, predicted) velocities ``[K, 2]`` of the K matched boxes
+    (module docstring)."""
+    true, predicted = [], []
+    for info in infos:
+        names, centres, velocity = _ground_truth(info)
+        taken = np.zeros(len(names), dtype=bool)
+        boxes = sorted(results.get(info["token"], []), key=lambda b: -b["detection_score"])
+        for box in boxes:
+            xy = np.asarray(box["translation"][:2], dtype=np.float64)
+            best, best_distance = -1, max_distance
+            for i, name in enumerate(names):
+                if taken[i] or name != box["detection_name"]:
+                    continue
+                distance = float(np.hypot(*(centres[i] - xy)))
+                if distance < best_distance:
+                    best, best_distance = i, distance
+            if best >= 0:
+                taken[best] = True
+                true.append(velocity[best])
+                predicted.append(np.asarray(box["velocity"][:2], dtype=np.float64))
+    empty = np.zeros((0, 2))
+    return (np.array(true) if true else empty), (np.array(predicted) if predicted else empty)
+
+
+def velocity_summary(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """``matched``, ``mean_error`` (m/s), ``mean_true_speed``, ``mean_predicted_speed``,
+    ``moving_predicted_static`` (share of boxes moving faster than 1 m/s predicted slower than
+    0.5 m/s) and ``speed_correlation`` (Pearson, true vs predicted speed)."""
+    speed_true = np.linalg.norm(true, axis=1)
+    speed_pred = np.linalg.norm(predicted, axis=1)
+    moving = speed_true > 1.0
+    static_share = float((speed_pred[moving] < 0.5).mean()) if moving.any() else 0.0
+    out = {
+        "matched": float(len(true)),
+        "mean_error": float(np.linalg.norm(true - predicted, axis=1).mean()) if len(true) else 0.0,
+        "mean_true_speed": float(speed_true.mean()) if len(true) else 0.0,
+        "mean_predicted_speed": float(speed_pred.mean()) if len(true) else 0.0,
+        "moving_predicted_static": static_share,
+        "speed_correlation": 0.0,
+    }
+    if len(true) > 1 and speed_true.std() > 0 and speed_pred.std() > 0:
+        out["speed_correlation"] = float(np.corrcoef(speed_true, speed_pred)[0, 1])
+    return out
