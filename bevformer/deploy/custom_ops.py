@@ -27,8 +27,10 @@ of ``ops/tensorrt`` implement both with the kernels of ``ops/csrc``):
 
 :func:`register_schemas` makes both known to ``onnx`` (checker and shape inference: the output
 shapes above); :data:`REFERENCE_OPS` runs them in ``onnx.reference.ReferenceEvaluator`` with
-this project's kernels (a plugin stand-in for checking a file without TensorRT), and ONNX
-``GridSample`` with PyTorch's.
+this project's kernels (a plugin stand-in for checking a file without TensorRT), ONNX
+``GridSample`` with PyTorch's and ``GatherElements`` with ``np.take_along_axis`` (the
+reference implementations of those two accept only the opset-20 mode names, and at most 32
+entries along the gathered axis with numpy 1.x).
 """
 
 from __future__ import annotations
@@ -289,10 +291,24 @@ class _GridSample(OpRun):
         return (out.numpy(),)
 
 
+class _GatherElements(OpRun):
+    """ONNX ``GatherElements`` by ``np.take_along_axis``: onnx.reference's own uses
+    ``np.choose``, which numpy 1.x limits to 32 entries along the axis (the decoder gathers
+    over its 900 queries)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = int(axis or 0)
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
 _DCNv3.__name__ = DCNV3
 _MSDA.__name__ = MSDA
 _GridSample.__name__ = "GridSample"
+_GatherElements.__name__ = "GatherElements"
 
 # ``onnx.reference.ReferenceEvaluator(model, new_ops=REFERENCE_OPS)`` runs the custom form
-# (the GridSample of the BEV resampling too)
-REFERENCE_OPS = (_DCNv3, _MSDA, _GridSample)
+# (with PyTorch's GridSample and numpy's take_along_axis for two standard operators)
+REFERENCE_OPS = (_DCNv3, _MSDA, _GridSample, _GatherElements)

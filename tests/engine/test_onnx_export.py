@@ -381,13 +381,22 @@ def test_what_the_export_cannot_represent_is_refused(tiny_cfg, tmp_path, config,
     assert not (tmp_path / "x.onnx").exists()
 
 
+# the tiny config's own 100 queries and 300 boxes (the shrunk test config has 20 and 20)
+CONFIG_QUERIES = {"model.pts_bbox_head.num_query": 100, "model.post_processor.max_num": 300}
+
+
 @pytest.mark.parametrize(
-    ("config", "form"),
-    [(T1, "decomposed"), (T2, "decomposed"), (T2_STREAM, "custom"), (HYBRID, "decomposed")],
+    ("config", "form", "options"),
+    [
+        (T1, "decomposed", {}),
+        (T2, "decomposed", {}),
+        (T2_STREAM, "custom", CONFIG_QUERIES),
+        (HYBRID, "decomposed", {}),
+    ],
     ids=["t1", "t2", "t2-stream-custom", "t1-hybrid"],
 )
-def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path, config, form):
-    cfg = tiny_cfg(config)
+def test_the_command_exports_and_checks(tiny_cfg, tiny_dataroot, tmp_path, config, form, options):
+    cfg = tiny_cfg(config, **options)
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pth"
     torch.save({"state_dict": build_model(cfg.model).state_dict()}, ckpt)
