@@ -80,17 +80,13 @@ __global__ void dcnv3_backward_kernel(int64_t n, const scalar_t* input, const sc
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const unsigned lanes = __ballot_sync(0xffffffffu, idx < n);  // before any lane leaves
   if (idx >= n) return;
-  const int64_t Cg = gm.group_channels;
-  const int c = static_cast<int>(idx % Cg);
-  const int64_t g = (idx / Cg) % gm.group;
-  const int64_t pix = idx / (Cg * gm.group);
-  const int64_t wo = pix % gm.width_out, ho = (pix / gm.width_out) % gm.height_out;
-  const int64_t nb = pix / (gm.width_out * gm.height_out);
+  const Dcnv3Element e = dcnv3_element(idx, gm);
   const acc_t gval = static_cast<acc_t>(grad_out[idx]);
-  const int seg = segment_width(Cg);
-  const int lane_in_seg = seg > 1 ? c : 0;
+  const int seg = segment_width(gm.group_channels);
+  const int lane_in_seg = seg > 1 ? e.c : 0;
   dcnv3_backward_one<0, scalar_t, acc_t, acc_t>(
-      input, offset, mask, gm, nb, ho, wo, g, c, c + 1, &gval, grad_input, AtomicAdd<acc_t>{},
+      input, offset, mask, gm, e.nb, e.ho, e.wo, e.g, e.c, e.c + 1, &gval, grad_input,
+      AtomicAdd<acc_t>{},
       SegmentPut<acc_t>{grad_offset, lanes, seg, lane_in_seg},
       SegmentPut<acc_t>{grad_mask, lanes, seg, lane_in_seg});
 }

@@ -42,21 +42,30 @@ __global__ void msda_forward_kernel(int64_t n, const scalar_t* value, const int6
   out[idx] = static_cast<scalar_t>(acc);
 }
 
-// n = N*H_out*W_out*G*Cg threads, thread idx = (((nb * H_out + ho) * W_out + wo) * G + g) * Cg
-// + c, the flat index of out.
+// Output element of DCNv3 thread idx = (((nb * H_out + ho) * W_out + wo) * G + g) * Cg + c,
+// the flat index of out [N, H_out, W_out, G*Cg] (forward and backward kernels).
+struct Dcnv3Element {
+  int64_t nb, ho, wo, g;
+  int c;
+};
+
+__device__ __forceinline__ Dcnv3Element dcnv3_element(int64_t idx, const Dcnv3Geometry& gm) {
+  const int64_t Cg = gm.group_channels;
+  const int64_t pix = idx / (Cg * gm.group);
+  return {pix / (gm.width_out * gm.height_out), (pix / gm.width_out) % gm.height_out,
+          pix % gm.width_out, (idx / Cg) % gm.group, static_cast<int>(idx % Cg)};
+}
+
+// n = N*H_out*W_out*G*Cg threads, one per output element (dcnv3_element).
 template <typename scalar_t, typename acc_t>
 __global__ void dcnv3_forward_kernel(int64_t n, const scalar_t* input, const scalar_t* offset,
                                      const scalar_t* mask, Dcnv3Geometry gm, scalar_t* out) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n) return;
-  const int64_t Cg = gm.group_channels;
-  const int c = static_cast<int>(idx % Cg);
-  const int64_t g = (idx / Cg) % gm.group;
-  const int64_t pix = idx / (Cg * gm.group);
-  const int64_t wo = pix % gm.width_out, ho = (pix / gm.width_out) % gm.height_out;
-  const int64_t nb = pix / (gm.width_out * gm.height_out);
+  const Dcnv3Element e = dcnv3_element(idx, gm);
   acc_t acc = 0;
-  dcnv3_forward_one<0, scalar_t, acc_t>(input, offset, mask, gm, nb, ho, wo, g, c, c + 1, &acc);
+  dcnv3_forward_one<0, scalar_t, acc_t>(input, offset, mask, gm, e.nb, e.ho, e.wo, e.g, e.c,
+                                        e.c + 1, &acc);
   out[idx] = static_cast<scalar_t>(acc);
 }
 
