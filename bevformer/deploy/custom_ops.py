@@ -78,16 +78,16 @@ def _dcnv3_symbolic(
     """``bevformer_ops::dcnv3`` -> one ``bevformer::DCNv3`` node (the operator's integer
     arguments become the attributes :data:`DCNV3_ATTRIBUTES`, then offset_scale and
     remove_center)."""
-    values = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-              group, group_channels, offset_scale, remove_center)  # fmt: skip
-    attributes = {f"{n}_i": int(v) for n, v in zip(DCNV3_ATTRIBUTES, values[:10], strict=True)}
+    ints = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+            group, group_channels)  # fmt: skip
+    attributes = {f"{n}_i": int(v) for n, v in zip(DCNV3_ATTRIBUTES, ints, strict=True)}
     out = g.op(
         f"{DOMAIN}::{DCNV3}",
         input,
         offset,
         mask,
-        offset_scale_f=float(values[10]),
-        remove_center_i=int(bool(values[11])),
+        offset_scale_f=float(offset_scale),
+        remove_center_i=int(bool(remove_center)),
         **attributes,
     )
     sizes = offset.type().varyingSizes()  # [N, H_out, W_out, G*K*2]
@@ -98,6 +98,8 @@ def _dcnv3_symbolic(
 
 
 def _msda_symbolic(g, value, spatial_shapes, level_start_index, locations, weights):
+    """``bevformer_ops::ms_deform_attn`` -> one ``bevformer::MultiScaleDeformableAttention``
+    node (no attributes: the level layout is in its inputs)."""
     out = g.op(f"{DOMAIN}::{MSDA}", value, spatial_shapes, level_start_index, locations, weights)
     v, loc = value.type().varyingSizes(), locations.type().varyingSizes()
     if v is not None and loc is not None and None not in (v[2], v[3]):
