@@ -31,24 +31,33 @@ import numpy as np
 
 from bevformer.evaluation.results import to_nusc_boxes
 from bevformer.structures.boxes import BOX_DIM, CLASSES, VX, VY, X, Z
+from bevformer.structures.frames import apply, invert
 
-__all__ = ["REFERENCES", "previous_frame_velocity", "reference_results"]
+__all__ = [
+    "REFERENCES",
+    "evaluable",
+    "lidar2global",
+    "previous_frame_velocity",
+    "reference_results",
+]
 
 REFERENCES = ("gt", "zero-velocity", "previous-frame")
 
 
-def _lidar2global(info: Mapping[str, Any]) -> np.ndarray:
+def lidar2global(info: Mapping[str, Any]) -> np.ndarray:
+    """``[4, 4]`` float64 ``ego2global @ lidar2ego`` of a keyframe (info entry)."""
     return np.asarray(info["ego2global"], dtype=np.float64) @ np.asarray(
         info["lidar2ego"], dtype=np.float64
     )
 
 
-def _evaluable(info: Mapping[str, Any]) -> list[int]:
-    """Indices of the boxes the submission holds: valid and of a detection class."""
+def evaluable(info: Mapping[str, Any], exclude: Sequence[str] = ()) -> list[int]:
+    """Indices of a keyframe's ground-truth boxes that the devkit scores: valid and of a
+    detection class (not one of ``exclude``)."""
     return [
         i
         for i, (name, valid) in enumerate(zip(info["gt_names"], info["valid_flag"], strict=True))
-        if valid and name in CLASSES
+        if valid and name in CLASSES and name not in exclude
     ]
 
 
@@ -68,15 +77,15 @@ def previous_frame_velocity(info: Mapping[str, Any], prev: Mapping[str, Any] | N
         )
     before = np.asarray(prev["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
     row_of = {token: i for i, token in enumerate(prev["instance_tokens"])}
-    cur2global, prev2global = _lidar2global(info), _lidar2global(prev)
-    global2cur = np.linalg.inv(cur2global)
-    for i, token in enumerate(info["instance_tokens"]):
-        j = row_of.get(token)
-        if j is None:
-            continue
-        now = cur2global[:3, :3] @ boxes[i, X : Z + 1] + cur2global[:3, 3]
-        then = prev2global[:3, :3] @ before[j, X : Z + 1] + prev2global[:3, 3]
-        out[i] = (global2cur[:3, :3] @ ((now - then) / dt))[:2]
+    pairs = [(i, row_of[t]) for i, t in enumerate(info["instance_tokens"]) if t in row_of]
+    if not pairs:
+        return out
+    now_rows, prev_rows = (list(rows) for rows in zip(*pairs, strict=True))
+    cur2global = lidar2global(info)
+    now = apply(cur2global, boxes[now_rows, X : Z + 1])  # [K, 3] global
+    then = apply(lidar2global(prev), before[prev_rows, X : Z + 1])  # [K, 3] global
+    # global velocity [K, 3] -> current lidar frame (rotation only), xy
+    out[now_rows] = ((now - then) / dt @ invert(cur2global)[:3, :3].T)[:, :2]
     return out
 
 
@@ -98,7 +107,7 @@ def reference_results(
             boxes[:, VX : VY + 1] = 0.0
         elif kind == "previous-frame":
             boxes[:, VX : VY + 1] = previous_frame_velocity(info, by_token.get(info.get("prev")))
-        keep = _evaluable(info)
+        keep = evaluable(info)
         labels = np.array([CLASSES.index(info["gt_names"][i]) for i in keep], dtype=np.int64)
         attributes = [info["gt_attributes"][i] for i in keep]
         scores = rng.uniform(0.5, 1.0, len(keep))

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from bevformer.structures.boxes import BOX_DIM, CLASSES, VX, VY, X, Z
+from bevformer.evaluation.references import evaluable, lidar2global
+from bevformer.structures.boxes import BOX_DIM, VX, VY, X, Z
+from bevformer.structures.frames import apply
 
 __all__ = ["matched_velocities", "velocity_summary"]
 
@@ -28,20 +30,15 @@ STATIC_CLASSES = ("barrier", "traffic_cone")
 
 
 def _ground_truth(info: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Names, global xy centres ``[M, 2]`` and global xy velocities ``[M, 2]``."""
+    """Names, global xy centres ``[M, 2]`` and global xy velocities ``[M, 2]`` of the boxes
+    whose velocity the devkit scores."""
     boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
-    lidar2global = np.asarray(info["ego2global"], dtype=np.float64) @ np.asarray(
-        info["lidar2ego"], dtype=np.float64
-    )
-    centres = boxes[:, X : Z + 1] @ lidar2global[:3, :3].T + lidar2global[:3, 3]
+    to_global = lidar2global(info)
+    centres = apply(to_global, boxes[:, X : Z + 1])  # [M, 3] global
     velocity = np.zeros((len(boxes), 3))
     velocity[:, :2] = boxes[:, VX : VY + 1]
-    velocity = velocity @ lidar2global[:3, :3].T
-    keep = [
-        i
-        for i, (name, valid) in enumerate(zip(info["gt_names"], info["valid_flag"], strict=True))
-        if valid and name in CLASSES and name not in STATIC_CLASSES
-    ]
+    velocity = velocity @ to_global[:3, :3].T  # [M, 3] lidar -> global (rotation only)
+    keep = evaluable(info, exclude=STATIC_CLASSES)
     names = [info["gt_names"][i] for i in keep]
     return names, centres[keep, :2], velocity[keep, :2]
 
