@@ -87,9 +87,7 @@ def compare(path: str, wrapped: ExportModel, data: dict, ops_form: str) -> dict[
         if wrapped.hybrid:
             inputs += [data["intrinsics"][:, current], data["cam2lidar"][:, current]]
         if wrapped.streaming:
-            grid = model.grid
-            Q, C = grid.bev_h * grid.bev_w, int(model.bev.encoder.embed_dims)
-            inputs += [torch.zeros(1, Q, C), torch.eye(4)[None], torch.zeros(1, dtype=torch.bool)]
+            inputs += wrapped.scene_start()
         expected = wrapped(*inputs)
     feed = {name: t.numpy() for name, t in zip(wrapped.input_names, inputs, strict=True)}
     if ops_form == "custom":

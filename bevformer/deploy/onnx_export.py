@@ -166,6 +166,18 @@ class ExportModel(nn.Module):
             names += [f"level{lvl}" for lvl in range(self.num_levels)]
         return names
 
+    def scene_start(self, batch_size: int = 1) -> list[Tensor]:
+        """The streaming inputs of a first keyframe (no previous BEV): ``prev_bev`` zeros
+        ``[B, Q, C]``, ``prev2cur`` identity ``[B, 4, 4]``, ``prev_valid`` False ``[B]``."""
+        grid = self.model.grid
+        Q, C = grid.bev_h * grid.bev_w, int(self.model.bev.encoder.embed_dims)
+        B = batch_size
+        return [
+            torch.zeros(B, Q, C),
+            torch.eye(4).expand(B, 4, 4).clone(),
+            torch.zeros(B, dtype=torch.bool),
+        ]
+
     def forward(self, img: Tensor, lidar2img: Tensor, *extra: Tensor) -> tuple[Tensor, ...]:
         """img ``[B, N, 3, H, W]``; lidar2img ``[B, N, 4, 4]`` (one frame) or ``[B, T, N, 4,
         4]``; then, in :attr:`input_names` order, ``frame_valid [B, T]`` and the past maps
@@ -317,9 +329,7 @@ def export_onnx(
         cam2lidar = torch.tensor([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
         inputs += [intrinsics.expand(1, N, 3, 3).clone(), cam2lidar.expand(1, N, 4, 4).clone()]
     if wrapped.streaming:
-        grid = model.grid
-        Q, C = grid.bev_h * grid.bev_w, int(model.bev.encoder.embed_dims)
-        inputs += [torch.zeros(1, Q, C), torch.eye(4)[None], torch.ones(1, dtype=torch.bool)]
+        inputs += wrapped.scene_start()  # the graph has no branch on them: any values trace it
     dynamic = None
     if dynamic_batch:
         dynamic = {name: {0: "batch"} for name in (*wrapped.input_names, *wrapped.output_names)}

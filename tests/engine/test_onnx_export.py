@@ -221,7 +221,8 @@ def test_streaming_keyframes_in_a_row_equal_the_detector(tiny_cfg, tmp_path, opt
     keyframes = [(d, i) for d in map(build_dataset, (test, other)) for i in range(3)]
     cur = model.current_slot
     grid = model.grid
-    torch_bev = ort_bev = torch.zeros(1, grid.bev_h * grid.bev_w, model.bev.encoder.embed_dims)
+    torch_bev = ort_bev = wrapped.scene_start()[0]
+    assert torch_bev.shape == (1, grid.bev_h * grid.bev_w, model.bev.encoder.embed_dims)
     with torch.no_grad():
         maps = model.extract_feat(torch.zeros(1, 6, 3, 64, 160), None, augment=False)
     torch_past = ort_past = [torch.zeros_like(m) for m in maps[: wrapped.num_levels]]
