@@ -150,6 +150,14 @@ class BEVFormerV2(BaseModel):
     def _bev_feats(self, feats: list[Tensor]) -> list[Tensor]:
         return feats if self.num_levels is None else feats[: self.num_levels]
 
+    def frame_bev(self, img: Tensor, lidar2img: Tensor, slot: int) -> Tensor:
+        """Slot ``slot``'s own BEV ``[B, Q, C]`` from ``img [B, T, N, 3, H, W]`` and
+        ``lidar2img [B, T, N, 4, 4]``: backbone, neck and encoder in the model's current mode
+        (no GridMask, no streaming context, no fusion, no BEV augmentation). Past slots in
+        training are this in eval mode without gradients (:meth:`bev_features`)."""
+        feats = self.extract_feat(img[:, slot], None, augment=False)
+        return self.bev.encode(self._bev_feats(feats), lidar2img[:, slot], img.shape[-2:])
+
     def _past_bevs(
         self,
         img: Tensor,

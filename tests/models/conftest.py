@@ -88,3 +88,8 @@ def make_rig():
 def pose():
     """``pose(x, y, yaw_deg) -> ego2global``."""
     return yaw_pose
+
+
+@pytest.fixture(scope="session")
+def rig_tenth() -> Rig:
+    return Rig(0.1)  # 160 x 90 images

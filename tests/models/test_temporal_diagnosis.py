@@ -1,0 +1,90 @@
+"""``bevformer/evaluation/temporal.py``: the train/eval gap of the current BEV is the encoder's
+dropout and nothing else; the gradient share of the past BEV is 0 for a fusion that ignores it;
+boxes are picked by speed at their own cells. Model: the tiny t2 config with a 10 x 10 grid on
+the nuScenes rig at 64 x 160 pixels (random weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from torch import nn
+
+from bevformer.builder import build_model
+from bevformer.evaluation.temporal import bev_mode_gap, past_gradient_share
+from bevformer.structures.frames import cam2lidar, lidar2img
+
+T1 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
+T2 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2_12ep.py"
+BEV = 10  # 10.24 m cells over +-51.2 m
+
+
+def _model(dropout: float, config: str = T2) -> nn.Module:
+    cfg = Config.fromfile(config)
+    cfg.model.bev.encoder.grid.update(bev_h=BEV, bev_w=BEV)
+    cfg.model.bev.encoder.dropout = dropout
+    cfg.model.pts_bbox_head.num_query = 20
+    torch.manual_seed(0)
+    return build_model(cfg.model).eval()
+
+
+def _batch(rig) -> dict:
+    l2i = lidar2img(rig.K, cam2lidar(rig.cam2ego, np.eye(4), np.eye(4), rig.lidar2ego[None]))
+    l2i = torch.as_tensor(l2i, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    # x, y, z, w, l, h, yaw, vx, vy: two moving (5 and 3 m/s), one static, one moving outside
+    boxes = torch.tensor(
+        [
+            [10.0, 3.0, -1.0, 2.0, 4.5, 1.6, 0.0, 5.0, 0.0],
+            [-20.0, -8.0, -1.0, 2.0, 4.5, 1.6, 0.0, 0.0, -3.0],
+            [15.0, -15.0, -1.0, 2.0, 4.5, 1.6, 0.0, 0.0, 0.1],
+            [80.0, 0.0, -1.0, 2.0, 4.5, 1.6, 0.0, 9.0, 0.0],
+        ]
+    )
+    return {
+        "img": torch.randn(2, 2, 6, 3, 96, 160, generator=gen),
+        "lidar2img": l2i.expand(2, 2, -1, -1, -1).clone(),
+        "frame_valid": torch.ones(2, 2, dtype=torch.bool),
+        "gt_boxes": [boxes, boxes[:2]],
+    }
+
+
+def test_the_mode_gap_is_the_encoder_dropout(rig_tenth):
+    batch = _batch(rig_tenth)
+    without = bev_mode_gap(_model(0.0), batch)
+    assert float(without["mode_all"].abs().max()) == 0.0  # no dropout: train mode = eval mode
+    assert float(without["time_all"].mean()) > 0.01  # the two frames' images differ
+    model = _model(0.3)
+    with_dropout = bev_mode_gap(model, batch)
+    assert float(with_dropout["mode_all"].mean()) > 0.05
+    assert not model.training  # the training flag is restored
+    # the cells of moving boxes inside the grid: 2 in the first sample, 2 in the second
+    assert with_dropout["mode_moving"].numel() == 4
+    assert with_dropout["time_static"].numel() == 1
+    assert torch.equal(with_dropout["time_all"], without["time_all"])  # eval mode both times
+
+
+class CurrentOnly(nn.Module):
+    """A fusion that returns the current BEV and ignores the past one."""
+
+    def forward(self, bevs):
+        return bevs[-1].flatten(2).transpose(1, 2)
+
+
+def test_gradient_share_of_a_fusion_that_ignores_the_past_is_zero(rig_tenth):
+    model, batch = _model(0.0), _batch(rig_tenth)
+    shares = past_gradient_share(model, batch, top_k=5)
+    assert set(shares) == {"velocity", "class"}
+    assert all(0.05 < share < 0.95 for share in shares.values()), shares
+    model.bev.fusion = CurrentOnly()
+    assert past_gradient_share(model, batch, top_k=5) == {"velocity": 0.0, "class": 0.0}
+
+
+def test_single_frame_models_and_missing_past_frames_are_refused(rig_tenth):
+    batch = _batch(rig_tenth)
+    with pytest.raises(ValueError, match=r"frames \(-1, 0\)"):
+        bev_mode_gap(_model(0.0, T1), batch)
+    batch["frame_valid"][1, 0] = False
+    with pytest.raises(ValueError, match="needs its past frame"):
+        past_gradient_share(_model(0.0), batch)
