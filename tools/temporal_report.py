@@ -2,7 +2,7 @@
 (``bevformer/evaluation/temporal.py``).
 
     python tools/temporal_report.py CONFIG CHECKPOINT --data-root DIR [--batches 12]
-        [--seed 0]
+        [--seed 0] [--cfg-options key=value ...]
 
 On batches of two training keyframes (the training pipeline, every sample with its past
 frame), prints the mean relative difference, per BEV cell, between the current BEV in train
@@ -23,7 +23,7 @@ import torch
 from bevformer.builder import build_dataset, build_model
 from bevformer.checkpoint import load_model_weights
 from bevformer.data.collate import collate
-from bevformer.engine.launch import load_config
+from bevformer.engine.launch import DictAction, load_config
 from bevformer.evaluation.temporal import bev_mode_gap, past_gradient_share
 
 
@@ -34,9 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", required=True, help="the dataset (its train split)")
     parser.add_argument("--batches", type=int, default=12, help="batches of two keyframes")
     parser.add_argument("--seed", type=int, default=0, help="dropout and augmentation seed")
+    parser.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, help="the training's --cfg-options"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    cfg = load_config(args.config, {}, data_root=args.data_root)
+    cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
     model = build_model(cfg.model)
     if args.checkpoint != "none":
         load_model_weights(model, args.checkpoint)

@@ -13,8 +13,9 @@ of the top-k queries' predicted speed, the share that reaches the past BEV (agai
 current BEV), next to the same share for their class scores as a control. A fusion that reads
 motion gives speed a different share than class.
 
-Both take a collated batch of a fusion config with frames (-1, 0) (``frame_valid`` true for
-both slots of every sample) and leave the model's training flag as they found it.
+Both take a collated batch of a two-frame fusion config (a past slot, then the current one,
+e.g. frames (-1, 0); ``frame_valid`` true for both slots of every sample) and leave the
+model's training flag as they found it.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ __all__ = ["bev_mode_gap", "past_gradient_share"]
 
 def _two_frames(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
     """-> (img ``[B, 2, N, 3, H, W]``, lidar2img ``[B, 2, N, 4, 4]``); ``ValueError`` unless
-    the model fuses frames (-1, 0) and every sample has its past frame."""
-    if tuple(model.frames) != (-1, 0) or model.bev.fusion is None:
+    the model fuses a past frame with the current one and every sample has its past frame."""
+    if len(model.frames) != 2 or model.current_slot != 1 or model.bev.fusion is None:
         raise ValueError(
-            f"needs a fusion config with frames (-1, 0) (e.g. ..._t2-hybrid_12ep.py); this "
+            f"needs a two-frame fusion config (a past frame, then the current one: e.g. "
+            f"..._t2-hybrid_12ep.py with frames (-1, 0)); this "
             f"model has frames {tuple(model.frames)}, fusion {type(model.bev.fusion).__name__}"
         )
     valid = batch.get("frame_valid")

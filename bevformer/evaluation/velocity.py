@@ -7,6 +7,8 @@ that no other box took, greedily by prediction score, as ``DetectionEval`` match
 returns both velocities. :func:`velocity_summary` turns them into the numbers that say whether
 a model uses time: mean velocity error, mean true and predicted speed, and the share of moving
 boxes (true speed above 1 m/s) predicted as nearly static (below 0.5 m/s).
+:func:`differenced_results` replaces a submission's velocities by the displacement of its own
+boxes since the previous keyframe: how much motion the model's localisation alone carries.
 
 Velocities are in the global frame (m/s, xy), as in a submission; the ground truth's
 lidar-frame ``gt_boxes`` velocities are rotated there with ``ego2global @ lidar2ego``.
@@ -23,7 +25,7 @@ from bevformer.evaluation.references import evaluable, lidar2global
 from bevformer.structures.boxes import BOX_DIM, VX, VY, X, Z
 from bevformer.structures.frames import apply
 
-__all__ = ["matched_velocities", "velocity_summary"]
+__all__ = ["differenced_results", "matched_velocities", "velocity_summary"]
 
 # classes whose velocity the devkit does not score
 STATIC_CLASSES = ("barrier", "traffic_cone")
@@ -92,4 +94,52 @@ def velocity_summary(true: np.ndarray, predicted: np.ndarray) -> dict[str, float
     }
     if len(true) > 1 and speed_true.std() > 0 and speed_pred.std() > 0:
         out["speed_correlation"] = float(np.corrcoef(speed_true, speed_pred)[0, 1])
+    return out
+
+
+def differenced_results(
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
+    infos: Sequence[Mapping[str, Any]],
+    max_speed: float = 16.0,
+    min_score: float = 0.3,
+) -> dict[str, list[dict[str, Any]]]:
+    """A copy of ``results`` (token -> nuScenes boxes, global frame) whose velocities are the
+    displacement of each box since the previous keyframe divided by the time between them.
+
+    For each box of a keyframe whose previous keyframe (``info["prev"]``) is in ``results``,
+    the nearest box of the same class there (xy, global frame, so the ego motion is removed)
+    with a score of at least ``min_score`` and within ``max_speed`` (m/s) times the gap is its
+    past position, each past box taken once, greedily by score. Boxes without one (the first
+    keyframe of a scene, new objects) keep their own velocity. Velocities in m/s, global xy.
+    Raises ``ValueError`` when a keyframe is not later than its previous one.
+    """
+    by_token = {info["token"]: info for info in infos}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for token, boxes in results.items():
+        info = by_token.get(token)
+        prev_token = info.get("prev") if info is not None else None
+        copied = [dict(box) for box in boxes]
+        out[token] = copied
+        if not prev_token or prev_token not in results or prev_token not in by_token:
+            continue
+        dt = (int(info["timestamp"]) - int(by_token[prev_token]["timestamp"])) * 1e-6
+        if dt <= 0:
+            raise ValueError(
+                f"keyframe {token} is not later than its previous keyframe {prev_token}; "
+                "the info file is broken"
+            )
+        before = [b for b in results[prev_token] if b["detection_score"] >= min_score]
+        before_xy = np.array([b["translation"][:2] for b in before], dtype=np.float64)
+        taken = np.zeros(len(before), dtype=bool)
+        for box in sorted(copied, key=lambda b: -b["detection_score"]):
+            if not len(before):
+                break
+            xy = np.asarray(box["translation"][:2], dtype=np.float64)
+            distance = np.hypot(*(before_xy - xy).T)
+            same = np.array([b["detection_name"] == box["detection_name"] for b in before])
+            distance[taken | ~same] = np.inf
+            best = int(np.argmin(distance))
+            if distance[best] <= max_speed * dt:
+                taken[best] = True
+                box["velocity"] = [float(v) for v in (xy - before_xy[best]) / dt]
     return out

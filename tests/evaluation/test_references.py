@@ -108,3 +108,43 @@ def test_the_velocity_report_of_the_references(val_infos, tmp_path):
     assert gt["mean_predicted_speed"] == pytest.approx(gt["mean_true_speed"], abs=0.01)
     assert zero["mean_predicted_speed"] == 0.0 and zero["moving_predicted_static"] == 1.0
     assert zero["mean_error"] == pytest.approx(gt["mean_true_speed"], abs=0.01)
+
+
+def test_differenced_velocities_by_hand():
+    """A car moved 2 m along x in 0.5 s: 4 m/s; a low-score past box and one of another class
+    are not its past; a box with no past within reach keeps its own velocity; the first
+    keyframe keeps all of its own."""
+    from bevformer.evaluation.velocity import differenced_results
+
+    def box(x, y, name, score, velocity=(9.0, 9.0)):
+        return {"translation": [x, y, 0.0], "detection_name": name, "detection_score": score,
+                "velocity": list(velocity)}  # fmt: skip
+
+    infos = [{"token": "p", "timestamp": 0, "prev": ""},
+             {"token": "n", "timestamp": 500_000, "prev": "p"}]  # fmt: skip
+    results = {
+        "p": [box(0, 0, "car", 0.9), box(1.5, 0, "car", 0.2), box(1.8, 0, "truck", 0.9)],
+        "n": [box(2, 0, "car", 0.8), box(40, 0, "car", 0.7)],
+    }
+    out = differenced_results(results, infos)
+    assert out["n"][0]["velocity"] == pytest.approx([4.0, 0.0])
+    assert out["n"][1]["velocity"] == [9.0, 9.0]  # 38 m away: beyond 16 m/s x 0.5 s
+    assert [b["velocity"] for b in out["p"]] == [[9.0, 9.0]] * 3
+    assert results["n"][0]["velocity"] == [9.0, 9.0]  # the input is not changed
+    with pytest.raises(ValueError, match="not later than"):
+        differenced_results(results, [{**infos[0], "timestamp": 600_000}, infos[1]])
+
+
+def test_differencing_the_ground_truth_recovers_its_motion(val_infos, tmp_path):
+    """The ground-truth boxes differenced between keyframes by nearest neighbour give the
+    motion of the previous-frame reference for nearly every box."""
+    import json
+
+    from bevformer.evaluation.velocity import differenced_results, matched_velocities
+
+    path = write_submission(reference_results(val_infos, "gt"), str(tmp_path / "gt.json"))
+    results = json.loads(open(path).read())["results"]
+    true, differenced = matched_velocities(differenced_results(results, val_infos), val_infos)
+    errors = np.linalg.norm(true - differenced, axis=1)
+    assert len(errors) > 100 and np.median(errors) < 0.2, np.median(errors)
+    assert np.mean(errors < 1.0) > 0.9
