@@ -1,0 +1,46 @@
+"""``tools/temporal_report.py`` on the tiny t2 config (random weights) and the test dataroot:
+the table and the gradient shares are printed; the encoder's dropout is the whole train/eval
+gap (0 with ``--cfg-options model.bev.encoder.dropout=0.0``)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bevformer.builder import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+T2 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2_12ep.py"
+
+
+def _report(config: Path, ckpt: Path, root: str, *extra: str) -> str:
+    command = [sys.executable, "tools/temporal_report.py", str(config), str(ckpt)]
+    command += ["--data-root", root, "--batches", "4", *extra]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_temporal_report(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(T2)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "t2.pth"
+    torch.save({"state_dict": build_model(cfg.model).state_dict()}, ckpt)
+    config = tmp_path / "t2.py"
+    cfg.dump(str(config))
+    root = cfg.data_root
+    with_dropout = _report(config, ckpt, root)
+    without = _report(config, ckpt, root, "--cfg-options", "model.bev.encoder.dropout=0.0")
+    rows = {}
+    for name, out in (("with", with_dropout), ("without", without)):
+        match = re.search(r"\| all \| (\d+) \| ([0-9.]+) \| ([0-9.]+) \|", out)
+        assert match, out
+        rows[name] = [float(v) for v in match.groups()]
+        assert re.search(r"velocity 0\.\d+, class 0\.\d+", out), out
+    assert rows["with"][0] == rows["without"][0] > 0  # the same cells
+    assert rows["with"][1] > 0.0 and rows["without"][1] == 0.0  # the gap is the dropout
+    assert rows["with"][2] == rows["without"][2] > 0.0  # eval-mode BEVs: the same
