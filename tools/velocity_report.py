@@ -10,7 +10,8 @@ moving boxes (> 1 m/s) predicted as static (< 0.5 m/s) and the speed correlation
 (``bevformer/evaluation/velocity.py``). With ``--differenced DATAROOT`` it also writes, next
 to each submission, ``<name>_differenced.json`` with the velocities replaced by the displacement
 of the model's own boxes since the previous keyframe, prints its row, and scores both with
-DetectionEval (NDS, mAVE): how much motion the model's localisation alone carries.
+DetectionEval (NDS, mAVE; the metric files go to ``<name>_eval/`` beside each file): how much
+motion the model's localisation alone carries.
 """
 
 from __future__ import annotations
