@@ -84,11 +84,7 @@ def bev_mode_gap(
     out = {"mode_all": mode.flatten(), "time_all": time.flatten()}
     picked: dict[str, list[Tensor]] = {k: [] for k in ("moving", "static")}
     for b, boxes in enumerate(batch["gt_boxes"]):
-        xy = grid.normalize(boxes[:, :2].to(current))
-        inside = ((xy >= 0) & (xy < 1)).all(-1)
-        col = (xy[:, 0] * grid.bev_w).long().clamp(0, grid.bev_w - 1)
-        row = (xy[:, 1] * grid.bev_h).long().clamp(0, grid.bev_h - 1)
-        token = row * grid.bev_w + col
+        token, inside = grid.cell_tokens(boxes[:, :2].to(current))  # [M], [M]
         speed = boxes[:, VX : VY + 1].to(current).norm(dim=-1)
         picked["moving"].append(token[inside & (speed > moving_speed)] + b * grid.num_cells)
         picked["static"].append(token[inside & (speed < static_speed)] + b * grid.num_cells)

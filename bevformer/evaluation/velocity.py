@@ -129,15 +129,15 @@ def differenced_results(
                 "the info file is broken"
             )
         before = [b for b in results[prev_token] if b["detection_score"] >= min_score]
-        before_xy = np.array([b["translation"][:2] for b in before], dtype=np.float64)
+        before_xy = np.array([b["translation"][:2] for b in before], dtype=np.float64)  # [P, 2]
+        before_names = np.array([b["detection_name"] for b in before])  # [P]
         taken = np.zeros(len(before), dtype=bool)
         for box in sorted(copied, key=lambda b: -b["detection_score"]):
             if not len(before):
                 break
             xy = np.asarray(box["translation"][:2], dtype=np.float64)
             distance = np.hypot(*(before_xy - xy).T)
-            same = np.array([b["detection_name"] == box["detection_name"] for b in before])
-            distance[taken | ~same] = np.inf
+            distance[taken | (before_names != box["detection_name"])] = np.inf
             best = int(np.argmin(distance))
             if distance[best] <= max_speed * dt:
                 taken[best] = True

@@ -147,6 +147,16 @@ class BEVGrid:
         lo = points.new_tensor(self.lower[:k])
         return points * points.new_tensor(self.size[:k]) + lo
 
+    def cell_tokens(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Lidar (x, y) in metres ``[..., 2]`` -> (token ``i * bev_w + j`` of the cell holding
+        each point ``[...]`` long, clamped to the nearest edge cell outside the range; whether
+        the point lies inside the range ``[...]`` bool)."""
+        xy = self.normalize(points)  # [..., 2] fractions of the range
+        inside = ((xy >= 0) & (xy < 1)).all(-1)
+        col = (xy[..., 0] * self.bev_w).long().clamp(0, self.bev_w - 1)
+        row = (xy[..., 1] * self.bev_h).long().clamp(0, self.bev_h - 1)
+        return row * self.bev_w + col, inside
+
     # ------------------------------------------------------------------ layouts
     def check_tokens(self, bev: Tensor, name: str = "bev") -> None:
         """Raises ``ValueError`` unless ``bev`` is ``[B, Q, C]`` with Q = bev_h * bev_w."""

@@ -5,7 +5,6 @@ the nuScenes rig at 64 x 160 pixels (random weights)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -13,7 +12,6 @@ from torch import nn
 
 from bevformer.builder import build_model
 from bevformer.evaluation.temporal import bev_mode_gap, past_gradient_share
-from bevformer.structures.frames import cam2lidar, lidar2img
 
 T1 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
 T2 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2_12ep.py"
@@ -30,8 +28,7 @@ def _model(dropout: float, config: str = T2) -> nn.Module:
 
 
 def _batch(rig) -> dict:
-    l2i = lidar2img(rig.K, cam2lidar(rig.cam2ego, np.eye(4), np.eye(4), rig.lidar2ego[None]))
-    l2i = torch.as_tensor(l2i, dtype=torch.float32)
+    l2i = torch.as_tensor(rig.lidar2img(), dtype=torch.float32)  # [N, 4, 4]
     gen = torch.Generator().manual_seed(1)
     # x, y, z, w, l, h, yaw, vx, vy: two moving (5 and 3 m/s), one static, one moving outside
     boxes = torch.tensor(

@@ -84,3 +84,12 @@ def test_grid_is_a_frozen_value():
     assert BEVGrid(50, 50) != BEVGrid(50, 40)
     with pytest.raises(AttributeError):
         SMALL.bev_h = 3  # type: ignore[misc]
+
+
+def test_cell_tokens_by_hand():
+    grid = BEVGrid(bev_h=4, bev_w=5, pc_range=(-10.0, -8.0, -5.0, 10.0, 8.0, 3.0))  # 4 m cells
+    points = torch.tensor([[-9.9, -7.9], [9.9, 7.9], [1.0, -3.0], [30.0, 0.5], [-10.0, 8.0]])
+    tokens, inside = grid.cell_tokens(points)
+    # (row, col): (0, 0), (3, 4), (1, 2), clamped (2, 4), y at the upper edge -> row 3 (clamped)
+    assert tokens.tolist() == [0, 19, 7, 14, 15]
+    assert inside.tolist() == [True, True, True, False, False]
