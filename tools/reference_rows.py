@@ -4,10 +4,10 @@
         [--references gt zero-velocity previous-frame] [--work-dir DIR]
 
 For each reference the split's ground truth (DATAROOT/nuscenes_infos_temporal_<split>.json) is
-written as a submission and scored by the official devkit on the version's evaluation split
-(``mini_val`` for v1.0-mini). Prints one results-table row per reference: NDS, mAP, mATE,
-mAOE, mAVE, mAAE -- ``zero-velocity`` is the mAVE floor of a detector that places every box
-and has learned nothing about motion.
+written as a submission and scored by the official devkit on the devkit split of those
+keyframes (``mini_val`` for v1.0-mini val, ``mini_train`` for its train split). Prints one
+results-table row per reference: NDS, mAP, mATE, mAOE, mAVE, mAAE -- ``zero-velocity`` is the
+mAVE floor of a detector that places every box and has learned nothing about motion.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ from bevformer.evaluation import evaluate_nds, write_submission
 from bevformer.evaluation.references import REFERENCES, reference_results
 
 COLUMNS = ("NDS", "mAP", "mATE", "mAOE", "mAVE", "mAAE")
+# (version, info split) -> the devkit's evaluation split of those keyframes
+EVAL_SETS = {
+    ("v1.0-mini", "train"): "mini_train",
+    ("v1.0-mini", "val"): "mini_val",
+    ("v1.0-trainval", "train"): "train",
+    ("v1.0-trainval", "val"): "val",
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,6 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    eval_set = EVAL_SETS.get((args.version, args.split))
+    if eval_set is None:
+        known = ", ".join(f"{v} {s}" for v, s in EVAL_SETS)
+        raise SystemExit(f"no devkit split for {args.version} {args.split}; known: {known}")
     info_file = os.path.join(args.dataroot, f"nuscenes_infos_temporal_{args.split}.json")
     _, infos = load_infos(info_file)
     work = args.work_dir or tempfile.mkdtemp(prefix="bevformer-references-")
@@ -49,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.path.join(out, "results_nusc.json"),
             expected_tokens=[info["token"] for info in infos],
         )
-        metrics = evaluate_nds(path, args.dataroot, args.version, output_dir=out)
+        metrics = evaluate_nds(path, args.dataroot, args.version, output_dir=out, eval_set=eval_set)
         rows.append((kind, metrics))
     print(f"\n{args.dataroot} ({args.version}, {args.split}: {len(infos)} keyframes)\n")
     print("| reference | " + " | ".join(COLUMNS) + " |")

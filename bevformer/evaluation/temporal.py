@@ -16,12 +16,19 @@ motion gives speed a different share than class.
 Both take a collated batch of a two-frame fusion config (a past slot, then the current one,
 e.g. frames (-1, 0); ``frame_valid`` true for both slots of every sample) and leave the
 model's training flag as they found it.
+
+:func:`velocity_probe` asks whether the motion is in the BEVs at all, apart from whether the
+trained fusion reads it: a small convolutional read-out, trained on the frozen eval-mode BEVs
+of the training keyframes (:func:`probe_samples`) to predict each box's velocity at its cell,
+once from the past and current BEV and once from the current BEV twice (the same network),
+scored on held-out keyframes. A probe that does better with the past frame finds motion the
+model's own velocity output does not use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,18 +37,23 @@ from bevformer.models.blocks import evaluating
 from bevformer.models.coder import CVX, CVY
 from bevformer.structures.boxes import VX, VY
 
-__all__ = ["bev_mode_gap", "past_gradient_share"]
+__all__ = ["ProbeSample", "bev_mode_gap", "past_gradient_share", "probe_samples", "velocity_probe"]
 
 
-def _two_frames(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-    """-> (img ``[B, 2, N, 3, H, W]``, lidar2img ``[B, 2, N, 4, 4]``); ``ValueError`` unless
-    the model fuses a past frame with the current one and every sample has its past frame."""
+def _check_model(model: nn.Module) -> None:
+    """``ValueError`` unless the model fuses a past frame with the current one."""
     if len(model.frames) != 2 or model.current_slot != 1 or model.bev.fusion is None:
         raise ValueError(
             f"needs a two-frame fusion config (a past frame, then the current one: e.g. "
             f"..._t2-hybrid_12ep.py with frames (-1, 0)); this "
             f"model has frames {tuple(model.frames)}, fusion {type(model.bev.fusion).__name__}"
         )
+
+
+def _two_frames(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """-> (img ``[B, 2, N, 3, H, W]``, lidar2img ``[B, 2, N, 4, 4]``); ``ValueError`` unless
+    the model fuses a past frame with the current one and every sample has its past frame."""
+    _check_model(model)
     valid = batch.get("frame_valid")
     if valid is None or not bool(torch.as_tensor(valid)[:, 0].all()):
         raise ValueError("every sample of the batch needs its past frame (frame_valid[:, 0])")
@@ -133,3 +145,115 @@ def past_gradient_share(
         p, c = (0.0 if g is None else g.norm().item() for g in grads)  # None: not read at all
         shares[name] = p / max(p + c, 1e-30)
     return shares
+
+
+class ProbeSample(NamedTuple):
+    """One keyframe for :func:`velocity_probe`: eval-mode BEV maps ``past``, ``current``
+    ``[C, H, W]``, and its boxes inside the BEV range: ``tokens [M]`` (cell ``i * bev_w + j``)
+    and ``velocity [M, 2]`` (vx, vy in m/s, lidar frame)."""
+
+    past: Tensor
+    current: Tensor
+    tokens: Tensor
+    velocity: Tensor
+
+
+def probe_samples(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> list[ProbeSample]:
+    """The :class:`ProbeSample` of every sample of ``batches`` (collated, a two-frame fusion
+    config) that has its past frame and at least one box in range; the BEVs as the past frame's
+    in training (eval mode, no gradients)."""
+    _check_model(model)
+    samples = []
+    grid, cur = model.grid, model.current_slot
+    for batch in batches:
+        keep_idx = torch.as_tensor(batch["frame_valid"])[:, 0].nonzero().flatten()
+        if len(keep_idx) == 0:
+            continue  # scene starts: no past frame
+        img, lidar2img = batch["img"][keep_idx], batch["lidar2img"][keep_idx]
+        with evaluating(model), torch.no_grad():
+            past = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur - 1))
+            current = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur))
+        for row, b in enumerate(keep_idx.tolist()):
+            boxes = batch["gt_boxes"][b].to(current)
+            tokens, inside = grid.cell_tokens(boxes[:, :2])
+            if bool(inside.any()):
+                velocity = boxes[inside, VX : VY + 1]
+                samples.append(ProbeSample(past[row], current[row], tokens[inside], velocity))
+    return samples
+
+
+def _probe_net(channels: int, hidden: int) -> nn.Module:
+    """Three 3x3 convolutions (the receptive field of ResNetFusion's three blocks, +-3 cells)
+    from two stacked BEV maps ``[B, 2C, H, W]`` to a velocity map ``[B, 2, H, W]``."""
+    return nn.Sequential(
+        nn.Conv2d(2 * channels, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, 2, 3, padding=1),
+    )
+
+
+def _probe_errors(net: nn.Module, samples: list[ProbeSample], use_past: bool) -> Tensor:
+    """Per-box velocity error ``|v_pred - v_gt|`` (m/s, as the devkit's AVE) ``[sum M]``."""
+    inputs = torch.stack(
+        [torch.cat([s.past if use_past else s.current, s.current]) for s in samples]
+    )
+    field = net(inputs).flatten(2)  # [B, 2, H * W]
+    errors = [(field[b][:, s.tokens].T - s.velocity).norm(dim=-1) for b, s in enumerate(samples)]
+    return torch.cat(errors)
+
+
+def velocity_probe(
+    train: list[ProbeSample],
+    held_out: list[ProbeSample],
+    use_past: bool,
+    epochs: int = 30,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    hidden: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Trains a velocity read-out (:func:`_probe_net`) on the frozen BEVs of ``train`` (Adam,
+    the mean per-box velocity error as the loss) and scores it.
+
+    ``use_past``: the input is (past, current); otherwise (current, current), the same network
+    without the motion. Returns the mean per-box error (m/s) on ``train`` and ``held_out``, the
+    same over the held-out boxes faster than 1 m/s (``"held_out_moving"``), and the error of
+    velocity 0 over the held-out boxes, all and faster than 1 m/s (``"zero"``,
+    ``"zero_moving"``: their mean speed). ``ValueError`` without samples."""
+    if not train or not held_out:
+        raise ValueError(
+            f"needs training and held-out samples, got {len(train)} and {len(held_out)}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = _probe_net(train[0].current.shape[0], hidden)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            chunk = [train[i] for i in order[start : start + batch_size]]
+            loss = _probe_errors(net, chunk, use_past).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        train_err = torch.cat(
+            [_probe_errors(net, train[i : i + 64], use_past) for i in range(0, len(train), 64)]
+        )
+        held_err = torch.cat(
+            [
+                _probe_errors(net, held_out[i : i + 64], use_past)
+                for i in range(0, len(held_out), 64)
+            ]
+        )
+    speed = torch.cat([s.velocity for s in held_out]).norm(dim=-1)
+    return {
+        "train": train_err.mean().item(),
+        "held_out": held_err.mean().item(),
+        "held_out_moving": held_err[speed > 1.0].mean().item(),
+        "zero": speed.mean().item(),
+        "zero_moving": speed[speed > 1.0].mean().item(),
+    }

@@ -1,6 +1,7 @@
 """``tools/temporal_report.py`` on the tiny t2 config (random weights) and the test dataroot:
 the table and the gradient shares are printed; the encoder's dropout is the whole train/eval
-gap (0 with ``--cfg-options model.bev.encoder.dropout=0.0``)."""
+gap (0 with ``--cfg-options model.bev.encoder.dropout=0.0``). ``tools/velocity_probe.py`` on
+the same: its table, velocity 0 at the mean speed of the val boxes."""
 
 from __future__ import annotations
 
@@ -44,3 +45,21 @@ def test_temporal_report(tiny_cfg, tmp_path):
     assert rows["with"][0] == rows["without"][0] > 0  # the same cells
     assert rows["with"][1] > 0.0 and rows["without"][1] == 0.0  # the gap is the dropout
     assert rows["with"][2] == rows["without"][2] > 0.0  # eval-mode BEVs: the same
+
+
+def test_velocity_probe_tool(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(T2)
+    config = tmp_path / "t2.py"
+    cfg.dump(str(config))
+    command = [sys.executable, "tools/velocity_probe.py", str(config), "none"]
+    command += ["--data-root", cfg.data_root, "--epochs", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    counts = re.search(r"train (\d+) \((\d+) boxes\), val (\d+) \((\d+) boxes\)", out)
+    assert counts and all(int(v) > 0 for v in counts.groups()), out
+    number = r"([0-9.]+)"
+    for name in ("past, current", "current, current"):
+        assert re.search(rf"\| {name} \| {number} \| {number} \| {number} \|", out), out
+    zero = re.search(rf"\| velocity 0 \| \| {number} \| {number} \|", out)
+    assert zero and float(zero.group(1)) > 0, out

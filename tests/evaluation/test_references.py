@@ -148,3 +148,36 @@ def test_differencing_the_ground_truth_recovers_its_motion(val_infos, tmp_path):
     errors = np.linalg.norm(true - differenced, axis=1)
     assert len(errors) > 100 and np.median(errors) < 0.2, np.median(errors)
     assert np.mean(errors < 1.0) > 0.9
+
+
+def test_reference_rows_tool_scores_either_split(synthetic_val_dataroot, tmp_path):
+    """``tools/reference_rows.py --split train`` scores the train keyframes on the devkit's
+    ``mini_train`` (each split's ground truth places every box: mAP 1 within rounding where
+    the split has every class, mATE 0); an unknown version/split pair is refused by name."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "nuscenes"
+    root.mkdir()
+    for name in ("v1.0-mini", "samples", "maps"):
+        (root / name).symlink_to(Path(synthetic_val_dataroot) / name)
+    create_infos(str(root), "v1.0-mini", out_dir=str(root), progress=False)
+    rows = {}
+    for split in ("train", "val"):
+        command = [sys.executable, "tools/reference_rows.py", str(root), "--split", split]
+        command += ["--references", "zero-velocity", "--work-dir", str(tmp_path / split)]
+        done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert re.search(rf"\(v1\.0-mini, {split}: 12 keyframes\)", done.stdout), done.stdout
+        row = re.search(r"\| zero-velocity \| ([0-9.| ]+) \|", done.stdout)
+        assert row, done.stdout
+        rows[split] = [float(v) for v in row.group(1).split("|")]  # NDS mAP mATE mAOE mAVE mAAE
+    for split, (_, _, mate, _, mave, _) in rows.items():
+        assert mate < 0.01 and mave > 1.0, (split, rows[split])
+    assert rows["train"] != rows["val"]  # different keyframes scored
+    command = [sys.executable, "tools/reference_rows.py", str(root), "--split", "test"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "no devkit split for v1.0-mini test" in done.stderr

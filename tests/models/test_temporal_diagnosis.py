@@ -1,7 +1,8 @@
 """``bevformer/evaluation/temporal.py``: the train/eval gap of the current BEV is the encoder's
 dropout and nothing else; the gradient share of the past BEV is 0 for a fusion that ignores it;
-boxes are picked by speed at their own cells. Model: the tiny t2 config with a 10 x 10 grid on
-the nuScenes rig at 64 x 160 pixels (random weights)."""
+boxes are picked by speed at their own cells; the velocity probe finds motion that is in the
+BEVs and only with the past frame. Model: the tiny t2 config with a 10 x 10 grid on the
+nuScenes rig at 64 x 160 pixels (random weights)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from mmengine.config import Config
 from torch import nn
 
 from bevformer.builder import build_model
-from bevformer.evaluation.temporal import bev_mode_gap, past_gradient_share
+from bevformer.evaluation.temporal import (
+    ProbeSample,
+    bev_mode_gap,
+    past_gradient_share,
+    probe_samples,
+    velocity_probe,
+)
 
 T1 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py"
 T2 = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2_12ep.py"
@@ -85,3 +92,51 @@ def test_single_frame_models_and_missing_past_frames_are_refused(rig_tenth):
     batch["frame_valid"][1, 0] = False
     with pytest.raises(ValueError, match="needs its past frame"):
         past_gradient_share(_model(0.0), batch)
+
+
+def test_probe_samples_hold_the_eval_mode_bevs_and_the_boxes_in_range(rig_tenth):
+    model, batch = _model(0.3), _batch(rig_tenth)
+    batch["frame_valid"][1, 0] = False  # the second sample starts its scene: left out
+    samples = probe_samples(model, [batch])
+    assert len(samples) == 1 and not model.training
+    (sample,) = samples
+    grid = model.grid
+    assert sample.past.shape == sample.current.shape == (64, BEV, BEV)
+    current = grid.tokens_to_map(model.frame_bev(batch["img"][:1], batch["lidar2img"][:1], 1))
+    assert torch.equal(sample.current, current[0])  # eval mode: no dropout
+    # 3 of 4 boxes in range; (10, 3) lies in row floor((3 + 51.2) / 10.24) = 5, column
+    # floor((10 + 51.2) / 10.24) = 5
+    assert sample.tokens.tolist()[0] == 5 * BEV + 5 and len(sample.tokens) == 3
+    assert torch.equal(sample.velocity, batch["gt_boxes"][0][:3, 7:9])
+
+
+def _moving_blobs(n: int, seed: int) -> list[ProbeSample]:
+    """Maps of 8 x 8 cells, 4 channels: one box marked in channel 0 at its cell of each frame,
+    moved by (dx, dy) in {-1, 0, 1} cells between them, 4 m/s per cell: the current map alone
+    does not tell its velocity."""
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n):
+        past, current = torch.zeros(4, 8, 8), torch.zeros(4, 8, 8)
+        row, col = (int(v) for v in torch.randint(1, 7, (2,), generator=gen))
+        dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+        current[0, row, col] = 1.0
+        past[0, row - dy, col - dx] = 1.0
+        token = torch.tensor([row * 8 + col])
+        samples.append(ProbeSample(past, current, token, torch.tensor([[4.0 * dx, 4.0 * dy]])))
+    return samples
+
+
+def test_the_velocity_probe_reads_motion_only_with_the_past_frame():
+    train, held_out = _moving_blobs(160, seed=0), _moving_blobs(40, seed=1)
+    torch.set_num_threads(1)
+    with_past = velocity_probe(train, held_out, use_past=True, epochs=40, lr=3e-3)
+    without = velocity_probe(train, held_out, use_past=False, epochs=40, lr=3e-3)
+    speed = torch.cat([s.velocity for s in held_out]).norm(dim=-1)
+    assert with_past["zero"] == pytest.approx(float(speed.mean()))
+    assert with_past["zero_moving"] == pytest.approx(float(speed[speed > 1].mean()))
+    # The current map alone does not tell the motion: the probe is near velocity 0.
+    assert without["held_out"] > 0.8 * without["zero"]
+    assert with_past["held_out"] < 0.3 * with_past["zero"], (with_past, without)
+    with pytest.raises(ValueError, match="needs training and held-out samples"):
+        velocity_probe(train, [], use_past=True)
