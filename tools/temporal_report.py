@@ -20,30 +20,20 @@ from collections.abc import Sequence
 
 import torch
 
-from bevformer.builder import build_dataset, build_model
-from bevformer.checkpoint import load_model_weights
+from bevformer.builder import build_dataset
 from bevformer.data.collate import collate
-from bevformer.engine.launch import DictAction, load_config
+from bevformer.engine.launch import add_model_arguments, load_model_for_analysis
 from bevformer.evaluation.temporal import bev_mode_gap, past_gradient_share
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("checkpoint", help="a checkpoint, or 'none' for the random weights")
-    parser.add_argument("--data-root", required=True, help="the dataset (its train split)")
+    add_model_arguments(parser, "the dataset (its train split)")
     parser.add_argument("--batches", type=int, default=12, help="batches of two keyframes")
     parser.add_argument("--seed", type=int, default=0, help="dropout and augmentation seed")
-    parser.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, help="the training's --cfg-options"
-    )
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
-    model = build_model(cfg.model)
-    if args.checkpoint != "none":
-        load_model_weights(model, args.checkpoint)
-    model.eval()
+    cfg, model = load_model_for_analysis(args)
     dataset = build_dataset(cfg.train_dataloader.dataset)
     gaps: dict[str, list[torch.Tensor]] = {}
     shares: dict[str, list[float]] = {}

@@ -17,10 +17,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bevformer.builder import build_dataset, build_model
-from bevformer.checkpoint import load_model_weights
+from bevformer.builder import build_dataset
 from bevformer.data.collate import collate
-from bevformer.engine.launch import DictAction, load_config
+from bevformer.engine.launch import add_model_arguments, load_model_for_analysis
 from bevformer.evaluation.temporal import probe_samples, velocity_probe
 
 
@@ -31,20 +30,11 @@ def _batches(dataset, batch_size: int = 2):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("checkpoint", help="a checkpoint, or 'none' for the random weights")
-    parser.add_argument("--data-root", required=True, help="the dataset (train and val splits)")
+    add_model_arguments(parser, "the dataset (train and val splits)")
     parser.add_argument("--epochs", type=int, default=30, help="probe training epochs")
     parser.add_argument("--seed", type=int, default=0, help="probe initialisation and order")
-    parser.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, help="the training's --cfg-options"
-    )
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
-    model = build_model(cfg.model)
-    if args.checkpoint != "none":
-        load_model_weights(model, args.checkpoint)
-    model.eval()
+    cfg, model = load_model_for_analysis(args)
     test_transforms = cfg.test_dataloader.dataset.transforms
     train_cfg = {**cfg.train_dataloader.dataset, "transforms": test_transforms, "test_mode": True}
     splits = {

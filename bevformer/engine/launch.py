@@ -289,6 +289,29 @@ def load_config(
     return cfg
 
 
+def add_model_arguments(parser: Any, data_root_help: str) -> None:
+    """The arguments of the tools that analyse a trained model (``tools/temporal_report.py``,
+    ``tools/velocity_probe.py``): ``config``, ``checkpoint`` ('none': the random weights),
+    ``--data-root`` (required) and ``--cfg-options`` (the training's)."""
+    parser.add_argument("config")
+    parser.add_argument("checkpoint", help="a checkpoint, or 'none' for the random weights")
+    parser.add_argument("--data-root", required=True, help=data_root_help)
+    parser.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, help="the training's --cfg-options"
+    )
+
+
+def load_model_for_analysis(args: Any) -> tuple[Config, torch.nn.Module]:
+    """(config, model in eval mode) from the :func:`add_model_arguments` of ``args``: the
+    config through :func:`load_config`, the checkpoint's weights loaded strictly
+    (``load_model_weights``: every parameter filled, or an error)."""
+    cfg = load_config(args.config, args.cfg_options, data_root=args.data_root)
+    model = build_model(cfg.model)
+    if args.checkpoint != "none":
+        load_model_weights(model, args.checkpoint)
+    return cfg, model.eval()
+
+
 def scale_schedule(cfg: Config, world_size: int) -> tuple[int, float]:
     """Rescale the lr and iteration-based scheduler boundaries for the real global batch.
 

@@ -235,6 +235,7 @@ TINY_MONO = [
     "bevformerv2_tiny_320x128_t1-mono_12ep.py",
     "bevformerv2_tiny_320x128_t1-hybrid_12ep.py",
     "bevformerv2_tiny_320x128_t2-hybrid_12ep.py",
+    "bevformerv2_tiny_320x128_t2-stream-hybrid_12ep.py",
 ]
 
 
