@@ -46,7 +46,8 @@ class TemporalBEV(nn.Module):
 
     ``frames``: increasing keyframe offsets containing 0 (the current slot is the index of 0);
     ``temporal``: one of :data:`TEMPORAL_MODES`; ``fusion`` is required (and used) only for
-    ``temporal="fusion"`` with more than one frame. Raises ``ValueError`` for anything else.
+    ``temporal="fusion"`` with more than one frame, and refused with ``"streaming"``. Raises
+    ``ValueError`` for anything else.
     """
 
     def __init__(
@@ -68,6 +69,12 @@ class TemporalBEV(nn.Module):
             raise ValueError(
                 f"frames={self.frames} need a fusion module (e.g. ResNetFusion with in_channels "
                 "= len(frames) * embed_dims); give `fusion` or use frames=(0,)"
+            )
+        if temporal == "streaming" and fusion is not None:
+            raise ValueError(
+                f"temporal='streaming' attends to the past BEV in the encoder and fuses nothing, "
+                f"but a fusion module ({type(fusion).__name__}) was given; set fusion=None "
+                "(e.g. --cfg-options model.bev.fusion=None) or use temporal='fusion'"
             )
         self.temporal = temporal
         self.encoder = encoder

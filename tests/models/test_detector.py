@@ -310,3 +310,18 @@ def test_builder_builds_nested_modules_and_names_unknown_keys():
         build_from_cfg({**enc_cfg, "num_qeries": 3}, MODELS)
     with pytest.raises(KeyError, match="NoSuchModule"):
         build_from_cfg(dict(type="NoSuchModule"), MODELS)
+
+
+def test_temporal_bev_refuses_a_fusion_it_would_not_use_or_would_miss():
+    def encoder():
+        return BEVEncoder(embed_dims=C, num_layers=1, grid=BEVGrid(BEV, BEV), num_heads=2)
+
+    fusion = ResNetFusion(2 * C, C)
+    with pytest.raises(ValueError, match="temporal='streaming' .* fusion module \\(ResNetFusion"):
+        TemporalBEV(encoder(), fusion, (-1, 0), "streaming")
+    with pytest.raises(ValueError, match="need a fusion module"):
+        TemporalBEV(encoder(), None, (-1, 0), "fusion")
+    with pytest.raises(ValueError, match="temporal must be one of"):
+        TemporalBEV(encoder(), None, (0,), "stream")
+    assert TemporalBEV(encoder(), None, (-1, 0), "streaming").fusion is None
+    assert TemporalBEV(encoder(), fusion, (-1, 0), "fusion").fusion is fusion
