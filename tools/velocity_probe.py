@@ -41,7 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": build_dataset(train_cfg),
         "val": build_dataset(cfg.val_dataloader.dataset),
     }
-    samples = {name: probe_samples(model, _batches(ds)) for name, ds in splits.items()}
+    try:
+        samples = {name: probe_samples(model, _batches(ds)) for name, ds in splits.items()}
+    except ValueError as err:  # not a two-frame fusion config
+        raise SystemExit(f"error: {err}") from None
+    if not samples["train"] or not samples["val"]:
+        raise SystemExit(
+            f"error: no keyframe with its past frame and a box in range (train "
+            f"{len(samples['train'])}, val {len(samples['val'])}); is this a temporal info file?"
+        )
     boxes = {name: sum(len(s.tokens) for s in found) for name, found in samples.items()}
     print(
         f"keyframes with their past frame: train {len(samples['train'])} ({boxes['train']} boxes),"

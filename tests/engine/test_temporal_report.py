@@ -1,7 +1,7 @@
 """``tools/temporal_report.py`` on the tiny t2 config (random weights) and the test dataroot:
 the table and the gradient shares are printed; the encoder's dropout is the whole train/eval
 gap (0 with ``--cfg-options model.bev.encoder.dropout=0.0``). ``tools/velocity_probe.py`` on
-the same: its table, velocity 0 at the mean speed of the val boxes."""
+the same: its table, velocity 0 above zero; a one-frame config refused by name."""
 
 from __future__ import annotations
 
@@ -63,3 +63,10 @@ def test_velocity_probe_tool(tiny_cfg, tmp_path):
         assert re.search(rf"\| {name} \| {number} \| {number} \| {number} \|", out), out
     zero = re.search(rf"\| velocity 0 \| \| {number} \| {number} \|", out)
     assert zero and float(zero.group(1)) > 0, out
+    one_frame = tmp_path / "t1.py"
+    tiny_cfg("projects/configs/bevformerv2/bevformerv2_tiny_320x128_t1_12ep.py").dump(
+        str(one_frame)
+    )
+    command[2] = str(one_frame)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "needs a two-frame fusion config" in done.stderr, done.stderr
