@@ -1,4 +1,5 @@
-"""Config loading and Runner construction shared by ``tools/train.py`` and ``tools/test.py``.
+"""Config loading and Runner construction shared by ``tools/train.py`` and ``tools/test.py``;
+the model loading of the analysis tools (``tools/temporal_report.py``, ``tools/velocity_probe.py``).
 
 The schedule is defined for the config's ``base_batch_size`` (global batch: GPUs x samples per
 GPU, 8 x 1 in the official BEVFormer v2 recipes). When the real global batch differs:
