@@ -18,17 +18,18 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from bevformer.data.infos import load_infos
+from bevformer.data.infos import SPLITS, load_infos
 from bevformer.evaluation import evaluate_nds, write_submission
 from bevformer.evaluation.references import REFERENCES, reference_results
 
 COLUMNS = ("NDS", "mAP", "mATE", "mAOE", "mAVE", "mAAE")
-# (version, info split) -> the devkit's evaluation split of those keyframes
+# (version, info split) -> the devkit's evaluation split of those keyframes, for the splits
+# with ground truth to score (``SPLITS`` without v1.0-test)
 EVAL_SETS = {
-    ("v1.0-mini", "train"): "mini_train",
-    ("v1.0-mini", "val"): "mini_val",
-    ("v1.0-trainval", "train"): "train",
-    ("v1.0-trainval", "val"): "val",
+    (version, split): devkit
+    for version, splits in SPLITS.items()
+    for split, devkit in splits.items()
+    if devkit != "test"
 }
 
 

@@ -171,8 +171,8 @@ def probe_samples(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> lis
             continue  # scene starts: no past frame
         img, lidar2img = batch["img"][keep_idx], batch["lidar2img"][keep_idx]
         with evaluating(model), torch.no_grad():
-            past = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur - 1))
-            current = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur))
+            past = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur - 1))  # [B', C, H, W]
+            current = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur))  # [B', C, H, W]
         for row, b in enumerate(keep_idx.tolist()):
             boxes = batch["gt_boxes"][b].to(current)
             tokens, inside = grid.cell_tokens(boxes[:, :2])
@@ -200,8 +200,18 @@ def _probe_errors(net: nn.Module, samples: list[ProbeSample], use_past: bool) ->
         [torch.cat([s.past if use_past else s.current, s.current]) for s in samples]
     )
     field = net(inputs).flatten(2)  # [B, 2, H * W]
-    errors = [(field[b][:, s.tokens].T - s.velocity).norm(dim=-1) for b, s in enumerate(samples)]
+    errors = [
+        (field[b][:, s.tokens].T - s.velocity).norm(dim=-1)  # [M, 2] at the boxes' cells -> [M]
+        for b, s in enumerate(samples)
+    ]
     return torch.cat(errors)
+
+
+def _all_errors(net: nn.Module, samples: list[ProbeSample], use_past: bool) -> Tensor:
+    """:func:`_probe_errors` over every sample, 64 maps at a time, without gradients."""
+    with torch.no_grad():
+        chunks = range(0, len(samples), 64)
+        return torch.cat([_probe_errors(net, samples[i : i + 64], use_past) for i in chunks])
 
 
 def velocity_probe(
@@ -239,16 +249,7 @@ def velocity_probe(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    with torch.no_grad():
-        train_err = torch.cat(
-            [_probe_errors(net, train[i : i + 64], use_past) for i in range(0, len(train), 64)]
-        )
-        held_err = torch.cat(
-            [
-                _probe_errors(net, held_out[i : i + 64], use_past)
-                for i in range(0, len(held_out), 64)
-            ]
-        )
+    train_err, held_err = _all_errors(net, train, use_past), _all_errors(net, held_out, use_past)
     speed = torch.cat([s.velocity for s in held_out]).norm(dim=-1)
     return {
         "train": train_err.mean().item(),
