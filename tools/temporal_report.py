@@ -23,7 +23,7 @@ import torch
 from bevformer.builder import build_dataset
 from bevformer.data.collate import collate
 from bevformer.engine.launch import add_model_arguments, load_model_for_analysis
-from bevformer.evaluation.temporal import bev_mode_gap, past_gradient_share
+from bevformer.evaluation.temporal import bev_mode_gap, eval_bevs, past_gradient_share
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,9 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch = collate([dataset[i], dataset[i + 1]])
         if not bool(batch["frame_valid"][:, 0].all()):
             continue  # a scene start: no past frame to compare with
-        for name, values in bev_mode_gap(model, batch).items():
+        bevs = eval_bevs(model, batch)  # both functions read the same eval-mode BEVs
+        for name, values in bev_mode_gap(model, batch, bevs=bevs).items():
             gaps.setdefault(name, []).append(values)
-        for name, share in past_gradient_share(model, batch).items():
+        for name, share in past_gradient_share(model, batch, bevs=bevs).items():
             shares.setdefault(name, []).append(share)
     if not shares:
         raise SystemExit("no batch had its past frame; is this a temporal info file?")

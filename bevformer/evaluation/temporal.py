@@ -37,7 +37,14 @@ from bevformer.models.blocks import evaluating
 from bevformer.models.coder import CVX, CVY
 from bevformer.structures.boxes import VX, VY
 
-__all__ = ["ProbeSample", "bev_mode_gap", "past_gradient_share", "probe_samples", "velocity_probe"]
+__all__ = [
+    "ProbeSample",
+    "bev_mode_gap",
+    "eval_bevs",
+    "past_gradient_share",
+    "probe_samples",
+    "velocity_probe",
+]
 
 
 def _check_model(model: nn.Module) -> None:
@@ -60,6 +67,17 @@ def _two_frames(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Ten
     return batch["img"], batch["lidar2img"]
 
 
+def eval_bevs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """The past and current BEV ``[B, bev_h * bev_w, C]`` of a batch as the official
+    ``obtain_history_bev`` encodes the past frame: eval mode, no gradients. Computed once and
+    passed to :func:`bev_mode_gap` and :func:`past_gradient_share` as ``bevs``, it saves each
+    of them encoding both frames again. ``ValueError`` as :func:`_two_frames`."""
+    img, lidar2img = _two_frames(model, batch)
+    cur = model.current_slot
+    with evaluating(model), torch.no_grad():
+        return model.frame_bev(img, lidar2img, cur - 1), model.frame_bev(img, lidar2img, cur)
+
+
 def _relative(a: Tensor, b: Tensor) -> Tensor:
     """Per-cell ``|a - b| / |b|`` of ``[B, Q, C]`` BEVs -> ``[B, Q]``."""
     return (a - b).norm(dim=-1) / b.norm(dim=-1).clamp(min=1e-12)
@@ -70,6 +88,7 @@ def bev_mode_gap(
     batch: Mapping[str, Any],
     moving_speed: float = 2.0,
     static_speed: float = 0.2,
+    bevs: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Relative per-cell differences (module docstring) on one batch with ground truth.
 
@@ -78,12 +97,11 @@ def bev_mode_gap(
     a box faster than ``moving_speed`` / slower than ``static_speed`` (m/s, lidar frame).
     ``mode``: |current(train) - current(eval)| / |current(eval)|; ``time``: |past - current
     (eval)| / |current(eval)|. The train-mode pass draws dropout from torch's global generator.
+    ``bevs``: this batch's :func:`eval_bevs`, computed here when not given.
     """
     img, lidar2img = _two_frames(model, batch)
     cur = model.current_slot
-    with evaluating(model):
-        past = model.frame_bev(img, lidar2img, cur - 1)
-        current = model.frame_bev(img, lidar2img, cur)
+    past, current = eval_bevs(model, batch) if bevs is None else bevs
     was_training = model.training
     model.train()
     try:
@@ -107,19 +125,22 @@ def bev_mode_gap(
 
 
 def past_gradient_share(
-    model: nn.Module, batch: Mapping[str, Any], top_k: int = 30
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    top_k: int = 30,
+    bevs: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, float]:
     """Share of the gradient reaching the past BEV, ``|g_past| / (|g_past| + |g_current|)``,
     for the sum of the predicted speeds (``"velocity"``) and of the best class scores
     (``"class"``) of each sample's ``top_k`` queries (last decoder layer, first group), summed
-    over the batch's samples. The model runs in eval mode, as at test time."""
+    over the batch's samples. The model runs in eval mode, as at test time. ``bevs``: this
+    batch's :func:`eval_bevs`, computed here when not given."""
     img, lidar2img = _two_frames(model, batch)
     cur = model.current_slot
-    with evaluating(model):
-        past = model.frame_bev(img, lidar2img, cur - 1)
-        current = model.frame_bev(img, lidar2img, cur)
+    past, current = eval_bevs(model, batch) if bevs is None else bevs
+    with evaluating(model), torch.no_grad():
         feats = model.extract_feat(img[:, cur], None, augment=False)
-    past, current = past.requires_grad_(), current.requires_grad_()
+    past, current = past.detach().requires_grad_(), current.detach().requires_grad_()
     grid = model.grid
     was_training = model.training
     model.eval()

@@ -15,6 +15,7 @@ from bevformer.builder import build_model
 from bevformer.evaluation.temporal import (
     ProbeSample,
     bev_mode_gap,
+    eval_bevs,
     past_gradient_share,
     probe_samples,
     velocity_probe,
@@ -83,6 +84,22 @@ def test_gradient_share_of_a_fusion_that_ignores_the_past_is_zero(rig_tenth):
     assert all(0.05 < share < 0.95 for share in shares.values()), shares
     model.bev.fusion = CurrentOnly()
     assert past_gradient_share(model, batch, top_k=5) == {"velocity": 0.0, "class": 0.0}
+
+
+def test_bevs_computed_once_give_what_each_function_computes_itself(rig_tenth):
+    model, batch = _model(0.3), _batch(rig_tenth)
+    past, current = eval_bevs(model, batch)
+    assert past.shape == current.shape == (2, BEV * BEV, 64)  # [B, bev_h * bev_w, C]
+    assert not past.requires_grad and not model.training
+    shares = past_gradient_share(model, batch, top_k=5)
+    assert past_gradient_share(model, batch, top_k=5, bevs=(past, current)) == shares
+    torch.manual_seed(3)  # the same dropout draw for the train-mode pass of both calls
+    gap = bev_mode_gap(model, batch)
+    torch.manual_seed(3)
+    given = bev_mode_gap(model, batch, bevs=(past, current))
+    assert set(given) == set(gap)
+    assert all(torch.equal(given[k], gap[k]) for k in gap)
+    assert float(gap["mode_all"].mean()) > 0.05  # dropout drawn: the check sees it
 
 
 def test_single_frame_models_and_missing_past_frames_are_refused(rig_tenth):
