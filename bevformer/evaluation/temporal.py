@@ -72,7 +72,12 @@ def eval_bevs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tenso
     ``obtain_history_bev`` encodes the past frame: eval mode, no gradients. Computed once and
     passed to :func:`bev_mode_gap` and :func:`past_gradient_share` as ``bevs``, it saves each
     of them encoding both frames again. ``ValueError`` as :func:`_two_frames`."""
-    img, lidar2img = _two_frames(model, batch)
+    return _encode_two_frames(model, *_two_frames(model, batch))
+
+
+def _encode_two_frames(model: nn.Module, img: Tensor, lidar2img: Tensor) -> tuple[Tensor, Tensor]:
+    """Past and current BEV ``[B, bev_h * bev_w, C]`` of ``img`` ``[B, T, N, 3, H, W]`` with its
+    ``lidar2img`` ``[B, T, N, 4, 4]``, both encoded in eval mode without gradients."""
     cur = model.current_slot
     with evaluating(model), torch.no_grad():
         return model.frame_bev(img, lidar2img, cur - 1), model.frame_bev(img, lidar2img, cur)
@@ -185,15 +190,14 @@ def probe_samples(model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> lis
     in training (eval mode, no gradients)."""
     _check_model(model)
     samples = []
-    grid, cur = model.grid, model.current_slot
+    grid = model.grid
     for batch in batches:
         keep_idx = torch.as_tensor(batch["frame_valid"])[:, 0].nonzero().flatten()
         if len(keep_idx) == 0:
             continue  # scene starts: no past frame
         img, lidar2img = batch["img"][keep_idx], batch["lidar2img"][keep_idx]
-        with evaluating(model), torch.no_grad():
-            past = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur - 1))  # [B', C, H, W]
-            current = grid.tokens_to_map(model.frame_bev(img, lidar2img, cur))  # [B', C, H, W]
+        past, current = _encode_two_frames(model, img, lidar2img)  # [B', Q, C] each
+        past, current = grid.tokens_to_map(past), grid.tokens_to_map(current)  # [B', C, H, W]
         for row, b in enumerate(keep_idx.tolist()):
             boxes = batch["gt_boxes"][b].to(current)
             tokens, inside = grid.cell_tokens(boxes[:, :2])
