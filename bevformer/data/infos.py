@@ -48,6 +48,7 @@ __all__ = [
     "check_info_metadata",
     "resolve_path",
     "create_infos",
+    "merge_infos",
 ]
 
 INFO_FORMAT = "bevformer-nuscenes-infos"
@@ -515,3 +516,87 @@ def create_infos(
         save_infos(path, metadata, infos)
         written[split] = path
     return written
+
+
+# metadata keys that must agree between the info files ``merge_infos`` concatenates
+_MERGE_AGREE = ("dataset_version", "split", "devkit_split", "classes", "camera_names")
+
+
+def merge_infos(
+    sources: Sequence[tuple[str, str]], data_root: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Concatenate the info files of several dataroots into one whose paths are relative to
+    ``data_root``, to train on more scenes than one dataroot holds (for instance two
+    synthetic datasets drawn with different seeds).
+
+    ``sources`` are ``(info_file, its data_root)`` pairs. Every camera ``data_path`` and the
+    ``lidar_path`` are rewritten relative to ``data_root`` (``..`` where needed), so a
+    dataset given ``data_root`` reads each image from where its own dataroot holds it.
+    Returns ``(metadata, infos)`` for :func:`save_infos`: the first file's metadata with
+    ``dataroot`` set to ``data_root`` and ``merged_from`` listing each source (info file,
+    dataroot, keyframe count); the infos in source order.
+
+    Raises ``ValueError`` when fewer than two sources are given, when the files disagree on
+    the nuScenes version, split, devkit split, classes or cameras (the infos of different
+    splits must not be mixed), or when a sample or scene token occurs in two of them (the same
+    dataset twice, or two synthetic datasets drawn with the same seed); ``FileNotFoundError``
+    naming the first camera image or point cloud that does not exist.
+    """
+    if len(sources) < 2:
+        raise ValueError(f"merge_infos needs at least two info files, got {len(sources)}")
+    merged_meta: dict[str, Any] | None = None
+    merged: list[dict[str, Any]] = []
+    owner: dict[str, str] = {}  # sample / scene token -> the info file that holds it
+    merged_from = []
+    for info_file, root in sources:
+        meta, infos = load_infos(info_file)
+        if merged_meta is None:
+            merged_meta = dict(meta)
+        for key in _MERGE_AGREE:
+            if meta.get(key) != merged_meta.get(key):
+                raise ValueError(
+                    f"{info_file} holds {key} {meta.get(key)!r} but {sources[0][0]} holds "
+                    f"{merged_meta.get(key)!r}: only info files of the same nuScenes version, "
+                    "split, classes and cameras can be merged"
+                )
+        scenes = {info["scene_token"] for info in infos}
+        for tok in [info["token"] for info in infos] + sorted(scenes):
+            if tok in owner:
+                raise ValueError(
+                    f"token {tok} occurs in both {owner[tok]} and {info_file}: merge distinct "
+                    "datasets (synthetic ones drawn with different --seed)"
+                )
+            owner[tok] = info_file
+        for info in infos:
+            merged.append(_rebased(info, root, data_root))
+        merged_from.append(
+            {
+                "info_file": osp.normpath(info_file),
+                "dataroot": osp.normpath(root),
+                "samples": len(infos),
+            }
+        )
+    merged_meta["dataroot"] = osp.normpath(data_root)
+    merged_meta["merged_from"] = merged_from
+    return merged_meta, merged
+
+
+def _rebased(info: dict[str, Any], root: str, data_root: str) -> dict[str, Any]:
+    """A copy of one keyframe's info with its file paths moved from ``root`` to ``data_root``
+    (relative stays relative); each file must exist."""
+
+    def move(path: str) -> str:
+        full = resolve_path(root, path)
+        if not osp.isfile(full):
+            raise FileNotFoundError(
+                f"{full} (sample {info['token']}) does not exist: the info file does not match "
+                f"its dataroot {root}"
+            )
+        return full if osp.isabs(path) else osp.relpath(full, data_root)
+
+    out = dict(info)
+    out["lidar_path"] = move(info["lidar_path"])
+    out["cams"] = {
+        cam: {**rec, "data_path": move(rec["data_path"])} for cam, rec in info["cams"].items()
+    }
+    return out

@@ -3,6 +3,7 @@ clear errors for bad input (missing table / image, unknown camera, wrong info ve
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,3 +244,78 @@ def test_wrong_info_version_is_an_error(tmp_path):
         load_infos(str(pickled))
     with pytest.raises(FileNotFoundError, match="create_data"):
         load_infos(str(tmp_path / "absent.json"))
+
+
+# ---- merged info files ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_dataroot(synthetic_kwargs, tmp_path_factory):
+    """A second synthetic dataroot drawn with another seed (other worlds, other tokens), with
+    its info files beside its tables."""
+    from bevformer.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("second") / "nuscenes"
+    generate(root, progress=False, **{**synthetic_kwargs, "seed": 1, "samples_per_scene": 3})
+    create_infos(str(root), VERSION, progress=False)
+    return root
+
+
+def test_merged_infos_read_each_image_from_its_own_dataroot(
+    synthetic_dataroot, infos_dir, second_dataroot, tmp_path
+):
+    from bevformer.data.dataset import NuScenesTemporalDataset
+
+    first = infos_dir / "nuscenes_infos_temporal_train.json"
+    second = second_dataroot / "nuscenes_infos_temporal_train.json"
+    out = tmp_path / "merged" / "train_merged.json"
+    cmd = [sys.executable, str(REPO / "tools" / "merge_infos.py"), str(first), str(second)]
+    cmd += ["--roots", str(synthetic_dataroot), str(second_dataroot), "--out", str(out)]
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert "7 keyframes (4 from" in run.stdout
+
+    meta, merged = load_infos(str(out))
+    assert (meta["dataset_version"], meta["split"]) == (VERSION, "train")
+    assert [m["samples"] for m in meta["merged_from"]] == [4, 3]
+    merged_ds = NuScenesTemporalDataset(str(out), str(out.parent), frames=(-1, 0))
+    parts = [
+        NuScenesTemporalDataset(str(first), str(synthetic_dataroot), frames=(-1, 0)),
+        NuScenesTemporalDataset(str(second), str(second_dataroot), frames=(-1, 0)),
+    ]
+    token = lambda ds, i: ds.infos[ds.indices[i]]["token"]  # noqa: E731
+    own = {token(part, i): (part, i) for part in parts for i in range(len(part))}
+    assert len(merged_ds) == len(own) == sum(len(part) for part in parts) > len(parts[0])
+    scene_starts = 0
+    for k in range(len(merged_ds)):
+        part, i = own[token(merged_ds, k)]
+        got, want = merged_ds.image_paths(k), part.image_paths(i)
+        assert os.path.relpath(got[1][0], out.parent).startswith("..")
+        for got_row, want_row in zip(got, want):
+            assert all(os.path.samefile(g, w) for g, w in zip(got_row, want_row))
+        # the past slot stays within the keyframe's own scene: a scene start has no past
+        valid = merged_ds.frame_sources(merged_ds.indices[k])[1]
+        assert valid == part.frame_sources(part.indices[i])[1]
+        scene_starts += valid == [False, True]
+    assert scene_starts == 2
+
+
+def test_merging_what_cannot_be_merged_is_refused(
+    synthetic_dataroot, infos_dir, second_dataroot, tmp_path
+):
+    from bevformer.data.infos import merge_infos
+
+    train = (str(infos_dir / "nuscenes_infos_temporal_train.json"), str(synthetic_dataroot))
+    val = (str(second_dataroot / "nuscenes_infos_temporal_val.json"), str(second_dataroot))
+    with pytest.raises(ValueError, match=r"holds split 'val' but .* holds 'train'"):
+        merge_infos([train, val], str(tmp_path))
+    with pytest.raises(ValueError, match=r"token \w+ occurs in both"):
+        merge_infos([train, train], str(tmp_path))
+    with pytest.raises(ValueError, match="at least two"):
+        merge_infos([train], str(tmp_path))
+    root = _linked_copy(Path(second_dataroot), tmp_path / "damaged")
+    _, infos = load_infos(str(second_dataroot / "nuscenes_infos_temporal_train.json"))
+    victim = root / infos[-1]["cams"]["CAM_FRONT"]["data_path"]
+    os.remove(victim)
+    damaged = (str(second_dataroot / "nuscenes_infos_temporal_train.json"), str(root))
+    with pytest.raises(FileNotFoundError, match=re.escape(victim.name)):
+        merge_infos([train, damaged], str(tmp_path))
