@@ -540,7 +540,8 @@ def merge_infos(
     the nuScenes version, split, devkit split, classes or cameras (the infos of different
     splits must not be mixed), or when a sample or scene token occurs in two of them (the same
     dataset twice, or two synthetic datasets drawn with the same seed); ``FileNotFoundError``
-    naming the first camera image or point cloud that does not exist.
+    naming the first camera image that does not exist (point clouds are rebased unchecked:
+    a camera-only model never reads them).
     """
     if len(sources) < 2:
         raise ValueError(f"merge_infos needs at least two info files, got {len(sources)}")
@@ -583,11 +584,11 @@ def merge_infos(
 
 def _rebased(info: dict[str, Any], root: str, data_root: str) -> dict[str, Any]:
     """A copy of one keyframe's info with its file paths moved from ``root`` to ``data_root``
-    (relative stays relative); each file must exist."""
+    (relative stays relative); each camera image must exist."""
 
-    def move(path: str) -> str:
+    def move(path: str, check: bool = True) -> str:
         full = resolve_path(root, path)
-        if not osp.isfile(full):
+        if check and not osp.isfile(full):
             raise FileNotFoundError(
                 f"{full} (sample {info['token']}) does not exist: the info file does not match "
                 f"its dataroot {root}"
@@ -595,7 +596,7 @@ def _rebased(info: dict[str, Any], root: str, data_root: str) -> dict[str, Any]:
         return full if osp.isabs(path) else osp.relpath(full, data_root)
 
     out = dict(info)
-    out["lidar_path"] = move(info["lidar_path"])
+    out["lidar_path"] = move(info["lidar_path"], check=False)
     out["cams"] = {
         cam: {**rec, "data_path": move(rec["data_path"])} for cam, rec in info["cams"].items()
     }

@@ -277,6 +277,8 @@ def test_merged_infos_read_each_image_from_its_own_dataroot(
     meta, merged = load_infos(str(out))
     assert (meta["dataset_version"], meta["split"]) == (VERSION, "train")
     assert [m["samples"] for m in meta["merged_from"]] == [4, 3]
+    lidar = [os.path.join(out.parent, info["lidar_path"]) for info in merged]
+    assert all(path.startswith(str(out.parent / "..")) and os.path.isfile(path) for path in lidar)
     merged_ds = NuScenesTemporalDataset(str(out), str(out.parent), frames=(-1, 0))
     parts = [
         NuScenesTemporalDataset(str(first), str(synthetic_dataroot), frames=(-1, 0)),
