@@ -11,7 +11,8 @@ batch) into the BEV the decoder reads:
   lidar frame), the past slots in eval mode without gradients; missing slots take the
   next-newer BEV (:func:`~bevformer.models.temporal.fill_missing_frames`); each BEV is resampled
   for the BEV augmentation ``bda`` (:func:`~bevformer.models.bda.resample_bev`) and the T maps
-  are fused.
+  are fused. ``history_grad=True`` (an ablation, not official) encodes the past slots like the
+  current one instead: in the model's mode, with gradients.
 - ``temporal="streaming"`` (BEVFormer v1 temporal self-attention): the encoder attends to the
   previous BEV -- the batch's previous slot when it has one (the past slots are encoded oldest
   first, each attending to the one before), else the carried
@@ -46,8 +47,11 @@ class TemporalBEV(nn.Module):
 
     ``frames``: increasing keyframe offsets containing 0 (the current slot is the index of 0);
     ``temporal``: one of :data:`TEMPORAL_MODES`; ``fusion`` is required (and used) only for
-    ``temporal="fusion"`` with more than one frame, and refused with ``"streaming"``. Raises
-    ``ValueError`` for anything else.
+    ``temporal="fusion"`` with more than one frame, and refused with ``"streaming"``.
+    ``history_grad``: False (official ``obtain_history_bev``) encodes the past slots in eval mode
+    without gradients; True in the model's mode with gradients, so that the backbone, neck and
+    encoder also learn from what the fused BEV needs of the past frames (refused with one
+    frame, where it would do nothing). Raises ``ValueError`` for anything else.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class TemporalBEV(nn.Module):
         fusion: nn.Module | None = None,
         frames: Sequence[int] = (0,),
         temporal: str = "fusion",
+        history_grad: bool = False,
     ) -> None:
         super().__init__()
         self.frames = tuple(int(f) for f in frames)
@@ -76,7 +81,13 @@ class TemporalBEV(nn.Module):
                 f"but a fusion module ({type(fusion).__name__}) was given; set fusion=None "
                 "(e.g. --cfg-options model.bev.fusion=None) or use temporal='fusion'"
             )
+        if history_grad and len(self.frames) == 1:
+            raise ValueError(
+                f"history_grad=True trains through the past frames, but frames={self.frames} "
+                "has none; drop history_grad or add past frames"
+            )
         self.temporal = temporal
+        self.history_grad = bool(history_grad)
         self.encoder = encoder
         self.fusion = fusion if temporal == "fusion" and len(self.frames) > 1 else None
 
@@ -123,20 +134,21 @@ class TemporalBEV(nn.Module):
         img_shape: Sequence[int],
         frame_valid: Tensor,
     ) -> list[Tensor | None]:
-        """BEVs of the slots other than the current one, without gradients.
+        """BEVs of the slots other than the current one, without gradients (with them when
+        ``history_grad``).
 
         ``features(t)`` gives slot t's neck maps (the caller runs its backbone in eval mode, as
-        the official ``obtain_history_bev``); a slot no sample has (``frame_valid [B, T]``) is
-        not encoded and stays None (during ONNX export every slot is encoded), as does the
-        current slot. The caller puts this module in eval mode too. Returns T entries
-        ``[B, Q, C]`` or None.
+        the official ``obtain_history_bev``, or in the model's mode when ``history_grad``); a
+        slot no sample has (``frame_valid [B, T]``) is not encoded and stays None (during ONNX
+        export every slot is encoded), as does the current slot. The caller sets this module's
+        mode too. Returns T entries ``[B, Q, C]`` or None.
         """
         bevs: list[Tensor | None] = [None] * len(self.frames)
         prev, prev_valid = None, None
         # an exported graph encodes every slot (whether one is valid is known at run time
         # only); the invalid ones are replaced by fill_missing_frames all the same
         every_slot = torch.onnx.is_in_onnx_export()
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.history_grad and torch.is_grad_enabled()):
             for t in range(len(self.frames)):
                 if t == self.current_slot:
                     continue
@@ -146,7 +158,7 @@ class TemporalBEV(nn.Module):
                     bev = self.encode(features(t), lidar2img[:, t], img_shape, prev, prev_valid)
                 else:
                     bev = self.encode(features(t), lidar2img[:, t], img_shape)
-                bevs[t] = bev.detach()
+                bevs[t] = bev if self.history_grad else bev.detach()
                 if t < self.current_slot:
                     prev, prev_valid = bevs[t], frame_valid[:, t]
         return bevs

@@ -25,6 +25,7 @@ Q = H*W BEV cells, C channels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -166,10 +167,11 @@ class BEVFormerV2(BaseModel):
         flip: Tensor | None,
         features: SlotFeatures | None,
     ) -> list[Tensor | None]:
-        """BEVs of the other slots (``obtain_history_bev``), the whole model in eval mode."""
+        """BEVs of the other slots (``obtain_history_bev``), the whole model in eval mode (in its
+        own mode, with gradients, when ``bev.history_grad``; never with GridMask)."""
         if features is None:
             features = lambda t: self.extract_feat(img[:, t], flip, augment=False)  # noqa: E731
-        with evaluating(self):
+        with nullcontext() if self.bev.history_grad else evaluating(self):
             return self.bev.past_bevs(
                 lambda t: self._bev_feats(features(t)), lidar2img, img.shape[-2:], frame_valid
             )

@@ -88,7 +88,9 @@ class Meta:
     flip: bool = False
 
 
-def tiny_detector(frames=(0,), temporal="fusion", nan_term=None, grid_mask=False) -> BEVFormerV2:
+def tiny_detector(
+    frames=(0,), temporal="fusion", nan_term=None, grid_mask=False, history_grad=False
+) -> BEVFormerV2:
     torch.manual_seed(0)
     fusion = ResNetFusion(len(frames) * C, C) if len(frames) > 1 and temporal == "fusion" else None
     model = BEVFormerV2(
@@ -108,6 +110,7 @@ def tiny_detector(frames=(0,), temporal="fusion", nan_term=None, grid_mask=False
             fusion,
             frames,
             temporal,
+            history_grad,
         ),
         pts_bbox_head=StandInHead(C),
         criterion=StandInCriterion(nan_term),
@@ -272,6 +275,31 @@ def test_history_has_no_gradient_and_missing_frames_ignore_their_images(rig):
     )
     assert all(torch.isfinite(v).all() for v in losses.values())
     assert torch.isfinite(c).all()
+
+
+def test_history_grad_trains_through_the_past_frame_and_leaves_inference_alone(rig):
+    model = tiny_detector(frames=(-1, 0), history_grad=True).train()
+    modes = []
+    model.bev.encoder.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    batch = rig_batch(rig, 2, frames=2)
+    batch["img"].requires_grad_(True)
+    sum(model(**batch, mode="loss").values()).backward()
+    assert modes == [True, True]  # past and current slots, both in training mode
+    grad = batch["img"].grad
+    assert float(grad[:, 0].abs().sum()) > 0.0 and float(grad[:, 1].abs().sum()) > 0.0
+
+    # at test time the flag changes nothing: the same weights give the same BEV
+    official = tiny_detector(frames=(-1, 0)).eval()
+    official.load_state_dict(model.state_dict())
+    model.eval()
+    batch = rig_batch(rig, 2, frames=2, seed=1)
+    with torch.no_grad():
+        a = model(**batch, mode="tensor")["bev_embed"]
+        b = official(**batch, mode="tensor")["bev_embed"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match=r"history_grad=True .* frames=\(0,\) has none"):
+        tiny_detector(frames=(0,), history_grad=True)
 
 
 def test_streaming_state_is_returned_and_used(rig, pose):

@@ -15,6 +15,9 @@ model = dict(
         # both without it (tools/temporal_report.py; README "What time adds, measured").
         # Measured here: the gap removed, velocity and NDS unchanged after 12 epochs.
         encoder=dict(dropout=0.0),
+        # The past frame without gradients, in eval mode (official obtain_history_bev); True
+        # trains through it in train mode (an ablation, README "Results").
+        history_grad=False,
         fusion=dict(
             _delete_=True,
             type="ResNetFusion",
