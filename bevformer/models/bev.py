@@ -158,7 +158,7 @@ class TemporalBEV(nn.Module):
                     bev = self.encode(features(t), lidar2img[:, t], img_shape, prev, prev_valid)
                 else:
                     bev = self.encode(features(t), lidar2img[:, t], img_shape)
-                bevs[t] = bev if self.history_grad else bev.detach()
+                bevs[t] = bev  # no graph unless history_grad (set_grad_enabled above)
                 if t < self.current_slot:
                     prev, prev_valid = bevs[t], frame_valid[:, t]
         return bevs
