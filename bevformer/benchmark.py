@@ -2,10 +2,12 @@
 
 Model: for a config (``tiny`` or ``xl``) at a stated image size and batch 1, on CPU, measures
 the parameter count, the forward latency (eval mode, ``mode="predict"``), the training step
-time (train mode: forward + loss + backward + gradient clipping + AdamW step) and the peak
-memory of each, once with the compiled op kernels and once with the pure-PyTorch reference
-ops (``BEVFORMER_OPS_REFERENCE=1``). Every measurement runs in a fresh subprocess, so the two
-op implementations never share a process and each peak is its own.
+time (train mode: forward + loss + backward + gradient clipping + AdamW step; ``train-bf16``:
+the same with the forward pass and losses under CPU bfloat16 autocast, as ``tools/train.py
+--amp`` on a CPU) and the peak memory of each, once with the compiled op kernels and once
+with the pure-PyTorch reference ops (``BEVFORMER_OPS_REFERENCE=1``). Every measurement runs in
+a fresh subprocess, so the two op implementations never share a process and each peak is its
+own.
 
 Peak memory is the growth of the process's peak resident set (VmHWM, reset through
 ``/proc/self/clear_refs``; :class:`ops.benchmark.PeakMemory`) over the resident set just before
@@ -19,7 +21,8 @@ Data: samples/s of the config's training dataset (train pipeline) + ``collate`` 
 ``torch.utils.data.DataLoader`` with N workers, the first batch (worker start-up) excluded.
 
 Every table prints the ratio to a named baseline measured in the same run: reference ops vs
-kernels for the model, 0 workers for the data pipeline.
+kernels for the model (and, for ``train-bf16``, float32 ``train`` / bfloat16 with the kernels),
+0 workers for the data pipeline.
 """
 
 from __future__ import annotations
@@ -57,12 +60,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "projects" / "configs" / "bevformerv2"
 CONFIGS = {
     "tiny": CONFIG_DIR / "bevformerv2_tiny_320x128_t1_12ep.py",
+    "tiny-hybrid": CONFIG_DIR / "bevformerv2_tiny_320x128_t1-hybrid_12ep.py",  # make recipe
     "xl": CONFIG_DIR / "bevformerv2_internimage-xl_1600x640_t1_24ep.py",
 }
 # (H, W) of the model input. The XL config trains at 640 x 1600; its CPU benchmark runs at a
 # fifth of each side so that one run takes minutes (the BEV grid, 200 x 200, and the 900 x 11
 # queries stay at the official sizes).
-DEFAULT_IMAGE_SIZES = {"tiny": (128, 320), "xl": (128, 320)}
+DEFAULT_IMAGE_SIZES = {"tiny": (128, 320), "tiny-hybrid": (128, 320), "xl": (128, 320)}
+MODES = ("forward", "train", "train-bf16")
 
 
 def load_config(name: str) -> Config:
@@ -146,9 +151,10 @@ def model_batch(
 # ------------------------------------------------------------------------------ model worker
 
 
-def _training_step(model, optimizer, batch: dict, max_norm: float) -> None:
+def _training_step(model, optimizer, batch: dict, max_norm: float, bfloat16: bool = False) -> None:
     optimizer.zero_grad(set_to_none=True)
-    losses = model(**batch, mode="loss")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        losses = model(**batch, mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k)
     total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -182,8 +188,10 @@ def _measure_here(spec: dict) -> dict:
         )
         max_norm = float(cfg.optim_wrapper.get("clip_grad", {}).get("max_norm", 35.0))
 
+        bfloat16 = spec["mode"] == "train-bf16"
+
         def step() -> None:
-            _training_step(model, optimizer, batch, max_norm)
+            _training_step(model, optimizer, batch, max_norm, bfloat16)
 
     step()  # warm-up: lazy initialisation, optimizer state
     _set_malloc(128 * 1024)
@@ -218,13 +226,13 @@ def measure_model(
     batch_size: int = 1,
     timeout: float | None = None,
 ) -> dict:
-    """One model measurement (``mode`` "forward" or "train") in a fresh subprocess.
+    """One model measurement (``mode`` one of :data:`MODES`) in a fresh subprocess.
 
     Returns the spec plus ``params``, ``seconds`` (median of ``repeats`` after one warm-up),
     ``peak_bytes`` and ``ops`` ("kernel" or "reference", as the subprocess saw it).
     """
-    if mode not in ("forward", "train"):
-        raise ValueError(f"mode must be 'forward' or 'train', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     spec = {
         "config": config,
         "mode": mode,
@@ -319,7 +327,24 @@ def format_model_table(rows: Sequence[dict]) -> str:
                 f"{ref['peak_bytes'] / max(k['peak_bytes'], 1):>13.2f}x",
             ]
         lines.append(" ".join(cells))
+    lines += _bfloat16_ratios(rows)
     return "\n".join(lines)
+
+
+def _bfloat16_ratios(rows: Sequence[dict]) -> list[str]:
+    """One line per config measured in both ``train`` and ``train-bf16`` (kernels): the
+    float32 step time over the bfloat16 one, measured in the same run."""
+    seconds = {
+        (r["config"], r["mode"]): r["kernel"]["seconds"] for r in rows if "seconds" in r["kernel"]
+    }
+    lines = []
+    for (config, mode), bf16 in seconds.items():
+        fp32 = seconds.get((config, "train"))
+        if mode == "train-bf16" and fp32 is not None:
+            lines.append(
+                f"{config}: train step float32 / bfloat16 autocast (kernels) = {fp32 / bf16:.2f}x"
+            )
+    return ([""] if lines else []) + lines
 
 
 def _value(result: dict, key: str, fmt: str) -> str:

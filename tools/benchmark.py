@@ -104,7 +104,7 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def add_model_parser(subparsers: argparse._SubParsersAction) -> None:
-    from bevformer.benchmark import CONFIGS, DEFAULT_IMAGE_SIZES
+    from bevformer.benchmark import CONFIGS, DEFAULT_IMAGE_SIZES, MODES
 
     sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in DEFAULT_IMAGE_SIZES.items())
     p = subparsers.add_parser(
@@ -116,7 +116,13 @@ def add_model_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up")
-    p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["forward", "train"],
+        choices=list(MODES),
+        help="train-bf16: the train step under CPU bfloat16 autocast (tools/train.py --amp)",
+    )
     p.add_argument("--dataroot", default=None, help="synthetic dataroot (default: a small new one)")
 
     def run_model(args: argparse.Namespace) -> int:

@@ -44,8 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--amp",
         action="store_true",
-        help="mixed precision on CUDA (bf16 where supported, else fp16 with dynamic loss "
-        "scaling); refused on a machine without a CUDA device",
+        help="mixed precision: on CUDA bf16 where supported, else fp16 with dynamic loss "
+        "scaling; without CUDA bf16 autocast on the CPU (refused on a CPU without bf16 "
+        "instructions)",
     )
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value"

@@ -29,6 +29,7 @@ from bevformer.builder import build_dataset, build_model
 from bevformer.checkpoint import load_model_weights
 from bevformer.data.collate import collate
 from bevformer.data.infos import CAMERA_NAMES, resolve_path
+from bevformer.engine.amp import CPUBFloat16OptimWrapper, cpu_supports_bfloat16
 from bevformer.engine.loops import SceneSequentialSampler, StreamingTestLoop, StreamingValLoop
 from bevformer.engine.metric import NuScenesMetric
 from bevformer.engine.runner import (
@@ -525,11 +526,13 @@ def build_runner(
     resumes; mmengine's own ``load_from`` argument only carries the ``--resume`` checkpoint.
     For testing, ``load_from`` is the checkpoint to evaluate, loaded strictly here.
     """
-    if amp and not torch.cuda.is_available():
-        # mmengine's AmpOptimWrapper refuses CPU devices; refuse here, before anything is built
+    if amp and not torch.cuda.is_available() and not cpu_supports_bfloat16():
+        # CPU: bfloat16 autocast (CPUBFloat16OptimWrapper); emulated bfloat16 is slower than
+        # float32, so refuse here, before anything is built
         raise ValueError(
-            "--amp (mixed precision through mmengine's AmpOptimWrapper) needs a CUDA device "
-            "and this machine has none; train in float32 without --amp"
+            "--amp without a CUDA device trains in bfloat16 autocast on the CPU, which needs "
+            "bfloat16 instructions (AVX512-BF16 or AMX) and this CPU has none; train in "
+            "float32 without --amp"
         )
     check_max_boxes(cfg)
     register_checkpoint_globals()
@@ -587,12 +590,22 @@ def build_runner(
     if for_training:
         global_batch, factor = scale_schedule(cfg, _world_size(launcher))
         optim_wrapper = copy.deepcopy(dict(cfg.optim_wrapper))
-        if amp:
+        if amp and torch.cuda.is_available():
             bf16 = torch.cuda.is_bf16_supported()
             optim_wrapper["type"] = "AmpOptimWrapper"
             optim_wrapper["dtype"] = "bfloat16" if bf16 else "float16"
             if not bf16:
                 optim_wrapper["loss_scale"] = "dynamic"
+            precision = f"mixed precision: {optim_wrapper['dtype']} autocast on CUDA"
+        elif amp:
+            optim_wrapper["type"] = CPUBFloat16OptimWrapper.__name__
+            precision = (
+                "mixed precision: bfloat16 autocast on the CPU (convolutions and matrix "
+                "products in bfloat16; deformable sampling, losses, parameters and AdamW in "
+                "float32)"
+            )
+        else:
+            precision = "precision: float32 (--amp for mixed precision)"
         kwargs.update(
             train_dataloader=_dataloader(cfg.train_dataloader),
             train_cfg=cfg.train_cfg,
@@ -623,4 +636,7 @@ def build_runner(
             test_cfg=test_cfg,
             test_evaluator=build_metric(cfg.test_evaluator, **overrides),
         )
-    return BEVRunner(**kwargs)
+    runner = BEVRunner(**kwargs)
+    if for_training:
+        runner.logger.info(precision)  # into the run's log file
+    return runner

@@ -56,10 +56,13 @@ def test_auto_resume_is_resume_without_a_path(monkeypatch):
     assert _args(train, monkeypatch, "c.py").resume is False
 
 
-def test_amp_without_cuda_is_refused_before_anything_is_built(monkeypatch):
+def test_amp_without_cuda_or_cpu_bfloat16_is_refused_before_anything_is_built(monkeypatch):
+    from bevformer.engine import launch
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch, "cpu_supports_bfloat16", lambda: False)
     cfg = load_config(str(TINY), data_root="no/such/dataroot")  # would fail later, not first
-    with pytest.raises(ValueError, match="--amp .* needs a CUDA device"):
+    with pytest.raises(ValueError, match="--amp without a CUDA device .* this CPU has none"):
         build_runner(cfg, amp=True)
 
 

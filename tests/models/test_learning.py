@@ -115,6 +115,23 @@ def test_model_table_prints_reference_over_kernel_ratios():
     assert cells[4:] == ["0.500", "1.500", "3.00x", "100", "250", "2.50x"]
 
 
+def test_model_table_prints_the_float32_over_bfloat16_train_step():
+    def row(mode: str, seconds: float) -> dict:
+        kernel = {"seconds": seconds, "peak_bytes": 2**20}
+        return {
+            "config": "tiny-hybrid",
+            "mode": mode,
+            "image_size": (128, 320),
+            "params": 3e6,
+            "kernel": kernel,
+            "reference": dict(kernel, seconds=2 * seconds),
+        }
+
+    lines = format_model_table([row("train", 1.2), row("train-bf16", 0.8)]).splitlines()
+    assert lines[-1] == "tiny-hybrid: train step float32 / bfloat16 autocast (kernels) = 1.50x"
+    assert "bfloat16" not in format_model_table([row("train", 1.2)])
+
+
 def test_model_table_marks_a_failed_measurement():
     row = {
         "config": "xl",
