@@ -132,7 +132,7 @@ def benchmark_dataset(
     ds_cfg = copy.deepcopy(cfg.train_dataloader.dataset.to_dict())
     pipeline = ds_cfg["transforms"] if train_pipeline else cfg.test_dataloader.dataset.transforms
     ds_cfg["transforms"] = _resized(pipeline, image_size)
-    ds_cfg["info_file"] = str(Path(dataroot) / f"{prefix}_infos_temporal_{split}.json")
+    ds_cfg["info_file"] = f"{prefix}_infos_temporal_{split}.json"  # relative to data_root
     ds_cfg["data_root"] = str(dataroot)
     ds_cfg["with_mono"] = cfg.model.get("perspective") is not None
     return build_dataset(ds_cfg)

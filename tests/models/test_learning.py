@@ -12,6 +12,8 @@ Measured (3 model seeds, 20 steps, lr 1e-3): the mean total loss of the last 5 s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,6 +82,13 @@ def test_model_batch_has_the_conventions_layout(dataroot):
     assert batch["lidar2img"].shape == (2, 1, 6, 4, 4)
     assert batch["frame_valid"].all()
     assert len(batch["gt_boxes"]) == 2 and batch["gt_boxes"][0].shape[-1] == 9
+
+
+def test_model_batch_takes_a_relative_dataroot(dataroot, monkeypatch):
+    # `tools/benchmark.py model --dataroot data/nuscenes/...`: paths relative to the cwd
+    monkeypatch.chdir(Path(dataroot).parent)
+    batch = model_batch(load_config("tiny"), Path(dataroot).name, IMAGE_HW)
+    assert batch["img"].shape == (1, 1, 6, 3, *IMAGE_HW)
 
 
 def test_data_benchmark_on_four_samples(dataroot):
