@@ -420,10 +420,10 @@ def format_data_table(rows: Sequence[dict], baseline: int = 0) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the measurement subprocess of ``measure_model``
-    print(json.dumps(_measure_here(json.loads(sys.argv[1]))))
-
-
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters (all, trainable or not)."""
     return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":  # the measurement subprocess of ``measure_model``
+    print(json.dumps(_measure_here(json.loads(sys.argv[1]))))

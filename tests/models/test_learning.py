@@ -20,9 +20,11 @@ import torch
 from bevformer.benchmark import (
     bench_data,
     benchmark_dataset,
+    count_parameters,
     format_data_table,
     format_model_table,
     load_config,
+    measure_model,
     model_batch,
     synthetic_dataroot,
 )
@@ -89,6 +91,13 @@ def test_model_batch_takes_a_relative_dataroot(dataroot, monkeypatch):
     monkeypatch.chdir(Path(dataroot).parent)
     batch = model_batch(load_config("tiny"), Path(dataroot).name, IMAGE_HW)
     assert batch["img"].shape == (1, 1, 6, 3, *IMAGE_HW)
+
+
+def test_model_measurement_runs_in_its_subprocess(dataroot):
+    # `python -m bevformer.benchmark SPEC`, as `tools/benchmark.py model` runs it
+    result = measure_model("tiny", "forward", False, IMAGE_HW, dataroot, threads=1, repeats=1)
+    assert result["ops"] == "kernel" and result["seconds"] > 0 and result["peak_bytes"] > 0
+    assert result["params"] == count_parameters(build_model(load_config("tiny").model))
 
 
 def test_data_benchmark_on_four_samples(dataroot):
