@@ -190,7 +190,8 @@ def dcnv3_core(
             float(offset_scale))  # fmt: skip
     compute = kernel_supports(input)
     if compute is None:
-        return dcnv3_core_reference(input, offset, mask, *args, remove_center=bool(remove_center))
+        out = dcnv3_core_reference(input, offset, mask, *args, remove_center=bool(remove_center))
+        return out.to(dtype)  # under autocast grid_sample may compute in another dtype
     out = _dcnv3_op(
         input.to(compute), offset.to(compute), mask.to(compute), *args, bool(remove_center)
     )

@@ -200,9 +200,10 @@ def ms_deform_attn(
     level_start_index = level_start_index.to(device=value.device, dtype=torch.int64)
     compute = kernel_supports(value)
     if compute is None:
-        return ms_deform_attn_reference(
+        out = ms_deform_attn_reference(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
+        return out.to(dtype)  # under autocast grid_sample may compute in another dtype
     out = _msda_op(
         value.to(compute),
         spatial_shapes,

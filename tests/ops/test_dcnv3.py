@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ops import dcnv3_core, dcnv3_core_reference
+from ops.checks import reference_ops
 from ops.reference import dcnv3_output_size
 
 # (N, H, W, G, Cg, kernel, stride, pad, dilation, offset_scale, remove_center)
@@ -67,6 +68,18 @@ def test_gradcheck(ext, case):
     assert torch.autograd.gradcheck(
         lambda a, b, c: dcnv3_core(a, b, c, *params, 64, rc), args, eps=1e-6, atol=1e-8
     )
+
+
+def test_kernel_and_reference_agree_in_dtype_under_cpu_bfloat16_autocast(ext):
+    # tools/train.py --amp on a CPU: both paths return the inputs' dtype, although autocast
+    # runs the reference's grid_sample in float32
+    x, offset, mask, params, rc = make_inputs(*CASES["basic"], dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dcnv3_core(x, offset, mask, *params, 64, rc)
+        with reference_ops():
+            ref = dcnv3_core(x, offset, mask, *params, 64, rc)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.02, atol=0.02)
 
 
 def test_zero_offsets_centre_tap_is_identity(ext):

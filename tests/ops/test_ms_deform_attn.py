@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ops import ms_deform_attn, ms_deform_attn_reference
+from ops.checks import reference_ops
 
 
 def make_inputs(B=2, H=2, C=3, Q=5, P=3, shapes=((4, 5), (2, 3), (1, 2)), dtype=torch.float64,
@@ -97,6 +98,18 @@ def test_bfloat16_on_cpu_is_computed_in_float32(ext):
     assert out.dtype == torch.bfloat16
     expected = ms_deform_attn_reference(value, spatial, starts, loc, weights)
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_kernel_and_reference_agree_in_dtype_under_cpu_bfloat16_autocast(ext):
+    # tools/train.py --amp on a CPU: both paths return the inputs' dtype, although autocast
+    # runs the reference's grid_sample in float32
+    value, spatial, starts, loc, weights = make_inputs(C=8, Q=6, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms_deform_attn(value, spatial, starts, loc, weights)
+        with reference_ops():
+            ref = ms_deform_attn(value, spatial, starts, loc, weights)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.02, atol=0.02)
 
 
 def test_opcheck(ext):
