@@ -27,6 +27,7 @@ from mmengine.registry import Registry
 import backbones.layer_decay  # noqa: F401  (LayerDecayOptimWrapperConstructor, in mmengine)
 import bevformer.data.dataset  # noqa: F401  (DATASETS: NuScenesTemporalDataset)
 import bevformer.data.transforms  # noqa: F401  (TRANSFORMS: the pipeline steps)
+import bevformer.engine.amp  # noqa: F401  (CPUBFloat16OptimWrapper, in mmengine)
 import bevformer.models.bev  # noqa: F401  (MODELS: TemporalBEV)
 import bevformer.models.coder  # noqa: F401  (MODELS: NMSFreeCoder)
 import bevformer.models.criterion  # noqa: F401  (MODELS: SetCriterion3D)

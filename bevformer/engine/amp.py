@@ -1,14 +1,14 @@
 """Mixed-precision training on the CPU: bfloat16 autocast (``tools/train.py --amp``).
 
 mmengine's ``AmpOptimWrapper`` (``torch.amp`` autocast + ``GradScaler``) refuses a machine
-without an accelerator. On a CPU with bfloat16 instructions (AVX512-BF16 or AMX, oneDNN
-reports them) :class:`CPUBFloat16OptimWrapper` runs the forward pass and the losses under
-``torch.autocast("cpu", dtype=torch.bfloat16)``: convolutions and matrix products in
-bfloat16, everything PyTorch's CPU autocast keeps in float32 in float32 (softmax, norms,
-losses), and the deformable-sampling kernels in float32 (``ops`` upcasts what its CPU kernels
-do not take). bfloat16 has float32's exponent range, so no loss scaling is needed; the
-parameters, their gradients and the AdamW state stay float32. Validation and testing run in
-float32.
+without an accelerator. On a CPU with bfloat16 instructions (AVX512-BF16 or AMX)
+:class:`CPUBFloat16OptimWrapper` runs the forward pass and the losses under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, which computes convolutions, matrix products,
+softmax and the norms in bfloat16. Kept in float32: the deformable-sampling kernels (``ops``
+upcasts what its CPU kernels do not take), the geometry (camera projections, liftings, box
+corners, BEV resampling: ``bevformer.models.precision.force_fp32``), the parameters, their
+gradients and the AdamW state. bfloat16 has float32's exponent range, so no loss scaling is
+needed. Validation and testing run in float32.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ __all__ = ["CPUBFloat16OptimWrapper", "cpu_supports_bfloat16"]
 
 
 def cpu_supports_bfloat16() -> bool:
-    """Whether oneDNN finds bfloat16 instructions on this CPU (without them bfloat16
-    convolutions are emulated and slower than float32)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check is not None and check())
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16, as PyTorch's
+    ``torch.cpu.get_capabilities()`` reports them); without them oneDNN emulates bfloat16,
+    slower than float32."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    capabilities = get() if get is not None else {}
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 @OPTIM_WRAPPERS.register_module()

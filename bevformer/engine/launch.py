@@ -600,9 +600,9 @@ def build_runner(
         elif amp:
             optim_wrapper["type"] = CPUBFloat16OptimWrapper.__name__
             precision = (
-                "mixed precision: bfloat16 autocast on the CPU (convolutions and matrix "
-                "products in bfloat16; deformable sampling, losses, parameters and AdamW in "
-                "float32)"
+                "mixed precision: bfloat16 autocast on the CPU (convolutions, matrix products, "
+                "softmax and norms in bfloat16; geometry, deformable sampling, parameters, "
+                "gradients and AdamW in float32)"
             )
         else:
             precision = "precision: float32 (--amp for mixed precision)"

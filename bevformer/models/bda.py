@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bevformer.models.precision import force_fp32
 from bevformer.structures.grid import BEVGrid
 
 __all__ = ["resample_bev"]
 
 
+@force_fp32
 def resample_bev(bev: Tensor, bda: Tensor, grid: BEVGrid) -> Tensor:
     """Moves the feature at lidar point ``p`` to ``bda @ p`` (bilinear, zeros outside).
 

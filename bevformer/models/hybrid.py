@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bevformer.models.precision import force_fp32
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
 
@@ -71,6 +72,7 @@ class Proposals:
     valid: Tensor
 
 
+@force_fp32
 def lift_detections(
     detections: Sequence[dict[str, Tensor]],
     cam2lidar: Tensor,
@@ -216,11 +218,11 @@ class HybridQueries(nn.Module):
         sampled = sample_image_features(feats, proposals.cameras, proposals.pixels, image_size)
         labels = proposals.labels.clamp(min=0)
         content = self.feature_proj(sampled) + self.class_embedding(labels)  # [B, k, C]
-        reference = proposals.reference.to(content.dtype)
-        pos = self.pos_mlp(reference)  # [B, k, C]
+        reference = proposals.reference  # float32 (lift_detections), also under autocast
+        pos = self.pos_mlp(reference.to(content.dtype))  # [B, k, C]
 
         fb_pos, fb_query = self.fallback_embedding.weight.split(self.embed_dims, dim=1)
-        fb_ref = self.fallback_reference.sigmoid().to(content.dtype)  # [k, 3]
+        fb_ref = self.fallback_reference.sigmoid().to(reference.dtype)  # [k, 3]
         valid = proposals.valid.unsqueeze(-1)  # [B, k, 1]
         return {
             "query": torch.where(valid, content, fb_query.to(content.dtype)),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bevformer.models.precision import force_fp32
 from bevformer.structures.boxes import CLASSES
 
 __all__ = [
@@ -158,6 +159,7 @@ def matrix_to_quaternion(matrix: Tensor) -> Tensor:
     return quat / quat.norm(dim=-1, keepdim=True).clamp(min=EPS)
 
 
+@force_fp32
 def unproject(points2d: Tensor, inv_intrinsics: Tensor) -> Tensor:
     """Rays ``K^-1 (u, v, 1)`` (P, 3) of pixels (P, 2) with inverse intrinsics (P, 3, 3)."""
     homog = torch.cat([points2d, torch.ones_like(points2d[:, :1])], dim=1)
@@ -175,12 +177,14 @@ def _ray_frame(proj_ctr: Tensor, inv_intrinsics: Tensor) -> Tensor:
     return torch.stack([x, y, z], dim=-1)
 
 
+@force_fp32
 def allocentric_to_egocentric(quat: Tensor, proj_ctr: Tensor, inv_intrinsics: Tensor) -> Tensor:
     """Allocentric quaternions (P, 4) at projected centres (P, 2) -> camera-frame ones (P, 4)."""
     rot = _ray_frame(proj_ctr, inv_intrinsics) @ quaternion_to_matrix(quat)
     return matrix_to_quaternion(rot)
 
 
+@force_fp32
 def egocentric_to_allocentric(quat: Tensor, proj_ctr: Tensor, inv_intrinsics: Tensor) -> Tensor:
     """Camera-frame quaternions (P, 4) -> allocentric ones (P, 4); inverse of the above."""
     rot = _ray_frame(proj_ctr, inv_intrinsics).transpose(1, 2) @ quaternion_to_matrix(quat)
@@ -255,6 +259,7 @@ def encode_boxes3d(
     }
 
 
+@force_fp32
 def box3d_corners(quat: Tensor, center: Tensor, size: Tensor) -> Tensor:
     """The 8 corners (P, 8, 3) of boxes with quaternion (P, 4) wxyz, centre (P, 3), wlh (P, 3)."""
     signs = quat.new_tensor(CORNER_SIGNS).T  # (8, 3)
