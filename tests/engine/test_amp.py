@@ -9,8 +9,10 @@ from mmengine.hooks import Hook
 from torch import nn
 
 from bevformer.engine import launch
-from bevformer.engine.amp import CPUBFloat16OptimWrapper
+from bevformer.engine.amp import CPUBFloat16OptimWrapper, cpu_supports_bfloat16
 from bevformer.engine.launch import build_runner
+
+T2_HYBRID = "projects/configs/bevformerv2/bevformerv2_tiny_320x128_t2-hybrid_12ep.py"
 
 
 def test_the_wrapper_autocasts_the_forward_pass_and_steps_float32_parameters():
@@ -45,9 +47,10 @@ class _LinearOutputDtype(Hook):
 
 
 def test_a_run_built_with_amp_on_the_cpu_trains_in_bfloat16(iteration_cfg, tmp_path, monkeypatch):
+    # the recipe's temporal variant: perspective head, hybrid queries, fusion of two frames
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU path, GPU or not
     monkeypatch.setattr(launch, "cpu_supports_bfloat16", lambda: True)  # any CPU can run it
-    runner = build_runner(iteration_cfg(2), work_dir=str(tmp_path), amp=True)
+    runner = build_runner(iteration_cfg(2, T2_HYBRID), work_dir=str(tmp_path), amp=True)
     probe = _LinearOutputDtype()
     runner.register_hook(probe)
     runner.train()
@@ -57,3 +60,19 @@ def test_a_run_built_with_amp_on_the_cpu_trains_in_bfloat16(iteration_cfg, tmp_p
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
     log = next(tmp_path.rglob("*.log")).read_text()
     assert "mixed precision: bfloat16 autocast on the CPU" in log
+    # its checkpoint resumes in float32 (the wrapper's state is OptimWrapper's)
+    runner = build_runner(iteration_cfg(3, T2_HYBRID), work_dir=str(tmp_path), resume=True)
+    runner.train()
+    assert runner.iter == 3 and type(runner.optim_wrapper).__name__ == "OptimWrapper"
+    assert "precision: float32" in sorted(tmp_path.rglob("*.log"))[-1].read_text()
+
+
+def test_bfloat16_instructions_are_what_the_cpu_reports(monkeypatch):
+    for found, expected in (
+        ({"avx512": True, "avx512_bf16": False, "amx_bf16": False}, False),  # emulated: refused
+        ({"avx512": True, "avx512_bf16": True, "amx_bf16": False}, True),
+        ({"avx512_bf16": False, "amx_bf16": True}, True),
+        ({}, False),
+    ):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda found=found: found)
+        assert cpu_supports_bfloat16() is expected
