@@ -27,6 +27,7 @@ kernels for the model (and, for ``train-bf16``, float32 ``train`` / bfloat16 wit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -152,8 +153,10 @@ def model_batch(
 
 
 def _training_step(model, optimizer, batch: dict, max_norm: float, bfloat16: bool = False) -> None:
+    from bevformer.engine.amp import cpu_bfloat16_autocast
+
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+    with cpu_bfloat16_autocast() if bfloat16 else contextlib.nullcontext():
         losses = model(**batch, mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k)
     total.backward()

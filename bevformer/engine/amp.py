@@ -21,7 +21,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
 
-__all__ = ["CPUBFloat16OptimWrapper", "cpu_supports_bfloat16"]
+__all__ = ["CPUBFloat16OptimWrapper", "cpu_bfloat16_autocast", "cpu_supports_bfloat16"]
 
 
 def cpu_supports_bfloat16() -> bool:
@@ -33,6 +33,11 @@ def cpu_supports_bfloat16() -> bool:
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
+def cpu_bfloat16_autocast() -> torch.autocast:
+    """The autocast of ``--amp`` on a CPU (the wrapper's and ``tools/benchmark.py``'s)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 @OPTIM_WRAPPERS.register_module()
 class CPUBFloat16OptimWrapper(OptimWrapper):
     """``OptimWrapper`` whose ``optim_context`` (the forward pass and the losses of
@@ -41,5 +46,5 @@ class CPUBFloat16OptimWrapper(OptimWrapper):
 
     @contextmanager
     def optim_context(self, model: nn.Module) -> Iterator[None]:
-        with super().optim_context(model), torch.autocast("cpu", dtype=torch.bfloat16):
+        with super().optim_context(model), cpu_bfloat16_autocast():
             yield

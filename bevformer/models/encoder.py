@@ -32,12 +32,14 @@ from bevformer.data.infos import CAMERA_NAMES
 from bevformer.models.attention import BEVSelfAttention, SpatialCrossAttention
 from bevformer.models.blocks import FFN, xavier_linear
 from bevformer.models.positional import LearnedPositionalEncoding
+from bevformer.models.precision import force_fp32
 from bevformer.registry import MODELS
 from bevformer.structures.grid import BEVGrid
 
 __all__ = ["BEVEncoder", "BEVEncoderLayer", "project_reference_points"]
 
 
+@force_fp32
 def project_reference_points(
     points: Tensor, lidar2img: Tensor, img_shape: Sequence[int], eps: float = 1e-5
 ) -> tuple[Tensor, Tensor]:
@@ -49,15 +51,14 @@ def project_reference_points(
     """
     dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
     img_h, img_w = int(img_shape[0]), int(img_shape[1])
-    with torch.autocast(device_type=points.device.type, enabled=False):
-        pts = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1).to(dtype)  # [D, Q, 4]
-        # [B, N, 1, 1, 4, 4] @ [1, 1, D, Q, 4, 1] -> [B, N, D, Q, 4]
-        cam = torch.einsum("bnij,dqj->bndqi", lidar2img.to(dtype), pts)
-        depth = cam[..., 2:3]
-        mask = depth > eps
-        uv = cam[..., 0:2] / torch.clamp(depth, min=eps)
-        uv = uv / uv.new_tensor([img_w, img_h])
-        mask = mask & (uv > 0.0).all(-1, keepdim=True) & (uv < 1.0).all(-1, keepdim=True)
+    pts = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1).to(dtype)  # [D, Q, 4]
+    # [B, N, 1, 1, 4, 4] @ [1, 1, D, Q, 4, 1] -> [B, N, D, Q, 4]
+    cam = torch.einsum("bnij,dqj->bndqi", lidar2img.to(dtype), pts)
+    depth = cam[..., 2:3]
+    mask = depth > eps
+    uv = cam[..., 0:2] / torch.clamp(depth, min=eps)
+    uv = uv / uv.new_tensor([img_w, img_h])
+    mask = mask & (uv > 0.0).all(-1, keepdim=True) & (uv < 1.0).all(-1, keepdim=True)
     # [B, N, D, Q, ...] -> [B, N, Q, D, ...]
     return uv.permute(0, 1, 3, 2, 4), mask.squeeze(-1).permute(0, 1, 3, 2)
 

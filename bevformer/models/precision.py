@@ -3,8 +3,9 @@
 Autocast runs every matrix product in the lower precision, float32 inputs included: in
 bfloat16 (8 bits of mantissa) a 50 m camera ray or a lidar-frame centre is off by about 0.4 m,
 a BEV cell. :func:`force_fp32` runs a function outside autocast with its float16 / bfloat16
-tensor arguments cast to float32 (float64 stays float64); the model's camera projections,
-liftings, box corners and BEV resampling go through it, so ``--amp`` changes the features'
+tensor arguments cast to float32 (float64 stays float64); the model's camera projections
+(the encoder's reference points included), liftings, box corners and BEV resampling go
+through it, so ``--amp`` changes the features'
 precision, never the geometry's.
 """
 
