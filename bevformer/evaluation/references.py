@@ -15,7 +15,13 @@ random scores make every box count alike, as the varied scores of a detector do.
 - ``previous-frame``: the displacement of the same instance since the previous keyframe over
   the time between them (a constant-velocity guess from two frames, what a perfect detector
   with a perfect association to the previous keyframe could give), 0 where the instance is new
-  or the keyframe has no previous one.
+  or the keyframe has no previous one. With ``position_noise`` sigma > 0 every keyframe's
+  centres are first moved by N(0, sigma^2) along its lidar x and y (seeded; one draw per box
+  and keyframe, used both when the keyframe is the current one and when it is the previous
+  one), only for the difference: the boxes stay where they are. That is the velocity a
+  detector placing each box with that error in every frame gets from the 0.5 s difference
+  (the per-axis error of the difference is sqrt(2) sigma / dt, 2.8 sigma m/s at 0.5 s); the
+  placement precision a two-frame velocity needs is read off it.
 
 Velocities are in the sample's lidar frame (``docs/CONVENTIONS.md``): the two centres are
 moved to the global frame with their keyframes' ``ego2global @ lidar2ego``, differenced, and the
@@ -35,6 +41,7 @@ from bevformer.structures.frames import apply, invert
 
 __all__ = [
     "REFERENCES",
+    "displaced_centres",
     "evaluable",
     "lidar2global",
     "previous_frame_velocity",
@@ -89,16 +96,42 @@ def previous_frame_velocity(info: Mapping[str, Any], prev: Mapping[str, Any] | N
     return out
 
 
+def displaced_centres(
+    infos: Sequence[Mapping[str, Any]], sigma: float, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """``{token: info}`` copies of ``infos`` whose ``gt_boxes`` centres are moved by N(0,
+    ``sigma``^2) metres along the lidar x and y axes (one seeded draw per box; z and every other
+    field unchanged): what a detector with that placement error would see of each keyframe.
+    Raises ``ValueError`` for a negative ``sigma``."""
+    if not sigma >= 0:
+        raise ValueError(f"position noise must be >= 0 metres, got {sigma}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for info in infos:
+        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM).copy()
+        boxes[:, X : X + 2] += rng.normal(0.0, sigma, (len(boxes), 2))
+        out[info["token"]] = {**info, "gt_boxes": boxes}
+    return out
+
+
 def reference_results(
-    infos: Sequence[Mapping[str, Any]], kind: str, seed: int = 0
+    infos: Sequence[Mapping[str, Any]], kind: str, seed: int = 0, position_noise: float = 0.0
 ) -> dict[str, list[dict[str, Any]]]:
     """Submission entries (``write_submission``'s input) of reference ``kind`` (one of
     :data:`REFERENCES`, module docstring) for every keyframe of ``infos`` (one split; the
-    previous keyframe is looked up by the ``prev`` token among them); ``seed`` of the scores.
-    Raises ``ValueError`` for an unknown ``kind``."""
+    previous keyframe is looked up by the ``prev`` token among them); ``seed`` of the scores
+    and of the centre noise; ``position_noise``: sigma (m) of the centres the
+    ``previous-frame`` velocity is differenced from. Raises ``ValueError`` for an unknown
+    ``kind`` and for position noise on another reference."""
     if kind not in REFERENCES:
         raise ValueError(f"unknown reference {kind!r}; choose from {list(REFERENCES)}")
+    if position_noise and kind != "previous-frame":
+        raise ValueError(
+            f"position noise applies to the previous-frame reference only, not to {kind!r}"
+        )
     by_token = {info["token"]: info for info in infos}
+    if kind == "previous-frame" and position_noise:
+        by_token = displaced_centres(infos, position_noise, seed=seed + 1)
     rng = np.random.default_rng(seed)
     results = {}
     for info in infos:
@@ -106,7 +139,9 @@ def reference_results(
         if kind == "zero-velocity":
             boxes[:, VX : VY + 1] = 0.0
         elif kind == "previous-frame":
-            boxes[:, VX : VY + 1] = previous_frame_velocity(info, by_token.get(info.get("prev")))
+            boxes[:, VX : VY + 1] = previous_frame_velocity(
+                by_token[info["token"]], by_token.get(info.get("prev"))
+            )
         keep = evaluable(info)
         labels = np.array([CLASSES.index(info["gt_names"][i]) for i in keep], dtype=np.int64)
         attributes = [info["gt_attributes"][i] for i in keep]

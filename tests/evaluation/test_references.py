@@ -10,7 +10,11 @@ import pytest
 
 from bevformer.data.infos import create_infos, load_infos
 from bevformer.evaluation import evaluate_nds, write_submission
-from bevformer.evaluation.references import previous_frame_velocity, reference_results
+from bevformer.evaluation.references import (
+    displaced_centres,
+    previous_frame_velocity,
+    reference_results,
+)
 
 
 def _keyframe(token, timestamp, yaw, boxes, instances):
@@ -36,6 +40,37 @@ def test_previous_frame_velocity_by_hand():
     assert np.array_equal(previous_frame_velocity(now, None), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="not later than"):
         previous_frame_velocity(prev, now)
+
+
+def test_position_noise_of_the_previous_frame_velocity_by_hand():
+    """Three keyframes 0.5 s apart, identity poses, 4000 static instances. With the centres
+    placed off by N(0, 0.5^2) m per axis in each keyframe, the differenced velocity of a static
+    box has per-axis standard deviation sqrt(2) x 0.5 / 0.5 = 1.414 m/s; each keyframe has one
+    draw, so the two velocities of an instance telescope to its displacement over 1 s; the
+    boxes themselves are not moved; sigma 0 is the exact reference."""
+    n = 4000
+    centres = [(x, y, 0.0) for x, y in np.random.default_rng(7).uniform(-40, 40, (n, 2))]
+    names = [f"i{k}" for k in range(n)]
+    infos = [_keyframe(f"k{t}", t * 500_000, 0.0, centres, names) for t in range(3)]
+    for info, prev in zip(infos[1:], infos[:-1], strict=True):
+        info["prev"] = prev["token"]
+    for info in infos:
+        info.update(
+            gt_names=["car"] * n, valid_flag=[True] * n, gt_attributes=["vehicle.moving"] * n
+        )
+    noisy = displaced_centres(infos, 0.5, seed=3)
+    v1 = previous_frame_velocity(noisy["k1"], noisy["k0"])
+    v2 = previous_frame_velocity(noisy["k2"], noisy["k1"])
+    assert np.allclose(v1.std(axis=0), math.sqrt(2) * 0.5 / 0.5, rtol=0.05)
+    assert np.allclose(v1.mean(axis=0), 0.0, atol=0.1)
+    xy = {t: np.asarray(noisy[f"k{t}"]["gt_boxes"])[:, :2] for t in (0, 2)}
+    assert np.allclose((v1 + v2) * 0.5, xy[2] - xy[0])
+    assert np.array_equal(np.asarray(infos[1]["gt_boxes"])[:, :3], np.asarray(centres))
+    assert np.array_equal(previous_frame_velocity(infos[1], infos[0]), np.zeros((n, 2)))
+    with pytest.raises(ValueError, match=">= 0 metres"):
+        displaced_centres(infos, -0.1)
+    with pytest.raises(ValueError, match="previous-frame reference only"):
+        reference_results(infos, "zero-velocity", position_noise=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +204,7 @@ def test_reference_rows_tool_scores_either_split(synthetic_val_dataroot, tmp_pat
     for split in ("train", "val"):
         command = [sys.executable, "tools/reference_rows.py", str(root), "--split", split]
         command += ["--references", "zero-velocity", "--work-dir", str(tmp_path / split)]
+        command += ["--position-noise", "0", "1"] if split == "val" else []
         done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         assert re.search(rf"\(v1\.0-mini, {split}: 12 keyframes\)", done.stdout), done.stdout
@@ -178,6 +214,16 @@ def test_reference_rows_tool_scores_either_split(synthetic_val_dataroot, tmp_pat
     for split, (_, _, mate, _, mave, _) in rows.items():
         assert mate < 0.01 and mave > 1.0, (split, rows[split])
     assert rows["train"] != rows["val"]  # different keyframes scored
+    noisy = {}
+    for sigma in ("0", "1"):
+        label = rf"previous-frame, centres off by N\(0, {sigma}\^2\) m"
+        row = re.search(rf"\| {label} \| ([0-9.| ]+) \|", done.stdout)  # the val run's
+        assert row, done.stdout
+        noisy[sigma] = [float(v) for v in row.group(1).split("|")]
+    # the boxes stay in place; the velocity error grows with the placement error (sqrt(2) x
+    # 1 m / 0.5 s = 2.8 m/s per axis at sigma 1), and sigma 0 is far below the floor
+    assert noisy["0"][2] < 0.01 and noisy["1"][2] < 0.01
+    assert noisy["0"][4] < 0.5 * rows["val"][4] < noisy["1"][4]
     command = [sys.executable, "tools/reference_rows.py", str(root), "--split", "test"]
     done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "no devkit split for v1.0-mini test" in done.stderr
