@@ -52,7 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra previous-frame rows, centres displaced by N(0, SIGMA^2) m per axis",
     )
     parser.add_argument("--work-dir", help="where submissions and metric files go (temporary)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bad = [sigma for sigma in args.position_noise if not sigma >= 0]
+    if bad:
+        parser.error(f"--position-noise takes sigmas >= 0 (metres), got {bad}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -224,6 +224,9 @@ def test_reference_rows_tool_scores_either_split(synthetic_val_dataroot, tmp_pat
     # 1 m / 0.5 s = 2.8 m/s per axis at sigma 1), and sigma 0 is far below the floor
     assert noisy["0"][2] < 0.01 and noisy["1"][2] < 0.01
     assert noisy["0"][4] < 0.5 * rows["val"][4] < noisy["1"][4]
+    command = [sys.executable, "tools/reference_rows.py", str(root), "--position-noise", "-0.5"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "sigmas >= 0 (metres), got [-0.5]" in done.stderr
     command = [sys.executable, "tools/reference_rows.py", str(root), "--split", "test"]
     done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "no devkit split for v1.0-mini test" in done.stderr
