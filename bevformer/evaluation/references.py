@@ -130,7 +130,7 @@ def reference_results(
             f"position noise applies to the previous-frame reference only, not to {kind!r}"
         )
     by_token = {info["token"]: info for info in infos}
-    if kind == "previous-frame" and position_noise:
+    if position_noise:  # the previous-frame reference (checked above)
         by_token = displaced_centres(infos, position_noise, seed=seed + 1)
     rng = np.random.default_rng(seed)
     results = {}

@@ -5,8 +5,7 @@ bfloat16 (8 bits of mantissa) a 50 m camera ray or a lidar-frame centre is off b
 a BEV cell. :func:`force_fp32` runs a function outside autocast with its float16 / bfloat16
 tensor arguments cast to float32 (float64 stays float64); the model's camera projections
 (the encoder's reference points included), liftings, box corners and BEV resampling go
-through it, so ``--amp`` changes the features'
-precision, never the geometry's.
+through it, so ``--amp`` changes the features' precision, never the geometry's.
 """
 
 from __future__ import annotations

@@ -200,13 +200,14 @@ def test_reference_rows_tool_scores_either_split(synthetic_val_dataroot, tmp_pat
     for name in ("v1.0-mini", "samples", "maps"):
         (root / name).symlink_to(Path(synthetic_val_dataroot) / name)
     create_infos(str(root), "v1.0-mini", out_dir=str(root), progress=False)
-    rows = {}
+    rows, stdout = {}, {}
     for split in ("train", "val"):
         command = [sys.executable, "tools/reference_rows.py", str(root), "--split", split]
         command += ["--references", "zero-velocity", "--work-dir", str(tmp_path / split)]
         command += ["--position-noise", "0", "1"] if split == "val" else []
         done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
+        stdout[split] = done.stdout
         assert re.search(rf"\(v1\.0-mini, {split}: 12 keyframes\)", done.stdout), done.stdout
         row = re.search(r"\| zero-velocity \| ([0-9.| ]+) \|", done.stdout)
         assert row, done.stdout
@@ -217,8 +218,8 @@ def test_reference_rows_tool_scores_either_split(synthetic_val_dataroot, tmp_pat
     noisy = {}
     for sigma in ("0", "1"):
         label = rf"previous-frame, centres off by N\(0, {sigma}\^2\) m"
-        row = re.search(rf"\| {label} \| ([0-9.| ]+) \|", done.stdout)  # the val run's
-        assert row, done.stdout
+        row = re.search(rf"\| {label} \| ([0-9.| ]+) \|", stdout["val"])
+        assert row, stdout["val"]
         noisy[sigma] = [float(v) for v in row.group(1).split("|")]
     # the boxes stay in place; the velocity error grows with the placement error (sqrt(2) x
     # 1 m / 0.5 s = 2.8 m/s per axis at sigma 1), and sigma 0 is far below the floor
