@@ -43,6 +43,7 @@ __all__ = [
     "REFERENCES",
     "displaced_centres",
     "evaluable",
+    "gt_boxes",
     "lidar2global",
     "previous_frame_velocity",
     "reference_results",
@@ -56,6 +57,11 @@ def lidar2global(info: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(info["ego2global"], dtype=np.float64) @ np.asarray(
         info["lidar2ego"], dtype=np.float64
     )
+
+
+def gt_boxes(info: Mapping[str, Any]) -> np.ndarray:
+    """``[M, BOX_DIM]`` float64 copy of a keyframe's (info entry's) ``gt_boxes`` (lidar frame)."""
+    return np.array(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
 
 
 def evaluable(info: Mapping[str, Any], exclude: Sequence[str] = ()) -> list[int]:
@@ -72,7 +78,7 @@ def previous_frame_velocity(info: Mapping[str, Any], prev: Mapping[str, Any] | N
     """``[M, 2]`` lidar-frame velocities (m/s) of ``info``'s boxes from their instance's
     displacement since the keyframe ``prev`` (0 for an instance ``prev`` does not have, and
     for every box when ``prev`` is None)."""
-    boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+    boxes = gt_boxes(info)
     out = np.zeros((len(boxes), 2))
     if prev is None:
         return out
@@ -82,7 +88,7 @@ def previous_frame_velocity(info: Mapping[str, Any], prev: Mapping[str, Any] | N
             f"keyframe {info['token']} is not later than its previous keyframe {prev['token']} "
             f"(timestamps {info['timestamp']}, {prev['timestamp']}); the info file is broken"
         )
-    before = np.asarray(prev["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+    before = gt_boxes(prev)
     row_of = {token: i for i, token in enumerate(prev["instance_tokens"])}
     pairs = [(i, row_of[t]) for i, t in enumerate(info["instance_tokens"]) if t in row_of]
     if not pairs:
@@ -108,7 +114,7 @@ def displaced_centres(
     rng = np.random.default_rng(seed)
     out = {}
     for info in infos:
-        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM).copy()
+        boxes = gt_boxes(info)
         boxes[:, X : X + 2] += rng.normal(0.0, sigma, (len(boxes), 2))
         out[info["token"]] = {**info, "gt_boxes": boxes}
     return out
@@ -135,7 +141,7 @@ def reference_results(
     rng = np.random.default_rng(seed)
     results = {}
     for info in infos:
-        boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM).copy()
+        boxes = gt_boxes(info)
         if kind == "zero-velocity":
             boxes[:, VX : VY + 1] = 0.0
         elif kind == "previous-frame":

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from bevformer.evaluation.references import evaluable, lidar2global
-from bevformer.structures.boxes import BOX_DIM, VX, VY, X, Z
+from bevformer.evaluation.references import evaluable, gt_boxes, lidar2global
+from bevformer.structures.boxes import VX, VY, X, Z
 from bevformer.structures.frames import apply
 
 __all__ = ["differenced_results", "matched_velocities", "velocity_summary"]
@@ -34,7 +34,7 @@ STATIC_CLASSES = ("barrier", "traffic_cone")
 def _ground_truth(info: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Names, global xy centres ``[M, 2]`` and global xy velocities ``[M, 2]`` of the boxes
     whose velocity the devkit scores."""
-    boxes = np.asarray(info["gt_boxes"], dtype=np.float64).reshape(-1, BOX_DIM)
+    boxes = gt_boxes(info)
     to_global = lidar2global(info)
     centres = apply(to_global, boxes[:, X : Z + 1])  # [M, 3] global
     velocity = np.zeros((len(boxes), 3))
