@@ -35,6 +35,7 @@ from torchvision.ops import batched_nms
 
 from bevformer.models.hybrid import REF_EPS, Proposals
 from bevformer.models.perspective.config import PerspectiveTestCfg
+from bevformer.models.perspective.inference import per_location
 from bevformer.models.perspective.stage import PerspectiveStage
 from bevformer.structures.grid import BEVGrid
 
@@ -52,11 +53,6 @@ def inverse_3x3(m: Tensor) -> Tensor:
     return adjugate_t.transpose(-1, -2) / det[..., None, None]
 
 
-def _per_location(maps: Tensor) -> Tensor:
-    """``[BN, C, h, w]`` -> ``[BN, h*w, C]``."""
-    return maps.flatten(2).transpose(1, 2)
-
-
 def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
     """``values [BN, P, C]`` at ``index [BN, D]`` -> ``[BN, D, C]``."""
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
@@ -65,7 +61,7 @@ def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
 def _labelled(maps: Tensor, loc_idx: Tensor, cls_idx: Tensor, channels: int) -> Tensor:
     """The labelled class's ``channels`` outputs of the candidates: ``maps [BN, ch*K, h, w]``
     (channel-major, K classes each), ``loc_idx``, ``cls_idx [BN, D]`` -> ``[BN, D, ch]``."""
-    rows = _gather_rows(_per_location(maps.float()), loc_idx)  # [BN, D, ch*K]
+    rows = _gather_rows(per_location(maps.float()), loc_idx)  # [BN, D, ch*K]
     rows = rows.unflatten(-1, (channels, -1))  # [BN, D, ch, K]
     return rows.gather(3, cls_idx[..., None, None].expand(-1, -1, channels, 1)).squeeze(3)
 
@@ -79,14 +75,14 @@ def _candidates(stage: PerspectiveStage, outputs: dict, inv_k: Tensor) -> dict[s
     num_classes = outputs["cls_logits"][0].shape[1]
     per_level = []
     for lvl, locations in enumerate(outputs["locations"]):
-        cls = _per_location(outputs["cls_logits"][lvl].float()).sigmoid()  # [BN, P, K]
-        ctr = _per_location(outputs["centerness"][lvl].float()).sigmoid()  # [BN, P, 1]
+        cls = per_location(outputs["cls_logits"][lvl].float()).sigmoid()  # [BN, P, K]
+        ctr = per_location(outputs["centerness"][lvl].float()).sigmoid()  # [BN, P, 1]
         scores = (cls * ctr).flatten(1)  # [BN, P*K], location-major as nonzero() gives them
         top, flat = scores.topk(min(cfg.pre_nms_topk, scores.shape[1]), dim=1)  # [BN, D_l]
         loc_idx = torch.div(flat, num_classes, rounding_mode="floor")
         cls_idx = flat % num_classes
         loc = locations.float()[loc_idx]  # [BN, D_l, 2] pixels
-        ltrb = _gather_rows(_per_location(outputs["box2d"][lvl].float()), loc_idx)
+        ltrb = _gather_rows(per_location(outputs["box2d"][lvl].float()), loc_idx)
 
         proj_ctr = loc + _labelled(outputs["proj_ctr"][lvl], loc_idx, cls_idx, 2)  # [BN, D_l, 2]
         k_inv = inv_k[:, None]  # [BN, 1, 3, 3] over the candidates

@@ -28,13 +28,49 @@ from torchvision.ops import batched_nms
 from bevformer.models.perspective.coder import BOX3D_CHANNELS, decode_boxes3d
 from bevformer.models.perspective.config import PerspectiveTestCfg
 
-__all__ = ["predict_boxes"]
+__all__ = ["per_location", "predict_boxes"]
 
 
-def _level_maps(outputs: dict, key: str, level: int, image: int) -> Tensor:
-    """One image's map of one level as (H*W, C)."""
-    m = outputs[key][level][image]  # (C, H, W)
-    return m.flatten(1).T  # (C, H, W) -> (C, H*W) -> (H*W, C)
+def per_location(maps: Tensor) -> Tensor:
+    """One level's maps ``(BN, C, H, W)`` as ``(BN, H*W, C)`` (a view)."""
+    return maps.flatten(2).transpose(1, 2)
+
+
+def _level_candidates(outputs: dict, lvl: int, cfg: PerspectiveTestCfg) -> dict[str, Tensor]:
+    """Step 1 on level ``lvl`` of all BN images at once, with the raw outputs the later steps
+    read: ``image``, ``location`` (D, 2) pixels, ``labels``, ``scores_2d``, ``ltrb`` (D, 4),
+    the labelled class's :data:`BOX3D_CHANNELS` outputs, ``attributes``, ``speeds``.
+
+    The ``pre_nms_topk`` best (location, class) pairs of each image are taken first and then
+    thresholded: the same pairs as thresholding first, as DD3D does.
+    """
+    num_classes = outputs["cls_logits"][lvl].shape[1]
+    scores = per_location(outputs["cls_logits"][lvl]).sigmoid()  # (BN, HW, K)
+    scores = scores * per_location(outputs["centerness"][lvl]).sigmoid()  # THRESH_WITH_CTR
+    flat = scores.flatten(1)  # (BN, HW*K), location-major
+    top, order = flat.topk(min(cfg.pre_nms_topk, flat.shape[1]), dim=1)
+    image, rank = (top > cfg.pre_nms_thresh).nonzero(as_tuple=True)
+    pair = order[image, rank]
+    loc_idx = torch.div(pair, num_classes, rounding_mode="floor")
+    cls_idx = pair % num_classes
+
+    def rows(key: str) -> Tensor:  # the candidates' (D, C) outputs of ``key``
+        return per_location(outputs[key][lvl])[image, loc_idx]
+
+    cand = {
+        "image": image,
+        "location": outputs["locations"][lvl].float()[loc_idx],
+        "labels": cls_idx,
+        "scores_2d": top[image, rank].sqrt(),
+        "ltrb": rows("box2d"),
+        "attributes": rows("attr_logits").argmax(1),
+        "speeds": rows("speed")[:, 0],
+    }
+    for key, ch in BOX3D_CHANNELS.items():
+        # (D, ch*K) -> (D, ch, K) -> the labelled class's (D, ch)
+        vals = rows(key).reshape(-1, ch, num_classes)
+        cand[key] = vals.gather(2, cls_idx.view(-1, 1, 1).expand(-1, ch, 1)).squeeze(2)
+    return cand
 
 
 def predict_boxes(
@@ -57,64 +93,58 @@ def predict_boxes(
     pixels as in :func:`~bevformer.models.perspective.coder.decode_boxes3d`. Each result holds
     ``boxes3d`` (D, 10) = camera-frame centre xyz, wlh, quaternion wxyz; ``scores`` (D,);
     ``scores_2d`` (D,); ``labels`` (D,); ``boxes2d`` (D, 4); ``attributes`` (D,); ``speeds``
-    (D,).
+    (D,), in decreasing score.
+
+    All images and levels are decoded together and the NMS of all images is one call (groups
+    (image, class)); the result equals DD3D's per-image loop up to the order of equal scores
+    (``tests/models/perspective/test_perspective_head.py`` holds it to that loop). Runs
+    without gradients: the detections are not differentiated (the hybrid queries detach
+    them).
     """
     cfg = PerspectiveTestCfg.from_cfg(test_cfg)
-    num_images = outputs["cls_logits"][0].shape[0]
-    num_classes = outputs["cls_logits"][0].shape[1]
+    num_images, num_classes = outputs["cls_logits"][0].shape[:2]
     device = outputs["cls_logits"][0].device
-    inv_k = torch.linalg.inv(intrinsics.to(device=device, dtype=torch.float32))  # (BN, 3, 3)
-    outputs = {k: [m.float() for m in v] for k, v in outputs.items()}
     height, width = image_size
-    results = []
-    for img in range(num_images):
-        per_level = []
-        for lvl, locations in enumerate(outputs["locations"]):
-            scores = _level_maps(outputs, "cls_logits", lvl, img).sigmoid()  # (HW, K)
-            ctr = _level_maps(outputs, "centerness", lvl, img).sigmoid()  # (HW, 1)
-            scores = scores * ctr  # DD3D THRESH_WITH_CTR: threshold the product
-            loc_idx, cls_idx = (scores > cfg.pre_nms_thresh).nonzero(as_tuple=True)
-            cand = scores[loc_idx, cls_idx]
-            if cand.numel() > cfg.pre_nms_topk:
-                cand, keep = cand.topk(cfg.pre_nms_topk)
-                loc_idx, cls_idx = loc_idx[keep], cls_idx[keep]
-            loc = locations[loc_idx]  # (D_l, 2)
-            ltrb = _level_maps(outputs, "box2d", lvl, img)[loc_idx]  # (D_l, 4)
-            boxes2d = torch.cat([loc - ltrb[:, :2], loc + ltrb[:, 2:]], dim=1)
-            raw = {}
-            for key, ch in BOX3D_CHANNELS.items():
-                # (HW, ch*K) -> (D_l, ch, K) -> the detected class's (D_l, ch)
-                vals = _level_maps(outputs, key, lvl, img)[loc_idx].reshape(-1, ch, num_classes)
-                raw[key] = vals.gather(2, cls_idx.view(-1, 1, 1).expand(-1, ch, 1)).squeeze(2)
-            box = decode_boxes3d(
-                raw["quat"],
-                raw["proj_ctr"],
-                raw["depth"].squeeze(1),
-                raw["size"],
-                loc,
-                inv_k[img].expand(len(loc), 3, 3),
-                canonical_sizes.to(device)[cls_idx],
-                min_depth=min_depth,
-                max_depth=max_depth,
-                depth_factor=depth_factor,
-            )
-            scores_2d = cand.sqrt()
-            attr = _level_maps(outputs, "attr_logits", lvl, img)[loc_idx].argmax(1)
-            per_level.append(
-                {
-                    "boxes3d": torch.cat([box["center"], box["size"], box["quat"]], dim=1),
-                    "scores": scores_2d * raw["conf3d"].squeeze(1).sigmoid(),
-                    "scores_2d": scores_2d,
-                    "labels": cls_idx,
-                    "boxes2d": boxes2d,
-                    "attributes": attr,
-                    "speeds": _level_maps(outputs, "speed", lvl, img)[loc_idx, 0],
-                }
-            )
-        det = {k: torch.cat([d[k] for d in per_level]) for k in per_level[0]}
-        det["boxes2d"][:, 0::2] = det["boxes2d"][:, 0::2].clamp(0, width)
-        det["boxes2d"][:, 1::2] = det["boxes2d"][:, 1::2].clamp(0, height)
-        keep = batched_nms(det["boxes2d"], det["scores"], det["labels"], cfg.nms_thresh)
-        keep = keep[: cfg.post_nms_topk]  # batched_nms sorts by decreasing score
-        results.append({k: v[keep] for k, v in det.items()})
-    return results
+    with torch.no_grad():
+        inv_k = torch.linalg.inv(intrinsics.to(device=device, dtype=torch.float32))  # (BN, 3, 3)
+        floats = {k: [m.float() for m in v] for k, v in outputs.items()}
+        levels = [_level_candidates(floats, lvl, cfg) for lvl in range(len(floats["locations"]))]
+        cand = {k: torch.cat([c[k] for c in levels]) for k in levels[0]}
+        image, location = cand["image"], cand["location"]
+        box = decode_boxes3d(
+            cand["quat"],
+            cand["proj_ctr"],
+            cand["depth"].squeeze(1),
+            cand["size"],
+            location,
+            inv_k[image],
+            canonical_sizes.to(device)[cand["labels"]],
+            min_depth=min_depth,
+            max_depth=max_depth,
+            depth_factor=depth_factor,
+        )
+        ltrb = cand["ltrb"]
+        boxes2d = torch.cat([location - ltrb[:, :2], location + ltrb[:, 2:]], dim=1)
+        boxes2d[:, 0::2] = boxes2d[:, 0::2].clamp(0, width)
+        boxes2d[:, 1::2] = boxes2d[:, 1::2].clamp(0, height)
+        det = {
+            "boxes3d": torch.cat([box["center"], box["size"], box["quat"]], dim=1),
+            "scores": cand["scores_2d"] * cand["conf3d"].squeeze(1).sigmoid(),
+            "scores_2d": cand["scores_2d"],
+            "labels": cand["labels"],
+            "boxes2d": boxes2d,
+            "attributes": cand["attributes"],
+            "speeds": cand["speeds"],
+        }
+        groups = image * num_classes + det["labels"]  # class-wise NMS within each image
+        keep = batched_nms(boxes2d, det["scores"], groups, cfg.nms_thresh)  # decreasing score
+        # per image, its post_nms_topk best: a stable sort by image keeps the score order
+        keep = keep[torch.sort(image[keep], stable=True).indices]
+        kept_image = image[keep]
+        counts = torch.bincount(kept_image, minlength=num_images)
+        first = counts.cumsum(0) - counts
+        rank = torch.arange(len(keep), device=device) - first[kept_image]
+        keep = keep[rank < cfg.post_nms_topk]
+        sizes = counts.clamp(max=cfg.post_nms_topk).tolist()
+        split = {k: v[keep].split(sizes) for k, v in det.items()}
+    return [{k: split[k][i] for k in det} for i in range(num_images)]

@@ -255,6 +255,101 @@ def test_predict_without_candidates_returns_empty_results():
     assert dets[0]["boxes2d"].shape == (0, 4)
 
 
+def _per_image_reference(head, outputs, intrinsics, image_size, cfg):
+    """DD3D's inference order, one image and one level at a time: threshold, then at most
+    ``pre_nms_topk``, decode, then per image the class-wise NMS and ``post_nms_topk``."""
+    from torchvision.ops import batched_nms
+
+    from bevformer.models.perspective.coder import BOX3D_CHANNELS, decode_boxes3d
+
+    num_images, num_classes = outputs["cls_logits"][0].shape[:2]
+    results = []
+    for img in range(num_images):
+        parts = []
+        for lvl, locations in enumerate(outputs["locations"]):
+
+            def maps(key, lvl=lvl, img=img):
+                return outputs[key][lvl][img].flatten(1).T  # (HW, C)
+
+            scores = maps("cls_logits").sigmoid() * maps("centerness").sigmoid()
+            loc_idx, cls_idx = (scores > cfg["pre_nms_thresh"]).nonzero(as_tuple=True)
+            cand = scores[loc_idx, cls_idx]
+            if len(cand) > cfg["pre_nms_topk"]:
+                cand, top = cand.topk(cfg["pre_nms_topk"])
+                loc_idx, cls_idx = loc_idx[top], cls_idx[top]
+            loc, ltrb = locations[loc_idx], maps("box2d")[loc_idx]
+            raw = {
+                key: maps(key)[loc_idx].reshape(-1, ch, num_classes)[
+                    torch.arange(len(loc_idx)), :, cls_idx
+                ]
+                for key, ch in BOX3D_CHANNELS.items()
+            }
+            box = decode_boxes3d(
+                raw["quat"],
+                raw["proj_ctr"],
+                raw["depth"][:, 0],
+                raw["size"],
+                loc,
+                torch.linalg.inv(intrinsics[img]).expand(len(loc), 3, 3),
+                head.canonical_sizes[cls_idx],
+            )
+            boxes2d = torch.cat([loc - ltrb[:, :2], loc + ltrb[:, 2:]], 1)
+            boxes2d[:, 0::2] = boxes2d[:, 0::2].clamp(0, image_size[1])
+            boxes2d[:, 1::2] = boxes2d[:, 1::2].clamp(0, image_size[0])
+            parts.append(
+                {
+                    "boxes3d": torch.cat([box["center"], box["size"], box["quat"]], 1),
+                    "scores": cand.sqrt() * raw["conf3d"][:, 0].sigmoid(),
+                    "scores_2d": cand.sqrt(),
+                    "labels": cls_idx,
+                    "boxes2d": boxes2d,
+                    "attributes": maps("attr_logits")[loc_idx].argmax(1),
+                    "speeds": maps("speed")[loc_idx, 0],
+                }
+            )
+        det = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        keep = batched_nms(det["boxes2d"], det["scores"], det["labels"], cfg["nms_thresh"])
+        results.append({k: v[keep[: cfg["post_nms_topk"]]] for k, v in det.items()})
+    return results
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        # the defaults: fewer candidates per level than the cap, fewer detections than 100
+        dict(pre_nms_thresh=0.05, pre_nms_topk=1000, post_nms_topk=100, nms_thresh=0.6),
+        # both caps bind: level 0 has 32 x 16 x 10 pairs above the threshold, 60 are kept
+        dict(pre_nms_thresh=0.01, pre_nms_topk=60, post_nms_topk=7, nms_thresh=0.3),
+    ],
+)
+def test_predict_equals_the_per_image_loop(cfg):
+    head = _head(test_cfg=cfg)
+    head.eval()
+    with torch.no_grad():
+        out = head(_feats(n=3, seed=4))
+    # scores spread over (0, 1): many pairs pass the threshold on every level
+    gen = torch.Generator().manual_seed(1)
+    out["cls_logits"] = [torch.randn(m.shape, generator=gen) * 3 for m in out["cls_logits"]]
+    out["centerness"] = [torch.randn(m.shape, generator=gen) for m in out["centerness"]]
+    intrinsics = torch.stack([K, K * torch.tensor([[1.2], [1.2], [1.0]]), K])
+    fast = head.predict(out, intrinsics, (H, W))
+    slow = _per_image_reference(head, out, intrinsics, (H, W), cfg)
+    counts = [len(d["scores"]) for d in slow]
+    assert [len(d["scores"]) for d in fast] == counts
+    assert min(counts) > 0 and (cfg["post_nms_topk"] > 50 or max(counts) == cfg["post_nms_topk"])
+    for f, s in zip(fast, slow):
+        for key in s:
+            torch.testing.assert_close(f[key], s[key], rtol=1e-6, atol=1e-5, msg=key)
+
+
+def test_predict_builds_no_autograd_graph():
+    head = _head()
+    out = head(_feats())  # train mode: the outputs require gradients
+    dets = head.predict(out, K.expand(2, 3, 3), (H, W))
+    assert out["cls_logits"][0].requires_grad
+    assert all(not v.requires_grad for d in dets for v in d.values())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
