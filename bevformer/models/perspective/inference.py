@@ -27,6 +27,7 @@ from torchvision.ops import batched_nms
 
 from bevformer.models.perspective.coder import BOX3D_CHANNELS, decode_boxes3d
 from bevformer.models.perspective.config import PerspectiveTestCfg
+from bevformer.models.perspective.layers import pick_class
 
 __all__ = ["per_location", "predict_boxes"]
 
@@ -67,9 +68,7 @@ def _level_candidates(outputs: dict, lvl: int, cfg: PerspectiveTestCfg) -> dict[
         "speeds": rows("speed")[:, 0],
     }
     for key, ch in BOX3D_CHANNELS.items():
-        # (D, ch*K) -> (D, ch, K) -> the labelled class's (D, ch)
-        vals = rows(key).reshape(-1, ch, num_classes)
-        cand[key] = vals.gather(2, cls_idx.view(-1, 1, 1).expand(-1, ch, 1)).squeeze(2)
+        cand[key] = pick_class(rows(key), cls_idx, ch)  # (D, ch*K) -> the labelled class's
     return cand
 
 

@@ -95,6 +95,6 @@ def flatten_levels(maps: Sequence[Tensor]) -> Tensor:
 def pick_class(flat: Tensor, labels: Tensor, channels: int) -> Tensor:
     """Class-specific outputs (P, channels*K) -> the labelled class's (P, channels)."""
     # (P, channels*K) -> (P, channels, K); channel c*K + k is component c of class k
-    per_class = flat.reshape(flat.shape[0], channels, -1)
+    per_class = flat.reshape(flat.shape[0], channels, flat.shape[1] // channels)  # P may be 0
     index = labels.view(-1, 1, 1).expand(-1, channels, 1)  # (P,) -> (P, channels, 1)
     return per_class.gather(2, index).squeeze(2)
