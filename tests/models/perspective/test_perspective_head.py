@@ -318,7 +318,7 @@ def _per_image_reference(head, outputs, intrinsics, image_size, cfg):
     [
         # the defaults: fewer candidates per level than the cap, fewer detections than 100
         dict(pre_nms_thresh=0.05, pre_nms_topk=1000, post_nms_topk=100, nms_thresh=0.6),
-        # both caps bind: level 0 has 32 x 16 x 10 pairs above the threshold, 60 are kept
+        # both caps bind: far more than 60 of level 0's 32 x 16 x 10 pairs pass the threshold
         dict(pre_nms_thresh=0.01, pre_nms_topk=60, post_nms_topk=7, nms_thresh=0.3),
     ],
 )
