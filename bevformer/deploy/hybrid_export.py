@@ -35,7 +35,7 @@ from torchvision.ops import batched_nms
 
 from bevformer.models.hybrid import REF_EPS, Proposals
 from bevformer.models.perspective.config import PerspectiveTestCfg
-from bevformer.models.perspective.inference import per_location
+from bevformer.models.perspective.inference import per_location, top_pairs
 from bevformer.models.perspective.stage import PerspectiveStage
 from bevformer.structures.grid import BEVGrid
 
@@ -72,15 +72,11 @@ def _candidates(stage: PerspectiveStage, outputs: dict, inv_k: Tensor) -> dict[s
     (camera frame), ``valid [BN, D]``."""
     head = stage.mono_head
     cfg = PerspectiveTestCfg.from_cfg(head.test_cfg)
-    num_classes = outputs["cls_logits"][0].shape[1]
     per_level = []
     for lvl, locations in enumerate(outputs["locations"]):
-        cls = per_location(outputs["cls_logits"][lvl].float()).sigmoid()  # [BN, P, K]
-        ctr = per_location(outputs["centerness"][lvl].float()).sigmoid()  # [BN, P, 1]
-        scores = (cls * ctr).flatten(1)  # [BN, P*K], location-major as nonzero() gives them
-        top, flat = scores.topk(min(cfg.pre_nms_topk, scores.shape[1]), dim=1)  # [BN, D_l]
-        loc_idx = torch.div(flat, num_classes, rounding_mode="floor")
-        cls_idx = flat % num_classes
+        top, loc_idx, cls_idx = top_pairs(
+            outputs["cls_logits"][lvl].float(), outputs["centerness"][lvl].float(), cfg.pre_nms_topk
+        )  # [BN, D_l] each
         loc = locations.float()[loc_idx]  # [BN, D_l, 2] pixels
         ltrb = _gather_rows(per_location(outputs["box2d"][lvl].float()), loc_idx)
 

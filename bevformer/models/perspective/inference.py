@@ -29,12 +29,26 @@ from bevformer.models.perspective.coder import BOX3D_CHANNELS, decode_boxes3d
 from bevformer.models.perspective.config import PerspectiveTestCfg
 from bevformer.models.perspective.layers import pick_class
 
-__all__ = ["per_location", "predict_boxes"]
+__all__ = ["per_location", "predict_boxes", "top_pairs"]
 
 
 def per_location(maps: Tensor) -> Tensor:
     """One level's maps ``(BN, C, H, W)`` as ``(BN, H*W, C)`` (a view)."""
     return maps.flatten(2).transpose(1, 2)
+
+
+def top_pairs(cls_logits: Tensor, centerness: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` best (location, class) pairs of each image on one level, by DD3D's candidate
+    score ``sigmoid(logit) * sigmoid(centerness)`` (THRESH_WITH_CTR).
+
+    ``cls_logits (BN, K, H, W)``, ``centerness (BN, 1, H, W)`` -> scores, location index into
+    H*W, class index, each ``(BN, min(k, H*W*K))`` in decreasing score.
+    """
+    num_classes = cls_logits.shape[1]
+    scores = per_location(cls_logits).sigmoid() * per_location(centerness).sigmoid()  # (BN, HW, K)
+    flat = scores.flatten(1)  # (BN, HW*K), location-major
+    top, pair = flat.topk(min(k, flat.shape[1]), dim=1)
+    return top, torch.div(pair, num_classes, rounding_mode="floor"), pair % num_classes
 
 
 def _level_candidates(outputs: dict, lvl: int, cfg: PerspectiveTestCfg) -> dict[str, Tensor]:
@@ -45,15 +59,11 @@ def _level_candidates(outputs: dict, lvl: int, cfg: PerspectiveTestCfg) -> dict[
     The ``pre_nms_topk`` best (location, class) pairs of each image are taken first and then
     thresholded: the same pairs as thresholding first, as DD3D does.
     """
-    num_classes = outputs["cls_logits"][lvl].shape[1]
-    scores = per_location(outputs["cls_logits"][lvl]).sigmoid()  # (BN, HW, K)
-    scores = scores * per_location(outputs["centerness"][lvl]).sigmoid()  # THRESH_WITH_CTR
-    flat = scores.flatten(1)  # (BN, HW*K), location-major
-    top, order = flat.topk(min(cfg.pre_nms_topk, flat.shape[1]), dim=1)
+    top, loc_top, cls_top = top_pairs(
+        outputs["cls_logits"][lvl], outputs["centerness"][lvl], cfg.pre_nms_topk
+    )  # (BN, D_l) each
     image, rank = (top > cfg.pre_nms_thresh).nonzero(as_tuple=True)
-    pair = order[image, rank]
-    loc_idx = torch.div(pair, num_classes, rounding_mode="floor")
-    cls_idx = pair % num_classes
+    loc_idx, cls_idx = loc_top[image, rank], cls_top[image, rank]  # (D,)
 
     def rows(key: str) -> Tensor:  # the candidates' (D, C) outputs of ``key``
         return per_location(outputs[key][lvl])[image, loc_idx]
