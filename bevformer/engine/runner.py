@@ -395,9 +395,13 @@ class _DropParamwiseLines(logging.Filter):
         return True
 
 
-def optimizer_summary(optimizer: torch.optim.Optimizer, paramwise_lines: int = 0) -> str:
+def optimizer_summary(
+    optimizer: torch.optim.Optimizer, paramwise_lines: int = 0, model: nn.Module | None = None
+) -> str:
     """One block describing the parameter groups: per distinct (lr, weight decay) pair, how many
-    groups, tensors and parameters, the lr as a multiple of the optimizer's base lr."""
+    groups, tensors and parameters, the lr as a multiple of the optimizer's base lr. With
+    ``model``, its parameters with ``requires_grad`` off (the model's ``frozen`` parts, which
+    the optimizer does not hold) are counted on a line of their own."""
     base_lr = optimizer.defaults.get("lr") or 1.0
     rows: dict[tuple[float, float], list[int]] = {}
     for group in optimizer.param_groups:
@@ -418,6 +422,12 @@ def optimizer_summary(optimizer: torch.optim.Optimizer, paramwise_lines: int = 0
         lines.append(
             f"  lr x{mult:g}, weight decay {decay:g}: {groups} groups, {count} tensors, "
             f"{size / 1e6:.2f} M parameters"
+        )
+    frozen = [p for p in model.parameters() if not p.requires_grad] if model is not None else []
+    if frozen:
+        lines.append(
+            f"  frozen (requires_grad off, not in the optimizer): {len(frozen)} tensors, "
+            f"{sum(p.numel() for p in frozen) / 1e6:.2f} M parameters"
         )
     return "\n".join(lines)
 
@@ -452,7 +462,7 @@ class BEVRunner(Runner):
         finally:
             self.logger.removeFilter(drop)
         if isinstance(wrapper, OptimWrapper):
-            self.logger.info(optimizer_summary(wrapper.optimizer, drop.dropped))
+            self.logger.info(optimizer_summary(wrapper.optimizer, drop.dropped, self.model))
         return wrapper
 
     def _resume_source(self) -> str | None:

@@ -85,6 +85,7 @@ class BEVFormerV2(BaseModel):
         grid_mask: GridMask | None = None,
         data_preprocessor: dict | nn.Module | None = None,
         init_cfg: dict | None = None,
+        frozen: Sequence[str] = (),
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         head_k = int(getattr(pts_bbox_head, "num_hybrid_queries", 0))
@@ -107,6 +108,41 @@ class BEVFormerV2(BaseModel):
         self.num_levels = num_levels
         self.use_grid_mask = use_grid_mask
         self.grid_mask = grid_mask if grid_mask is not None else GridMask()
+        self.frozen = self._freeze(frozen)
+
+    def _freeze(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Freezes the submodules named in ``frozen`` (dotted paths such as ``"img_backbone"``,
+        ``"bev.encoder"``, ``"perspective.mono_head"``): their parameters get
+        ``requires_grad=False`` and they stay in eval mode (BatchNorm running statistics,
+        no dropout) when the model trains. A training option for fine-tuning a part of a
+        trained model (``--load-from``), as mmdetection's ``frozen_stages``; not in the official
+        configs. Raises ``ValueError`` for a name that is not a submodule with parameters, or
+        when nothing would be left to train."""
+        if isinstance(names, str):
+            raise ValueError(f"frozen must be a list of submodule names, got the string {names!r}")
+        names = tuple(names)
+        for name in names:
+            try:
+                module = self.get_submodule(name)
+            except AttributeError:
+                raise ValueError(
+                    f"frozen: {name!r} is not a submodule of the model; top-level parts are "
+                    f"{[n for n, _ in self.named_children()]} (dotted paths reach deeper, e.g. "
+                    "'bev.encoder')"
+                ) from None
+            if next(module.parameters(), None) is None:
+                raise ValueError(f"frozen: {name!r} has no parameters to freeze")
+            module.requires_grad_(False)
+        if names and not any(p.requires_grad for p in self.parameters()):
+            raise ValueError(f"frozen={list(names)} leaves no parameter to train")
+        return names
+
+    def train(self, mode: bool = True) -> BEVFormerV2:
+        """``nn.Module.train``, with the :attr:`frozen` submodules kept in eval mode."""
+        super().train(mode)
+        for name in self.frozen:
+            self.get_submodule(name).eval()
+        return self
 
     @property
     def grid(self) -> BEVGrid:

@@ -162,3 +162,22 @@ def test_optimizer_is_logged_as_a_summary_not_per_parameter(tiny_cfg, tmp_path):
     assert f"{n_groups} parameter groups" in text and "per-parameter option lines not shown" in text
     # the base schedule gives the backbone half the lr: both multipliers are listed
     assert "lr x1, weight decay" in text and "lr x0.5, weight decay" in text
+
+
+def test_frozen_parts_are_logged_apart_from_the_trained_groups(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"model.frozen": ["img_backbone"]})
+    runner = build_runner(cfg, work_dir=str(tmp_path))
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    runner.logger.addHandler(handler)
+    try:
+        runner.build_optim_wrapper(runner.optim_wrapper)
+    finally:
+        runner.logger.removeHandler(handler)
+    text = "\n".join(records)
+    backbone = list(runner.model.img_backbone.parameters())
+    assert backbone and not any(p.requires_grad for p in backbone)
+    assert f"frozen (requires_grad off, not in the optimizer): {len(backbone)} tensors" in text
+    # the backbone was the only part at half the lr: no trained group is left at x0.5
+    assert "lr x1, weight decay" in text and "lr x0.5" not in text

@@ -89,7 +89,7 @@ class Meta:
 
 
 def tiny_detector(
-    frames=(0,), temporal="fusion", nan_term=None, grid_mask=False, history_grad=False
+    frames=(0,), temporal="fusion", nan_term=None, grid_mask=False, history_grad=False, frozen=()
 ) -> BEVFormerV2:
     torch.manual_seed(0)
     fusion = ResNetFusion(len(frames) * C, C) if len(frames) > 1 and temporal == "fusion" else None
@@ -116,6 +116,7 @@ def tiny_detector(
         criterion=StandInCriterion(nan_term),
         post_processor=StandInDecoder(),
         use_grid_mask=grid_mask,
+        frozen=frozen,
     )
     return model
 
@@ -300,6 +301,39 @@ def test_history_grad_trains_through_the_past_frame_and_leaves_inference_alone(r
 
     with pytest.raises(ValueError, match=r"history_grad=True .* frames=\(0,\) has none"):
         tiny_detector(frames=(0,), history_grad=True)
+
+
+def test_frozen_parts_stay_fixed_in_eval_mode_while_the_rest_trains(rig):
+    frozen = ("img_backbone", "img_neck", "bev.encoder")
+    model = tiny_detector(frames=(-1, 0), frozen=frozen).train()
+    assert model.training and model.bev.fusion.training
+    assert not any(model.get_submodule(n).training for n in frozen)
+    # the encoder's modules each stay in eval mode, also after the past frame's eval pass
+    modes = []
+    model.bev.encoder.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(model(**rig_batch(rig, 2, frames=2), mode="loss").values()).backward()
+    opt.step()
+    assert modes == [False, False]
+    after = model.state_dict()
+    unchanged = {k for k in before if torch.equal(before[k], after[k])}
+    assert {k for k in before if k.startswith(tuple(f"{n}." for n in frozen))} <= unchanged
+    for trained in (
+        "bev.fusion.proj.weight",
+        "bev.fusion.layers.0.bn1.running_mean",
+        "pts_bbox_head.cls.weight",
+    ):
+        assert trained not in unchanged, trained
+    assert all(p.grad is None for n in frozen for p in model.get_submodule(n).parameters())
+
+    with pytest.raises(ValueError, match=r"'bev\.encodr' is not a submodule"):
+        tiny_detector(frozen=("bev.encodr",))
+    with pytest.raises(ValueError, match="list of submodule names"):
+        tiny_detector(frozen="img_backbone")
+    everything = ("img_backbone", "img_neck", "bev", "pts_bbox_head")
+    with pytest.raises(ValueError, match="leaves no parameter to train"):
+        tiny_detector(frozen=everything)
 
 
 def test_streaming_state_is_returned_and_used(rig, pose):

@@ -39,6 +39,10 @@ model = dict(
     type="BEVFormerV2",
     num_levels=num_levels,
     use_grid_mask=True,
+    # Submodules to keep fixed in training (requires_grad off, eval mode), e.g. ["img_backbone",
+    # "img_neck", "bev.encoder", "perspective.mono_head"] to fine-tune only the fusion and the
+    # head of a model loaded with --load-from. Not in the official configs (which train all).
+    frozen=[],
     img_backbone=dict(
         type="ResNetBackbone",
         depth=50,
