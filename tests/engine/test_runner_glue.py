@@ -145,9 +145,8 @@ def test_load_model_weights_lists_mismatches(tmp_path):
     load_model_weights(model, str(good))
 
 
-def test_optimizer_is_logged_as_a_summary_not_per_parameter(tiny_cfg, tmp_path):
-    cfg = tiny_cfg()
-    runner = build_runner(cfg, work_dir=str(tmp_path))
+def built_optimizer_and_log(runner) -> tuple[object, str]:
+    """``runner.build_optim_wrapper`` -> (the wrapper, what the runner's logger printed)."""
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
@@ -156,7 +155,12 @@ def test_optimizer_is_logged_as_a_summary_not_per_parameter(tiny_cfg, tmp_path):
         wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     finally:
         runner.logger.removeHandler(handler)
-    text = "\n".join(records)
+    return wrapper, "\n".join(records)
+
+
+def test_optimizer_is_logged_as_a_summary_not_per_parameter(tiny_cfg, tmp_path):
+    runner = build_runner(tiny_cfg(), work_dir=str(tmp_path))
+    wrapper, text = built_optimizer_and_log(runner)
     assert "paramwise_options --" not in text
     n_groups = len(wrapper.optimizer.param_groups)
     assert f"{n_groups} parameter groups" in text and "per-parameter option lines not shown" in text
@@ -167,15 +171,7 @@ def test_optimizer_is_logged_as_a_summary_not_per_parameter(tiny_cfg, tmp_path):
 def test_frozen_parts_are_logged_apart_from_the_trained_groups(tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"model.frozen": ["img_backbone"]})
     runner = build_runner(cfg, work_dir=str(tmp_path))
-    records: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    runner.logger.addHandler(handler)
-    try:
-        runner.build_optim_wrapper(runner.optim_wrapper)
-    finally:
-        runner.logger.removeHandler(handler)
-    text = "\n".join(records)
+    _, text = built_optimizer_and_log(runner)
     backbone = list(runner.model.img_backbone.parameters())
     assert backbone and not any(p.requires_grad for p in backbone)
     assert f"frozen (requires_grad off, not in the optimizer): {len(backbone)} tensors" in text
