@@ -308,7 +308,8 @@ def test_frozen_parts_stay_fixed_in_eval_mode_while_the_rest_trains(rig):
     model = tiny_detector(frames=(-1, 0), frozen=frozen).train()
     assert model.training and model.bev.fusion.training
     assert not any(model.get_submodule(n).training for n in frozen)
-    # the encoder's modules each stay in eval mode, also after the past frame's eval pass
+    # the encoder runs in eval mode for both slots: the past frame's eval pass restores the
+    # training flags through train(), which keeps the frozen parts in eval mode
     modes = []
     model.bev.encoder.register_forward_hook(lambda m, i, o: modes.append(m.training))
     before = {k: v.clone() for k, v in model.state_dict().items()}
