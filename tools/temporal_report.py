@@ -9,7 +9,11 @@ frame), prints the mean relative difference, per BEV cell, between the current B
 mode (dropout on) and in eval mode ("mode"), against the difference between the past BEV (eval
 mode, as in training) and the current one ("time"): over every cell, at the centres of moving
 (> 2 m/s) and of static (< 0.2 m/s) boxes. Then the share of the gradient of the top-30
-queries' predicted speed, and of their class scores, that reaches the past BEV.
+queries' predicted speed, and of their class scores, that reaches the past BEV. Last, for
+static (< 0.2 m/s) and moving boxes (> 2 m/s, whose true past cell is not their own), how often
+the past-BEV cell most similar to the box's current cell (within +-3 cells) is the box's own
+cell or the cell it came from, and the mean absolute offsets, in cells, along rows (lidar y)
+and columns (lidar x): whether the BEVs resolve the displacement between the keyframes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ import torch
 from bevformer.builder import build_dataset
 from bevformer.data.collate import collate
 from bevformer.engine.launch import add_model_arguments, load_model_for_analysis
-from bevformer.evaluation.temporal import bev_mode_gap, eval_bevs, past_gradient_share
+from bevformer.evaluation.temporal import (
+    bev_mode_gap,
+    eval_bevs,
+    past_cell_match,
+    past_gradient_share,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = build_dataset(cfg.train_dataloader.dataset)
     gaps: dict[str, list[torch.Tensor]] = {}
     shares: dict[str, list[float]] = {}
+    matches: dict[str, dict[str, list[torch.Tensor]]] = {}
     step = max(2, len(dataset) // args.batches)
     for i in range(0, len(dataset) - 1, step):
         batch = collate([dataset[i], dataset[i + 1]])
@@ -47,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             gaps.setdefault(name, []).append(values)
         for name, share in past_gradient_share(model, batch, bevs=bevs).items():
             shares.setdefault(name, []).append(share)
+        for kind, offsets in past_cell_match(model, batch, bevs=bevs).items():
+            for name, values in offsets.items():
+                matches.setdefault(kind, {}).setdefault(name, []).append(values)
     if not shares:
         raise SystemExit("no batch had its past frame; is this a temporal info file?")
     print(f"{len(shares['class'])} batches of 2 training keyframes")
@@ -58,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("past-BEV share of the gradient of the top-30 queries' outputs: " + ", ".join(
         f"{name} {sum(v) / len(v):.3f}" for name, v in shares.items()
     ))  # fmt: skip
+    print("| boxes | n | best past cell = own cell | = true past cell "
+          "| mean abs offset rows, columns: best | true |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for kind, offsets in matches.items():
+        best, true = torch.cat(offsets["best"]), torch.cat(offsets["true"])
+        own = (best == 0).all(-1).float().mean()
+        right = (best == true).all(-1).float().mean()
+        b_abs, t_abs = best.abs().float().mean(0), true.abs().float().mean(0)
+        print(f"| {kind} | {len(best)} | {own:.2f} | {right:.2f} "
+              f"| {b_abs[0]:.2f}, {b_abs[1]:.2f} | {t_abs[0]:.2f}, {t_abs[1]:.2f} |")  # fmt: skip
     return 0
 
 

@@ -23,6 +23,12 @@ of the training keyframes (:func:`probe_samples`) to predict each box's velocity
 once from the past and current BEV and once from the current BEV twice (the same network),
 scored on held-out keyframes. A probe that does better with the past frame finds motion the
 model's own velocity output does not use.
+
+:func:`past_cell_match` asks the same without training anything: for each box's cell of the
+current BEV, the cell of the past BEV (within a few cells) whose feature is closest to it
+(:func:`best_past_offsets`). For a static box that should be its own cell, for a moving one the
+cell it came from. How often each holds tells whether the BEVs resolve the boxes' positions
+finely enough for the fusion to see their displacement.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ from bevformer.structures.boxes import VX, VY
 
 __all__ = [
     "ProbeSample",
+    "best_past_offsets",
     "bev_mode_gap",
     "eval_bevs",
+    "past_cell_match",
     "past_gradient_share",
     "probe_samples",
     "velocity_probe",
@@ -171,6 +179,92 @@ def past_gradient_share(
         p, c = (0.0 if g is None else g.norm().item() for g in grads)  # None: not read at all
         shares[name] = p / max(p + c, 1e-30)
     return shares
+
+
+def best_past_offsets(
+    past: Tensor, current: Tensor, rows: Tensor, cols: Tensor, radius: int = 3
+) -> Tensor:
+    """For each cell ``(rows[m], cols[m])`` of the ``current [C, H, W]`` BEV map, the offset
+    ``(dr, dc)`` (``|dr|, |dc| <= radius``) of the ``past [C, H, W]`` cell whose feature has the
+    highest cosine similarity to the current cell's -> ``[M, 2]`` long (row, column offsets;
+    rows follow lidar y, columns lidar x). Offsets leaving the map are not candidates; a tie
+    goes to the first offset in row-major order. ``ValueError`` for maps of different shapes.
+    """
+    if past.shape != current.shape or past.dim() != 3:
+        raise ValueError(
+            f"past and current must be [C, H, W] maps of one shape, got {tuple(past.shape)} "
+            f"and {tuple(current.shape)}"
+        )
+    _, H, W = current.shape
+    span = torch.arange(-radius, radius + 1)
+    offsets = torch.stack(torch.meshgrid(span, span, indexing="ij"), -1).reshape(-1, 2)  # [K, 2]
+    best = []
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        pr, pc = r + offsets[:, 0], c + offsets[:, 1]  # [K]
+        inside = (pr >= 0) & (pr < H) & (pc >= 0) & (pc < W)
+        similarity = torch.full((len(offsets),), -float("inf"))
+        window = past[:, pr[inside], pc[inside]]  # [C, K']
+        similarity[inside] = torch.cosine_similarity(window, current[:, r, c, None], dim=0)
+        best.append(offsets[int(similarity.argmax())])
+    return torch.stack(best) if best else offsets.new_zeros(0, 2)
+
+
+def past_cell_match(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    radius: int = 3,
+    moving_speed: float = 2.0,
+    static_speed: float = 0.2,
+    bevs: tuple[Tensor, Tensor] | None = None,
+) -> dict[str, dict[str, Tensor]]:
+    """Best-matching past cell (:func:`best_past_offsets`) of each box's current cell, beside
+    the cell the box really came from, on one batch of a two-frame fusion config.
+
+    A box's true past cell holds ``xy - v * dt`` (lidar metres, current frame; ``v`` its
+    ground-truth velocity in m/s, ``dt`` the time between the two keyframes from
+    ``batch["meta"][b].frame_timestamps``, microseconds). Boxes count when both cells lie inside
+    the grid at least ``radius`` cells from its edge and the true offset is within ``radius``:
+    ``"static"`` below ``static_speed``, ``"moving"`` above ``moving_speed`` whose true past
+    cell is not their own. Returns, for each, ``best`` and ``true`` offsets ``[M, 2]`` long
+    (rows = lidar y, columns = lidar x, in cells). The BEVs as :func:`eval_bevs` (``bevs``:
+    computed here when not given). ``ValueError`` as :func:`eval_bevs`, or without ``meta``.
+    """
+    _two_frames(model, batch)
+    metas = batch.get("meta")
+    if metas is None:
+        raise ValueError("the batch needs its 'meta' (frame_timestamps) to know the time step")
+    past, current = eval_bevs(model, batch) if bevs is None else bevs
+    grid = model.grid
+    past, current = grid.tokens_to_map(past), grid.tokens_to_map(current)  # [B, C, H, W]
+    cur = model.current_slot
+    H, W = grid.bev_h, grid.bev_w
+    found: dict[str, dict[str, list[Tensor]]] = {
+        kind: {"best": [], "true": []} for kind in ("static", "moving")
+    }
+    for b, boxes in enumerate(batch["gt_boxes"]):
+        stamps = metas[b].frame_timestamps
+        dt = (stamps[cur] - stamps[cur - 1]) * 1e-6
+        boxes = boxes.to(current)
+        velocity = boxes[:, VX : VY + 1]
+        token, inside = grid.cell_tokens(boxes[:, :2])
+        past_token, past_inside = grid.cell_tokens(boxes[:, :2] - velocity * dt)
+        rows, cols = token // W, token % W
+        true = torch.stack([past_token // W - rows, past_token % W - cols], -1)  # [M, 2]
+        keep = inside & past_inside & (true.abs() <= radius).all(-1)
+        keep &= (rows >= radius) & (rows < H - radius) & (cols >= radius) & (cols < W - radius)
+        speed = velocity.norm(dim=-1)
+        kinds = {
+            "static": keep & (speed < static_speed),
+            "moving": keep & (speed > moving_speed) & (true != 0).any(-1),
+        }
+        for kind, pick in kinds.items():
+            best = best_past_offsets(past[b], current[b], rows[pick], cols[pick], radius)
+            found[kind]["best"].append(best)
+            found[kind]["true"].append(true[pick])
+    return {
+        kind: {name: torch.cat(parts) for name, parts in lists.items()}
+        for kind, lists in found.items()
+    }
 
 
 class ProbeSample(NamedTuple):

@@ -1,7 +1,8 @@
 """``tools/temporal_report.py`` on the tiny t2 config (random weights) and the test dataroot:
-the table and the gradient shares are printed; the encoder's dropout is the whole train/eval
-gap (0 with ``--cfg-options model.bev.encoder.dropout=0.0``). ``tools/velocity_probe.py`` on
-the same: its table, velocity 0 above zero; a one-frame config refused by name."""
+the table, the gradient shares and the past-cell table are printed; the encoder's dropout is
+the whole train/eval gap (0 with ``--cfg-options model.bev.encoder.dropout=0.0``).
+``tools/velocity_probe.py`` on the same: its table, velocity 0 above zero; a one-frame config
+refused by name."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_temporal_report(tiny_cfg, tmp_path):
         assert match, out
         rows[name] = [float(v) for v in match.groups()]
         assert re.search(r"velocity 0\.\d+, class 0\.\d+", out), out
+        for kind in ("static", "moving"):  # the past-cell table: n, two shares, four offsets
+            assert re.search(rf"\| {kind} \| \d+ \| [0-9.na]+ \| [0-9.na]+ \| ", out), out
     assert rows["with"][0] == rows["without"][0] > 0  # the same cells
     assert rows["with"][1] > 0.0 and rows["without"][1] == 0.0  # the gap is the dropout
     assert rows["with"][2] == rows["without"][2] > 0.0  # eval-mode BEVs: the same

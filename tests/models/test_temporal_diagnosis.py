@@ -1,10 +1,13 @@
 """``bevformer/evaluation/temporal.py``: the train/eval gap of the current BEV is the encoder's
 dropout and nothing else; the gradient share of the past BEV is 0 for a fusion that ignores it;
 boxes are picked by speed at their own cells; the velocity probe finds motion that is in the
-BEVs and only with the past frame. Model: the tiny t2 config with a 10 x 10 grid on the
-nuScenes rig at 64 x 160 pixels (random weights)."""
+BEVs and only with the past frame; the best-matching past cell is found where a shifted copy
+put it, and compared with the cell a box really came from. Model: the tiny t2 config with a
+10 x 10 grid on the nuScenes rig at 64 x 160 pixels (random weights)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,8 +17,10 @@ from torch import nn
 from bevformer.builder import build_model
 from bevformer.evaluation.temporal import (
     ProbeSample,
+    best_past_offsets,
     bev_mode_gap,
     eval_bevs,
+    past_cell_match,
     past_gradient_share,
     probe_samples,
     velocity_probe,
@@ -157,3 +162,39 @@ def test_the_velocity_probe_reads_motion_only_with_the_past_frame():
     assert with_past["held_out"] < 0.3 * with_past["zero"], (with_past, without)
     with pytest.raises(ValueError, match="needs training and held-out samples"):
         velocity_probe(train, [], use_past=True)
+
+
+def test_the_best_past_cell_is_where_a_shifted_copy_put_the_feature():
+    gen = torch.Generator().manual_seed(0)
+    current = torch.randn(4, 9, 9, generator=gen)
+    past = torch.roll(current, shifts=(1, -2), dims=(1, 2))  # current[:, r, c] -> past[r+1, c-2]
+    rows, cols = torch.tensor([4, 2, 8]), torch.tensor([4, 6, 4])
+    best = best_past_offsets(past, current, rows, cols, radius=3)
+    assert best[:2].tolist() == [[1, -2], [1, -2]]
+    # (8, 4) + (1, -2) leaves the map (the roll wrapped it to row 0): not a candidate
+    assert best[2].tolist() != [1, -2]
+    assert best_past_offsets(current, current, rows, cols).tolist() == [[0, 0]] * 3
+    assert best_past_offsets(past, current, rows[:0], cols[:0]).shape == (0, 2)
+    with pytest.raises(ValueError, match="maps of one shape"):
+        best_past_offsets(past[:, :8], current, rows, cols)
+
+
+def test_past_cell_match_sets_the_best_past_cell_beside_the_true_one(rig_tenth):
+    model, batch = _model(0.0), _batch(rig_tenth)
+    grid = model.grid
+    # 2.048 s between the keyframes: the 5 m/s box at (10, 3) came from (-0.24, 3), one
+    # 10.24 m cell to the left (column 5 -> 4, row 5); the 3 m/s box stays in its row-4 cell
+    # (not counted); the static box at (15, -15) is in row 3, column 6.
+    batch["meta"] = [SimpleNamespace(frame_timestamps=(0, 2_048_000))] * 2
+    gen = torch.Generator().manual_seed(2)
+    current = torch.randn(2, 64, BEV, BEV, generator=gen)
+    past = torch.roll(current, shifts=-1, dims=3)  # current[..., c] -> past[..., c - 1]
+    bevs = (grid.map_to_tokens(past), grid.map_to_tokens(current))
+    found = past_cell_match(model, batch, radius=3, bevs=bevs)
+    assert found["moving"]["true"].tolist() == [[0, -1], [0, -1]]  # box 0 of both samples
+    assert found["moving"]["best"].tolist() == [[0, -1], [0, -1]]
+    assert found["static"]["true"].tolist() == [[0, 0]]
+    assert found["static"]["best"].tolist() == [[0, -1]]  # the whole map moved
+    del batch["meta"]
+    with pytest.raises(ValueError, match="needs its 'meta'"):
+        past_cell_match(model, batch, bevs=bevs)
