@@ -2,7 +2,7 @@
 (``bevformer/evaluation/temporal.py``).
 
     python tools/temporal_report.py CONFIG CHECKPOINT --data-root DIR [--batches 12]
-        [--seed 0] [--cfg-options key=value ...]
+        [--seed 0] [--radius 3] [--cfg-options key=value ...]
 
 On batches of two training keyframes (the training pipeline, every sample with its past
 frame), prints the mean relative difference, per BEV cell, between the current BEV in train
@@ -11,7 +11,7 @@ mode, as in training) and the current one ("time"): over every cell, at the cent
 (> 2 m/s) and of static (< 0.2 m/s) boxes. Then the share of the gradient of the top-30
 queries' predicted speed, and of their class scores, that reaches the past BEV. Last, for
 static (< 0.2 m/s) and moving boxes (> 2 m/s, whose true past cell is not their own), how often
-the past-BEV cell most similar to the box's current cell (within +-3 cells) is the box's own
+the past-BEV cell most similar to the box's current cell (within +-radius cells) is the box's own
 cell or the cell it came from, and the mean absolute offsets, in cells, along rows (lidar y)
 and columns (lidar x): whether the BEVs resolve the displacement between the keyframes.
 """
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_model_arguments(parser, "the dataset (its train split)")
     parser.add_argument("--batches", type=int, default=12, help="batches of two keyframes")
     parser.add_argument("--seed", type=int, default=0, help="dropout and augmentation seed")
+    parser.add_argument("--radius", type=int, default=3, help="past-cell search, +-cells")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     cfg, model = load_model_for_analysis(args)
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gaps.setdefault(name, []).append(values)
         for name, share in past_gradient_share(model, batch, bevs=bevs).items():
             shares.setdefault(name, []).append(share)
-        for kind, offsets in past_cell_match(model, batch, bevs=bevs).items():
+        for kind, offsets in past_cell_match(model, batch, args.radius, bevs=bevs).items():
             for name, values in offsets.items():
                 matches.setdefault(kind, {}).setdefault(name, []).append(values)
     if not shares:

@@ -36,7 +36,9 @@ def test_temporal_report(tiny_cfg, tmp_path):
     cfg.dump(str(config))
     root = cfg.data_root
     with_dropout = _report(config, ckpt, root)
-    without = _report(config, ckpt, root, "--cfg-options", "model.bev.encoder.dropout=0.0")
+    without = _report(
+        config, ckpt, root, "--radius", "2", "--cfg-options", "model.bev.encoder.dropout=0.0"
+    )
     rows = {}
     for name, out in (("with", with_dropout), ("without", without)):
         match = re.search(r"\| all \| (\d+) \| ([0-9.]+) \| ([0-9.]+) \|", out)
