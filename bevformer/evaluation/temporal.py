@@ -188,8 +188,11 @@ def best_past_offsets(
     ``(dr, dc)`` (``|dr|, |dc| <= radius``) of the ``past [C, H, W]`` cell whose feature has the
     highest cosine similarity to the current cell's -> ``[M, 2]`` long (row, column offsets;
     rows follow lidar y, columns lidar x). Offsets leaving the map are not candidates; a tie
-    goes to the first offset in row-major order. ``ValueError`` for maps of different shapes.
+    goes to the first offset in row-major order. ``ValueError`` for maps of different shapes
+    or a radius below 1.
     """
+    if radius < 1:
+        raise ValueError(f"radius must be at least 1 cell, got {radius}")
     if past.shape != current.shape or past.dim() != 3:
         raise ValueError(
             f"past and current must be [C, H, W] maps of one shape, got {tuple(past.shape)} "

@@ -177,6 +177,8 @@ def test_the_best_past_cell_is_where_a_shifted_copy_put_the_feature():
     assert best_past_offsets(past, current, rows[:0], cols[:0]).shape == (0, 2)
     with pytest.raises(ValueError, match="maps of one shape"):
         best_past_offsets(past[:, :8], current, rows, cols)
+    with pytest.raises(ValueError, match="radius must be at least 1"):
+        best_past_offsets(past, current, rows, cols, radius=0)
 
 
 def test_past_cell_match_sets_the_best_past_cell_beside_the_true_one(rig_tenth):
